@@ -1,0 +1,405 @@
+//! The one typed REAPI client, shared by `cairn gocacheprog` and `cairn bench`:
+//! connect, find missing, upload (batched when small, ByteStream when large),
+//! download with verification, and ActionCache get/update. Works against any
+//! REAPI v2 server, using only standard RPCs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::digest::{Digest, DigestFunction};
+use crate::proto::bytestream::{byte_stream_client::ByteStreamClient, ReadRequest, WriteRequest};
+use crate::proto::reapi::{
+    self, action_cache_client::ActionCacheClient, capabilities_client::CapabilitiesClient,
+    content_addressable_storage_client::ContentAddressableStorageClient,
+};
+
+/// Blobs at most this large go through the batch calls; larger ones through ByteStream.
+pub const BATCH_BLOB_MAX: u64 = 1 << 20;
+/// Bytes per ByteStream WriteRequest.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Digests per FindMissingBlobs call, to keep each request well under 4 MiB.
+const FIND_MISSING_CHUNK: usize = 10_000;
+/// Used when the server does not advertise a batch limit.
+const DEFAULT_BATCH_TOTAL: u64 = 4 * 1024 * 1024 - 64 * 1024;
+
+/// What can go wrong talking to a cache server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server address {0:?}: use grpc://host:port or http://host:port")]
+    BadAddress(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: tonic::transport::Error },
+    #[error("{rpc} failed: {status}")]
+    Rpc { rpc: &'static str, status: tonic::Status },
+    #[error("blob {digest} from the server does not match its digest ({why}); rejected")]
+    Corrupt { digest: String, why: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+fn rpc(rpc: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
+    move |status| ClientError::Rpc { rpc, status }
+}
+
+/// A connection to one REAPI server and instance.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    instance: String,
+    function: DigestFunction,
+    max_batch_total: u64,
+}
+
+/// Turns `grpc://h:p` (Bazel's spelling) into `http://h:p` for tonic.
+fn endpoint_uri(addr: &str) -> Result<String> {
+    let rest = addr
+        .strip_prefix("grpc://")
+        .or_else(|| addr.strip_prefix("http://"))
+        .ok_or_else(|| ClientError::BadAddress(addr.to_string()))?;
+    if rest.is_empty() {
+        return Err(ClientError::BadAddress(addr.to_string()));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+impl Client {
+    /// Connects to `addr` (grpc://host:port), failing after `connect_timeout`.
+    /// The connection is made now, so an unreachable server is reported at once.
+    pub async fn connect(addr: &str, instance: &str, connect_timeout: Duration) -> Result<Client> {
+        let channel = Endpoint::from_shared(endpoint_uri(addr)?)
+            .map_err(|_| ClientError::BadAddress(addr.to_string()))?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+        Ok(Client {
+            channel,
+            instance: instance.to_string(),
+            function: DigestFunction::Sha256,
+            max_batch_total: DEFAULT_BATCH_TOTAL,
+        })
+    }
+
+    /// Asks the server's capabilities and adopts its batch limit.
+    pub async fn capabilities(&mut self) -> Result<reapi::ServerCapabilities> {
+        let caps = CapabilitiesClient::new(self.channel.clone())
+            .get_capabilities(reapi::GetCapabilitiesRequest { instance_name: self.instance.clone() })
+            .await
+            .map_err(rpc("GetCapabilities"))?
+            .into_inner();
+        if let Some(c) = &caps.cache_capabilities {
+            if c.max_batch_total_size_bytes > 0 {
+                self.max_batch_total = c.max_batch_total_size_bytes as u64;
+            }
+        }
+        Ok(caps)
+    }
+
+    /// The instance name every call carries.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_batch_total as usize + (1 << 20))
+            .max_encoding_message_size(self.max_batch_total as usize + (1 << 20))
+    }
+
+    /// Which of `digests` the server lacks.
+    pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        for chunk in digests.chunks(FIND_MISSING_CHUNK) {
+            let resp = self
+                .cas()
+                .find_missing_blobs(reapi::FindMissingBlobsRequest {
+                    instance_name: self.instance.clone(),
+                    blob_digests: chunk.iter().map(Digest::to_proto).collect(),
+                    digest_function: self.function.to_proto() as i32,
+                })
+                .await
+                .map_err(rpc("FindMissingBlobs"))?
+                .into_inner();
+            for d in resp.missing_blob_digests {
+                if let Ok(d) = Digest::parse(self.function, &d.hash, d.size_bytes) {
+                    missing.push(d);
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Uploads small in-memory blobs with as few BatchUpdateBlobs calls as the
+    /// server's limit allows. Fails on the first blob the server rejects.
+    pub async fn batch_upload(&self, blobs: &[(Digest, Bytes)]) -> Result<()> {
+        for group in batches(blobs.iter().map(|(d, b)| (d, b.len() as u64)), self.max_batch_total) {
+            let requests = group
+                .iter()
+                .map(|&i| reapi::batch_update_blobs_request::Request {
+                    digest: Some(blobs[i].0.to_proto()),
+                    data: blobs[i].1.clone(),
+                    compressor: 0,
+                })
+                .collect();
+            let resp = self
+                .cas()
+                .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+                    instance_name: self.instance.clone(),
+                    requests,
+                    digest_function: self.function.to_proto() as i32,
+                })
+                .await
+                .map_err(rpc("BatchUpdateBlobs"))?
+                .into_inner();
+            for r in resp.responses {
+                if let Some(s) = r.status.filter(|s| s.code != 0) {
+                    return Err(ClientError::Rpc {
+                        rpc: "BatchUpdateBlobs",
+                        status: tonic::Status::new(Code::from(s.code), s.message),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Downloads small blobs with BatchReadBlobs, verifying each. Absent blobs
+    /// come back as `None`, in the order asked.
+    pub async fn batch_read(&self, digests: &[Digest]) -> Result<Vec<Option<Bytes>>> {
+        let mut out = vec![None; digests.len()];
+        for group in batches(digests.iter().map(|d| (d, d.size)), self.max_batch_total) {
+            let resp = self
+                .cas()
+                .batch_read_blobs(reapi::BatchReadBlobsRequest {
+                    instance_name: self.instance.clone(),
+                    digests: group.iter().map(|&i| digests[i].to_proto()).collect(),
+                    acceptable_compressors: Vec::new(),
+                    digest_function: self.function.to_proto() as i32,
+                })
+                .await
+                .map_err(rpc("BatchReadBlobs"))?
+                .into_inner();
+            for (slot, r) in group.iter().zip(resp.responses) {
+                let d = &digests[*slot];
+                let ok = r.status.as_ref().is_none_or(|s| s.code == 0);
+                if ok {
+                    verify(d, &r.data)?;
+                    out[*slot] = Some(r.data);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Uploads one blob held in memory through ByteStream.
+    pub async fn write_bytes(&self, d: &Digest, data: Bytes) -> Result<()> {
+        let name = self.upload_name(d);
+        let size = data.len();
+        let chunks: Vec<WriteRequest> = if size == 0 {
+            vec![WriteRequest { resource_name: name, write_offset: 0, finish_write: true, data: Bytes::new() }]
+        } else {
+            (0..size)
+                .step_by(WRITE_CHUNK)
+                .map(|off| {
+                    let end = (off + WRITE_CHUNK).min(size);
+                    WriteRequest {
+                        resource_name: if off == 0 { name.clone() } else { String::new() },
+                        write_offset: off as i64,
+                        finish_write: end == size,
+                        data: data.slice(off..end),
+                    }
+                })
+                .collect()
+        };
+        ByteStreamClient::new(self.channel.clone())
+            .write(futures::stream::iter(chunks))
+            .await
+            .map_err(rpc("ByteStream.Write"))?;
+        Ok(())
+    }
+
+    /// Uploads a file through ByteStream, reading it in chunks so memory stays
+    /// bounded whatever the file's size.
+    pub async fn write_file(&self, d: &Digest, path: &Path) -> Result<()> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClientError::Io { context: format!("opening {}", path.display()), source })?;
+        let name = self.upload_name(d);
+        let size = d.size;
+        let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
+        let ctx = path.display().to_string();
+        let reader = tokio::spawn(async move {
+            let mut off = 0u64;
+            loop {
+                let want = (size - off).min(WRITE_CHUNK as u64) as usize;
+                let mut buf = vec![0u8; want];
+                if want > 0 {
+                    file.read_exact(&mut buf).await.map_err(|source| ClientError::Io {
+                        context: format!("reading {ctx}"),
+                        source,
+                    })?;
+                }
+                let finish = off + want as u64 == size;
+                let msg = WriteRequest {
+                    resource_name: if off == 0 { name.clone() } else { String::new() },
+                    write_offset: off as i64,
+                    finish_write: finish,
+                    data: Bytes::from(buf),
+                };
+                off += want as u64;
+                if tx.send(msg).await.is_err() || finish {
+                    return Ok(());
+                }
+            }
+        });
+        let result = ByteStreamClient::new(self.channel.clone())
+            .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(rpc("ByteStream.Write"));
+        let read = reader.await.unwrap_or(Ok(()));
+        read?;
+        result.map(|_| ())
+    }
+
+    /// Downloads a blob through ByteStream into `dest` (created or truncated),
+    /// verifying size and hash; on mismatch the file is removed. `Ok(false)`
+    /// when the server does not have it.
+    pub async fn read_to_file(&self, d: &Digest, dest: &Path) -> Result<bool> {
+        let resp = ByteStreamClient::new(self.channel.clone())
+            .read(ReadRequest { resource_name: self.read_name(d), read_offset: 0, read_limit: 0 })
+            .await;
+        let mut stream = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok(false),
+            Err(s) => return Err(ClientError::Rpc { rpc: "ByteStream.Read", status: s }),
+        };
+        let io = |source| ClientError::Io { context: format!("writing {}", dest.display()), source };
+        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut hasher = d.function.hasher();
+        let mut got = 0u64;
+        let outcome: Result<()> = async {
+            while let Some(msg) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
+                got += msg.data.len() as u64;
+                if got > d.size {
+                    return Err(ClientError::Corrupt { digest: d.to_string(), why: "too many bytes".into() });
+                }
+                hasher.update(&msg.data);
+                file.write_all(&msg.data).await.map_err(io)?;
+            }
+            file.flush().await.map_err(io)?;
+            if got != d.size || hasher.clone().finalize() != d.hash {
+                return Err(ClientError::Corrupt { digest: d.to_string(), why: format!("{got} bytes, wrong hash") });
+            }
+            Ok(())
+        }
+        .await;
+        if outcome.is_err() {
+            let _ = tokio::fs::remove_file(dest).await;
+        }
+        outcome.map(|_| true)
+    }
+
+    /// The stored result for an action, or `None` on a miss.
+    pub async fn get_action_result(&self, action: &Digest) -> Result<Option<reapi::ActionResult>> {
+        let r = ActionCacheClient::new(self.channel.clone())
+            .get_action_result(reapi::GetActionResultRequest {
+                instance_name: self.instance.clone(),
+                action_digest: Some(action.to_proto()),
+                digest_function: self.function.to_proto() as i32,
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(ClientError::Rpc { rpc: "GetActionResult", status: s }),
+        }
+    }
+
+    /// Stores `result` for `action`.
+    pub async fn update_action_result(&self, action: &Digest, result: reapi::ActionResult) -> Result<()> {
+        ActionCacheClient::new(self.channel.clone())
+            .update_action_result(reapi::UpdateActionResultRequest {
+                instance_name: self.instance.clone(),
+                action_digest: Some(action.to_proto()),
+                action_result: Some(result),
+                results_cache_policy: None,
+                digest_function: self.function.to_proto() as i32,
+            })
+            .await
+            .map_err(rpc("UpdateActionResult"))?;
+        Ok(())
+    }
+
+    fn prefix(&self) -> String {
+        if self.instance.is_empty() { String::new() } else { format!("{}/", self.instance) }
+    }
+
+    fn upload_name(&self, d: &Digest) -> String {
+        format!("{}uploads/{}/blobs/{}/{}", self.prefix(), uuid::Uuid::new_v4(), d.hex(), d.size)
+    }
+
+    fn read_name(&self, d: &Digest) -> String {
+        format!("{}blobs/{}/{}", self.prefix(), d.hex(), d.size)
+    }
+}
+
+/// Checks downloaded bytes against their digest.
+fn verify(d: &Digest, data: &[u8]) -> Result<()> {
+    if data.len() as u64 != d.size || d.function.digest_of(data) != *d {
+        return Err(ClientError::Corrupt { digest: d.to_string(), why: format!("{} bytes, wrong hash", data.len()) });
+    }
+    Ok(())
+}
+
+/// Groups item indexes so each group's sizes sum to at most `limit` (an item
+/// larger than `limit` gets a group of its own).
+fn batches<'a, T: 'a>(items: impl Iterator<Item = (&'a T, u64)>, limit: u64) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0u64;
+    for (i, (_, size)) in items.enumerate() {
+        // Per-blob framing overhead (digest + tags) counts against the limit too.
+        let cost = size + 100;
+        if !current.is_empty() && bytes + cost > limit {
+            groups.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.push(i);
+        bytes += cost;
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(endpoint_uri("grpc://127.0.0.1:9092").unwrap(), "http://127.0.0.1:9092");
+        assert_eq!(endpoint_uri("http://h:1").unwrap(), "http://h:1");
+        assert!(endpoint_uri("127.0.0.1:9092").is_err());
+        assert!(endpoint_uri("grpc://").is_err());
+    }
+
+    #[test]
+    fn batching_respects_the_limit() {
+        let sizes = [10u64, 500, 400, 2000, 50];
+        let items: Vec<(u64, u64)> = sizes.iter().map(|&s| (s, s)).collect();
+        let groups = batches(items.iter().map(|(a, s)| (a, *s)), 1000);
+        assert_eq!(groups, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+    }
+}

@@ -1,0 +1,167 @@
+//! Server configuration: a small flat set of knobs, validated once at start-up
+//! and passed down as one struct. Every knob is a `cairn serve` flag and an
+//! environment variable (see `main.rs`).
+
+use std::path::{Path, PathBuf};
+
+/// Default size limit for stored bytes (AC + CAS): 10 GiB.
+pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
+
+/// Default minimum age before eviction: well above Bazel's 3 h
+/// `--experimental_remote_cache_ttl`, so a build never loses a blob that
+/// FindMissingBlobs told it was present moments ago.
+pub const DEFAULT_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// Largest total of blob bytes accepted or returned by one batch call. gRPC
+/// clients default to a 4 MiB message limit; this leaves room for the
+/// per-blob framing so a full batch still fits in one message.
+pub const DEFAULT_MAX_BATCH_TOTAL_SIZE: u64 = 4 * 1024 * 1024 - 64 * 1024;
+
+/// Everything `server::serve` needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Root of the data directory (RocksDB under `db/`, large blobs under `blobs/`).
+    pub data_dir: PathBuf,
+    /// Bound on stored bytes; enforcing it is the eviction's job.
+    pub max_size: u64,
+    /// Entries used within this time are never evicted.
+    pub min_age: std::time::Duration,
+    /// Advertised `max_batch_total_size_bytes`, enforced on batch calls.
+    pub max_batch_total_size: u64,
+}
+
+impl Config {
+    /// Defaults for everything but where the data lives.
+    pub fn for_data_dir(data_dir: impl AsRef<Path>) -> Config {
+        Config {
+            data_dir: data_dir.as_ref().to_path_buf(),
+            max_size: DEFAULT_MAX_SIZE,
+            min_age: DEFAULT_MIN_AGE,
+            max_batch_total_size: DEFAULT_MAX_BATCH_TOTAL_SIZE,
+        }
+    }
+}
+
+/// The default data dir: `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`, else `./cairn-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("cairn");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("cairn");
+    }
+    PathBuf::from("cairn-data")
+}
+
+/// Parses a byte size: plain bytes (`1048576`) or a number with a unit
+/// (`512MiB`, `10GiB`, `1.5TB`, `100k`). Binary units (KiB, MiB, GiB, TiB) are
+/// powers of 1024, decimal ones (KB, MB, GB, TB) of 1000; single letters
+/// (k, m, g, t) are binary, as in most tools' flags.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!("size {s:?} has no number; use e.g. 10GiB or 1073741824"));
+    }
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("size {s:?} has unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")),
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"));
+    }
+    let f: f64 = num.parse().map_err(|_| format!("size {s:?} is not a number"))?;
+    let v = f * mult as f64;
+    if !v.is_finite() || v >= u64::MAX as f64 {
+        return Err(format!("size {s:?} is too large"));
+    }
+    Ok(v as u64)
+}
+
+/// Parses a duration: a number with a unit `s`, `m`, `h` or `d` (`90m`,
+/// `12h`, `7d`), or `0`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} has no number; use e.g. 12h, 90m or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("duration {s:?} needs a unit: s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+/// Formats bytes for humans (log lines, stats): `10.0 GiB`.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("10 GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512mib").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
+        assert_eq!(parse_size("3GB").unwrap(), 3_000_000_000);
+        assert_eq!(parse_size("100k").unwrap(), 102_400);
+    }
+
+    #[test]
+    fn rejects_bad_sizes() {
+        for bad in ["", "GiB", "10XB", "-5", "1e999GiB", "99999999999999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("12h").unwrap().as_secs(), 43200);
+        assert_eq!(parse_duration("90m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_duration("0").unwrap().as_secs(), 0);
+        assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 86400);
+        for bad in ["", "h", "12", "12x", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn formats_sizes() {
+        assert_eq!(human_size(10 << 30), "10.0 GiB");
+        assert_eq!(human_size(12), "12 B");
+    }
+}

@@ -1,0 +1,468 @@
+//! `cairn gocacheprog`: the program go (1.24+) runs as `GOCACHEPROG`, serving
+//! go's build and test cache from a local disk tier (and, in phase 2, from
+//! the same REAPI server Bazel uses).
+//!
+//! # Layout
+//! - [`protocol`]: request/response types and the framing codec (put bodies
+//!   are streamed: decoded, hashed and written to disk as they arrive).
+//! - [`local`]: the local disk tier under `$GOCACHE/cairn`; every hit and put
+//!   is answered with a path in it.
+//! - [`remote`]: the boundary of the remote tier (phase 2; absent in phase 1).
+//! - this file: flags and config, and the run loop, [`serve`].
+//!
+//! # The run loop
+//! go pipelines requests (up to `-p`+1 in flight) and does not wait for one
+//! reply before sending the next request, so:
+//! - one task (the caller of [`serve`]) reads stdin and never waits on a
+//!   request's work. It must read put bodies itself, since they are part of
+//!   the stream; it writes them straight into a temp file in the store;
+//! - each request's work is a task of its own (bounded by [`MAX_IN_FLIGHT`]);
+//! - one writer task owns stdout; replies go out in completion order, which
+//!   go allows (it matches them by ID).
+//!
+//! A get is: local → (remote, phase 2) → miss. A put is stored locally and
+//! answered before any upload. Input that breaks the framing is fatal (an
+//! error on stderr and a non-zero exit; go reports the helper died), since
+//! there is no way to find the next request; anything else fails only its
+//! own request.
+
+pub mod local;
+pub mod protocol;
+pub mod remote;
+mod stdio;
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use self::local::{Entry, LocalStore, TempFile};
+use self::protocol::{ActionId, Body, Command, OutputId, ProtocolError, RequestReader, Response};
+use self::remote::{Remote, RemoteConfig};
+
+/// Requests being worked on at once. go keeps at most `-p`+1 in flight, so
+/// this is only a backstop; when reached, the reader waits for a slot.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// Stdin buffer. Put bodies are decoded one buffer-full at a time, so this
+/// also sets the size of the decode and disk-write steps.
+const READ_BUFFER: usize = 1 << 20;
+
+/// Replies waiting for the writer. Tiny messages; the bound only applies
+/// back-pressure if go stops reading.
+const RESPONSE_QUEUE: usize = 1024;
+
+/// How long work left after go is released (a trim, phase 2's uploads) may
+/// keep the process alive.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
+
+/// `cairn gocacheprog` flags. Every flag has an environment variable, since
+/// go users configure through the environment (`GOCACHEPROG` is a command
+/// line, but CI sets variables).
+#[derive(Clone, Debug, clap::Args)]
+pub struct GoCacheArgs {
+    /// Local cache directory [default: $GOCACHE/cairn]. Keep it under
+    /// $GOCACHE: go moves (rather than copies) cached archives out of a cache
+    /// that is not, which costs later hits.
+    #[arg(long, env = "CAIRN_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Remote cache to share results through, e.g. grpc://cache:9092
+    /// (not used yet: phase 1 is local-only).
+    #[arg(long, env = "CAIRN_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// REAPI instance name on the remote.
+    #[arg(long, env = "CAIRN_INSTANCE", value_name = "NAME", default_value = "")]
+    pub instance: String,
+    /// Size bound of the local cache, e.g. 10GiB; trimmed least-recently-used
+    /// first, at most hourly.
+    #[arg(long, env = "CAIRN_LOCAL_MAX_SIZE", value_name = "SIZE", default_value = "10GiB",
+          value_parser = crate::config::parse_size)]
+    pub max_local_size: u64,
+    /// Bound on each remote lookup, e.g. 500ms or 2s; past it, a get is a miss.
+    #[arg(long, env = "CAIRN_REMOTE_TIMEOUT", value_name = "DURATION", default_value = "1s",
+          value_parser = parse_duration)]
+    pub remote_timeout: Duration,
+}
+
+/// Validated settings for [`run`] / [`serve`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoCacheConfig {
+    /// Root of the local tier. Absolute and UTF-8: entry paths under it are
+    /// sent to go as JSON strings.
+    pub dir: PathBuf,
+    /// Trim target of the local tier, in bytes.
+    pub max_local_size: u64,
+    /// None: local-only.
+    pub remote: Option<RemoteConfig>,
+}
+
+impl GoCacheArgs {
+    /// Resolves defaults (`$GOCACHE/cairn`) and validates.
+    pub fn into_config(self) -> Result<GoCacheConfig, Error> {
+        self.resolve(std::env::var_os("GOCACHE"), std::env::current_dir())
+    }
+
+    fn resolve(self, gocache: Option<OsString>, cwd: io::Result<PathBuf>) -> Result<GoCacheConfig, Error> {
+        let dir = match self.dir.filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d,
+            None => match gocache.filter(|g| !g.is_empty() && g != "off") {
+                Some(g) => PathBuf::from(g).join("cairn"),
+                None => {
+                    return Err(Error::Config(
+                        "no --dir (CAIRN_DIR) given and GOCACHE is not set; go sets GOCACHE for the \
+                         GOCACHEPROG it runs"
+                            .into(),
+                    ))
+                }
+            },
+        };
+        let dir = if dir.is_absolute() {
+            dir
+        } else {
+            cwd.map_err(|source| Error::Io { context: "finding the current directory".into(), source })?.join(dir)
+        };
+        if dir.to_str().is_none() {
+            return Err(Error::Config(format!(
+                "cache dir {} is not valid UTF-8 (paths are sent to go as JSON strings)",
+                dir.display()
+            )));
+        }
+        if self.max_local_size == 0 {
+            return Err(Error::Config("--max-local-size must be more than 0".into()));
+        }
+        let remote = self.remote.filter(|r| !r.is_empty()).map(|url| RemoteConfig {
+            url,
+            instance: self.instance,
+            timeout: self.remote_timeout,
+        });
+        Ok(GoCacheConfig { dir, max_local_size: self.max_local_size, remote })
+    }
+}
+
+/// Parses a duration: a number with a unit (`250ms`, `2s`, `1.5s`, `1m`), or
+/// plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("duration {s:?} is not a number with a unit, e.g. 500ms or 2s"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" | "min" => n * 60.0,
+        other => return Err(format!("duration {s:?} has unknown unit {other:?}; use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("duration {s:?}: {e}"))
+}
+
+/// Everything that stops `cairn gocacheprog`. Per-request failures are not
+/// here: they are answered to go.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad flags or environment.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// go's input could not be understood; see [`ProtocolError`].
+    #[error("GOCACHEPROG protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Filesystem trouble that stops the whole program (opening the store).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// stdout failed: go is gone or stopped reading.
+    #[error("writing responses to go: {0}")]
+    Output(#[source] io::Error),
+}
+
+/// `cairn gocacheprog`: serves go over stdin/stdout until `close` or EOF,
+/// then releases go (which waits for our stdout to close) and lets left-over
+/// work finish for a bounded time.
+pub async fn run(config: GoCacheConfig) -> Result<(), Error> {
+    let background = serve(config, stdio::input(), stdio::output()).await?;
+    stdio::release();
+    background.finish(BACKGROUND_GRACE).await;
+    Ok(())
+}
+
+/// The protocol over any pair of streams (`run` passes stdin and stdout;
+/// tests pass in-memory pipes). Returns after `close` was answered or input
+/// ended, with every reply written, handing back work that may continue
+/// after go is released.
+pub async fn serve<R, W>(config: GoCacheConfig, input: R, output: W) -> Result<Background, Error>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (responses, rx) = mpsc::channel::<Response>(RESPONSE_QUEUE);
+    // One writer owns the output; a JoinSet so that it is aborted, not
+    // leaked, if we return early with an error.
+    let mut writer = JoinSet::new();
+    writer.spawn(write_responses(rx, output));
+    // go waits (forever, with no timeout) for this before sending anything.
+    let _ = responses.send(Response::handshake()).await;
+
+    let local = LocalStore::open(&config.dir, config.max_local_size)
+        .map_err(|source| Error::Io { context: format!("opening local cache dir {}", config.dir.display()), source })?;
+    let tiers = Arc::new(Tiers {
+        local: Arc::new(local),
+        remote: config.remote.as_ref().and_then(Remote::connect),
+    });
+    let mut background = Background::start_trim(&tiers);
+
+    let mut reader = RequestReader::new(BufReader::with_capacity(READ_BUFFER, input));
+    let mut work = Dispatcher { tasks: JoinSet::new(), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), responses };
+    let close_id = loop {
+        let request = tokio::select! {
+            biased;
+            done = writer.join_next() => return Err(writer_stopped(done)),
+            request = reader.next_request() => request?,
+        };
+        let Some(request) = request else { break None };
+        let id = request.id;
+        match request.command {
+            Command::Get { action } => work.spawn(id, get(tiers.clone(), id, action)).await,
+            Command::Put { action, output, size } => {
+                let body = if size > 0 { Some(read_put_body(&mut reader, &tiers.local).await?) } else { None };
+                work.spawn(id, put(tiers.clone(), id, action, output, size, body)).await
+            }
+            Command::Close => break Some(id),
+        }
+    };
+
+    // Every request read gets its reply before we stop (go hangs forever on
+    // a request without one).
+    work.drain().await;
+    if let Some(id) = close_id {
+        let _ = work.responses.send(Response::ok(id)).await;
+    }
+    drop(work);
+    match writer.join_next().await {
+        Some(Ok(Ok(()))) => {}
+        // After EOF go may well be gone: an unread reply is not a failure.
+        Some(Ok(Err(e))) if close_id.is_none() && e.kind() == io::ErrorKind::BrokenPipe => {}
+        done => return Err(writer_stopped(done)),
+    }
+    background.tiers = Some(tiers);
+    Ok(background)
+}
+
+/// The cache tiers, shared by every request's task.
+struct Tiers {
+    local: Arc<LocalStore>,
+    /// Always None in phase 1.
+    remote: Option<Remote>,
+}
+
+/// Starts request tasks and guarantees each one a reply.
+struct Dispatcher {
+    tasks: JoinSet<()>,
+    /// [`MAX_IN_FLIGHT`] slots.
+    slots: Arc<Semaphore>,
+    responses: mpsc::Sender<Response>,
+}
+
+impl Dispatcher {
+    /// Runs `handler` as a task and sends its reply. A panicking handler is
+    /// answered with an error, since go would wait forever for a reply.
+    async fn spawn(&mut self, id: i64, handler: impl Future<Output = Response> + Send + 'static) {
+        let slot = self.slots.clone().acquire_owned().await.expect("semaphore is never closed");
+        let responses = self.responses.clone();
+        self.tasks.spawn(async move {
+            let response = AssertUnwindSafe(handler).catch_unwind().await.unwrap_or_else(|_| {
+                tracing::error!(id, "cairn gocacheprog: request handler panicked");
+                Response::error(id, "cairn: internal error (handler panicked)")
+            });
+            let _ = responses.send(response).await;
+            drop(slot);
+        });
+        // Forget finished tasks, so the set doesn't grow with the build.
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Waits for every request task.
+    async fn drain(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn get(tiers: Arc<Tiers>, id: i64, action: ActionId) -> Response {
+    match tiers.local.get(&action) {
+        Ok(Some(entry)) => return hit(id, &entry),
+        Ok(None) => {}
+        // Don't fail go over it: an Err on a get is a (silent) miss for go anyway.
+        Err(e) => tracing::warn!(%action, "cairn gocacheprog: reading the local cache: {e}; treating as a miss"),
+    }
+    if let Some(remote) = &tiers.remote {
+        if let Some(entry) = remote.get(&action, &tiers.local).await {
+            return hit(id, &entry);
+        }
+    }
+    Response::miss(id)
+}
+
+fn hit(id: i64, entry: &Entry) -> Response {
+    match disk_path(&entry.path) {
+        Ok(path) => Response::hit(id, entry.output, entry.size, entry.time_nanos, path),
+        Err(msg) => Response::error(id, msg),
+    }
+}
+
+/// Stores a put and replies with its path.
+///
+/// A body whose size or SHA-256 does not match the request is answered with
+/// an `Err`, even though an `Err` on a put can fail go's build: go computes
+/// OutputID as the SHA-256 of exactly the bytes it sends, so a mismatch means
+/// corruption between go and us. Storing it under its real hash would hand
+/// go back different bytes than it put; failing this one request loudly is
+/// the honest answer (the framing is intact, so the session goes on).
+async fn put(
+    tiers: Arc<Tiers>,
+    id: i64,
+    action: ActionId,
+    output: OutputId,
+    size: u64,
+    body: Option<io::Result<(TempFile, Body)>>,
+) -> Response {
+    let local = tiers.local.clone();
+    let stored = match body {
+        None if output != OutputId::EMPTY => {
+            return Response::error(id, format!("zero-length put with OutputID {output}, which is not sha256(\"\")"));
+        }
+        None => local.put_bytes(&action, b""),
+        Some(Err(e)) => Err(e),
+        Some(Ok((_, Body { write_error: Some(e), .. }))) => Err(e),
+        Some(Ok((_, body))) if body.size != size => {
+            return Response::error(id, format!("put body has {} bytes but BodySize is {size}", body.size));
+        }
+        Some(Ok((_, body))) if body.output != output => {
+            return Response::error(
+                id,
+                format!("put body has sha256 {} but OutputID is {output}: corrupted on the way", body.output),
+            );
+        }
+        Some(Ok((temp, _))) => local.commit(&action, &output, size, temp),
+    };
+    match stored {
+        Ok(entry) => {
+            if let Some(remote) = &tiers.remote {
+                remote.upload(&action, &entry);
+            }
+            match disk_path(&entry.path) {
+                Ok(path) => Response::stored(id, path),
+                Err(msg) => Response::error(id, msg),
+            }
+        }
+        Err(e) => {
+            let root = tiers.local.root().display();
+            tracing::error!(%action, "cairn gocacheprog: storing in {root}: {e}");
+            Response::error(id, format!("cairn: storing in local cache {root}: {e}"))
+        }
+    }
+}
+
+/// Streams a put body from the input into a new temp file. The outer error
+/// is fatal (broken framing); the inner one fails only this put (the body
+/// was still consumed, so the stream stays in sync).
+async fn read_put_body<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut RequestReader<R>,
+    local: &LocalStore,
+) -> Result<io::Result<(TempFile, Body)>, ProtocolError> {
+    let mut temp = match local.temp_file() {
+        Ok(t) => t,
+        Err(e) => {
+            reader.read_body(None).await?;
+            return Ok(Err(e));
+        }
+    };
+    let mut file = temp.take_file().expect("a fresh temp file is open");
+    let body = reader.read_body(Some(&mut file)).await?;
+    Ok(Ok((temp, body)))
+}
+
+fn disk_path(path: &Path) -> Result<String, String> {
+    // The root was checked to be UTF-8 and the rest is hex.
+    path.to_str().map(str::to_owned).ok_or_else(|| format!("cache path {} is not UTF-8", path.display()))
+}
+
+/// Owns the output: writes replies as they come, flushing whenever the queue
+/// runs dry (so a burst costs one write, and a lone reply is not delayed).
+async fn write_responses<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Response>, output: W) -> io::Result<()> {
+    let mut out = BufWriter::new(output);
+    while let Some(first) = rx.recv().await {
+        out.write_all(&first.to_line()).await?;
+        while let Ok(more) = rx.try_recv() {
+            out.write_all(&more.to_line()).await?;
+        }
+        out.flush().await?;
+    }
+    out.shutdown().await
+}
+
+fn writer_stopped(done: Option<Result<io::Result<()>, tokio::task::JoinError>>) -> Error {
+    match done {
+        Some(Ok(Err(e))) => Error::Output(e),
+        Some(Err(e)) => Error::Output(io::Error::other(format!("writer task failed: {e}"))),
+        // The writer only ends early on an error; a clean end here means our
+        // own senders are gone, which is also a bug worth a loud error.
+        Some(Ok(Ok(()))) | None => Error::Output(io::Error::other("response writer ended early")),
+    }
+}
+
+/// Work that may continue after go has been released: a local trim now,
+/// queued uploads in phase 2. Dropping it cancels what can be cancelled.
+pub struct Background {
+    tiers: Option<Arc<Tiers>>,
+    trim: Option<JoinHandle<()>>,
+    /// Tells a running trim to stop between files.
+    cancel: Arc<AtomicBool>,
+}
+
+impl Background {
+    /// Starts a trim of the local tier in the background if one is due.
+    fn start_trim(tiers: &Arc<Tiers>) -> Background {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (local, stop) = (tiers.local.clone(), cancel.clone());
+        let trim = tokio::task::spawn_blocking(move || match local.trim_if_due(&stop) {
+            Ok(Some(stats)) => tracing::debug!(?stats, dir = %local.root().display(), "trimmed local cache"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cairn gocacheprog: trimming {}: {e}", local.root().display()),
+        });
+        Background { tiers: None, trim: Some(trim), cancel }
+    }
+
+    /// Lets the work finish for at most `bound`, then cancels what is left.
+    pub async fn finish(mut self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        if let Some(remote) = self.tiers.as_ref().and_then(|t| t.remote.as_ref()) {
+            remote.finish(bound).await;
+        }
+        if let Some(trim) = self.trim.take() {
+            let aborted = tokio::time::timeout_at(deadline, trim).await.is_err();
+            if aborted {
+                self.cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

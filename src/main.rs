@@ -1,0 +1,85 @@
+//! The `cairn` command line: parses flags, sets up logging, and calls the
+//! library. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use cairn::config::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "A remote build cache for Bazel (REAPI v2) and Go (GOCACHEPROG)")]
+struct Cli {
+    /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. `cairn=debug`).
+    #[arg(long, global = true, env = "CAIRN_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REAPI cache (Capabilities, ActionCache, CAS, ByteStream, health) over gRPC.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (use 0.0.0.0:9092 to serve other machines).
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// Data directory [default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn].
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Bound on stored bytes, e.g. 10GiB, 500MB or plain bytes.
+    #[arg(long, env = "CAIRN_MAX_SIZE", default_value = "10GiB", value_parser = config::parse_size)]
+    max_size: u64,
+    /// Entries used more recently than this are never evicted (e.g. 12h, 90m, 0).
+    #[arg(long, env = "CAIRN_MIN_AGE", default_value = "12h", value_parser = config::parse_duration)]
+    min_age: std::time::Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log_level)
+        .with_context(|| format!("--log-level {:?} is not a level or tracing filter", cli.log_level))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::for_data_dir(args.data_dir.unwrap_or_else(config::default_data_dir));
+    config.max_size = args.max_size;
+    config.min_age = args.min_age;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    cairn::server::serve(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM, starting a graceful shutdown.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

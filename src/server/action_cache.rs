@@ -1,0 +1,113 @@
+//! ActionCache: GetActionResult / UpdateActionResult. Entries are kept per
+//! instance name; the blobs they refer to live in the shared CAS.
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::digest::{validate_instance, Digest, DigestFunction};
+use crate::error::Error;
+use crate::proto::reapi::{self, action_cache_server::ActionCache};
+use crate::server::status::IntoStatus;
+use crate::server::blocking;
+use crate::store::{complete, Store};
+
+/// Largest stdout/stderr inlined into a GetActionResult reply on request.
+const MAX_INLINE_OUTPUT: u64 = 1 << 20;
+
+/// The ActionCache service.
+pub struct ActionCacheService {
+    pub store: Store,
+}
+
+#[tonic::async_trait]
+impl ActionCache for ActionCacheService {
+    async fn get_action_result(
+        &self,
+        request: Request<reapi::GetActionResultRequest>,
+    ) -> Result<Response<reapi::ActionResult>, Status> {
+        let req = request.into_inner();
+        let function = DigestFunction::from_proto(req.digest_function).status()?;
+        validate_instance(&req.instance_name).status()?;
+        let action = Digest::from_proto(function, req.action_digest.as_ref(), "action_digest").status()?;
+        let store = self.store.clone();
+        let result = blocking(move || get_action_result(&store, &req, &action)).await?;
+        Ok(Response::new(result))
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<reapi::UpdateActionResultRequest>,
+    ) -> Result<Response<reapi::ActionResult>, Status> {
+        let req = request.into_inner();
+        let function = DigestFunction::from_proto(req.digest_function).status()?;
+        validate_instance(&req.instance_name).status()?;
+        let action = Digest::from_proto(function, req.action_digest.as_ref(), "action_digest").status()?;
+        let result = req
+            .action_result
+            .ok_or_else(|| Error::InvalidArgument("action_result is missing".into()))
+            .status()?;
+        validate_result(function, &result).status()?;
+        let bytes = result.encode_to_vec();
+        let store = self.store.clone();
+        let instance = req.instance_name;
+        blocking(move || store.put_action(&instance, &action, &bytes)).await?;
+        Ok(Response::new(result))
+    }
+}
+
+fn get_action_result(
+    store: &Store,
+    req: &reapi::GetActionResultRequest,
+    action: &Digest,
+) -> Result<reapi::ActionResult, Error> {
+    let not_found = || {
+        Error::NotFound(format!(
+            "no action result for {action} in instance {:?}",
+            req.instance_name
+        ))
+    };
+    let bytes = store.get_action(&req.instance_name, action)?.ok_or_else(not_found)?;
+    let mut result = reapi::ActionResult::decode(bytes.as_slice())
+        .map_err(|e| Error::Internal(format!("stored action result for {action} does not decode: {e}")))?;
+    let function = action.function;
+    if let Some(gone) = complete::first_missing(store, function, &result)? {
+        tracing::debug!(action = ?action, missing = ?gone, "action result is incomplete; reporting a miss");
+        return Err(Error::NotFound(format!(
+            "action result for {action} refers to blob {gone}, which is no longer in the CAS"
+        )));
+    }
+    if req.inline_stdout {
+        result.stdout_raw = inline_output(store, function, result.stdout_digest.as_ref())?;
+    }
+    if req.inline_stderr {
+        result.stderr_raw = inline_output(store, function, result.stderr_digest.as_ref())?;
+    }
+    Ok(result)
+}
+
+/// Reads a small stdout/stderr blob for inlining; empty when absent or large
+/// (the spec lets the server decline, the client then reads the digest).
+fn inline_output(store: &Store, function: DigestFunction, d: Option<&reapi::Digest>) -> Result<Vec<u8>, Error> {
+    let Some(d) = d else { return Ok(Vec::new()) };
+    let Ok(d) = Digest::parse(function, &d.hash, d.size_bytes) else { return Ok(Vec::new()) };
+    if d.size > MAX_INLINE_OUTPUT {
+        return Ok(Vec::new());
+    }
+    Ok(store.read_all(&d)?.unwrap_or_default())
+}
+
+/// Checks every digest inside a result is well formed, naming the bad one.
+fn validate_result(function: DigestFunction, r: &reapi::ActionResult) -> Result<(), Error> {
+    for f in &r.output_files {
+        Digest::from_proto(function, f.digest.as_ref(), &format!("output file {:?}", f.path))?;
+    }
+    for d in &r.output_directories {
+        Digest::from_proto(function, d.tree_digest.as_ref(), &format!("output directory {:?} tree_digest", d.path))?;
+    }
+    for (what, d) in [("stdout_digest", &r.stdout_digest), ("stderr_digest", &r.stderr_digest)] {
+        if d.is_some() {
+            Digest::from_proto(function, d.as_ref(), what)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! ContentAddressableStorage: FindMissingBlobs and the batch calls. GetTree
+//! lives in `get_tree.rs`. The CAS is shared by all instance names: content
+//! is named by its hash, so sharing is safe and deduplicates across instances.
+
+use tonic::{Request, Response, Status};
+
+use crate::digest::{validate_instance, Compressor, Digest, DigestFunction};
+use crate::error::Error;
+use crate::proto::reapi::{self, content_addressable_storage_server::ContentAddressableStorage};
+use crate::server::get_tree;
+use crate::server::status::{ok_rpc_status, to_rpc_status, IntoStatus};
+use crate::server::blocking;
+use crate::store::{zstd, Store};
+
+/// The CAS service.
+pub struct CasService {
+    pub store: Store,
+    /// Bound on blob bytes per batch call, as advertised in Capabilities.
+    pub max_batch_total_size: u64,
+}
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<reapi::FindMissingBlobsRequest>,
+    ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let function = DigestFunction::from_proto(req.digest_function).status()?;
+        validate_instance(&req.instance_name).status()?;
+        let digests = req
+            .blob_digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Digest::from_proto(function, Some(d), &format!("blob_digests[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .status()?;
+        let store = self.store.clone();
+        let missing = blocking(move || store.find_missing(&digests)).await?;
+        Ok(Response::new(reapi::FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<reapi::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let function = DigestFunction::from_proto(req.digest_function).status()?;
+        validate_instance(&req.instance_name).status()?;
+        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        if total > self.max_batch_total_size {
+            return Err(Error::InvalidArgument(format!(
+                "batch carries {total} bytes, over the {} advertised as max_batch_total_size_bytes; use ByteStream for large blobs",
+                self.max_batch_total_size
+            )))
+            .status();
+        }
+        let store = self.store.clone();
+        let responses = blocking(move || {
+            Ok(req.requests.into_iter().map(|r| update_one(&store, function, r)).collect())
+        })
+        .await?;
+        Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<reapi::BatchReadBlobsRequest>,
+    ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let function = DigestFunction::from_proto(req.digest_function).status()?;
+        validate_instance(&req.instance_name).status()?;
+        let total: u64 = req.digests.iter().map(|d| d.size_bytes.max(0) as u64).sum();
+        if total > self.max_batch_total_size {
+            return Err(Error::InvalidArgument(format!(
+                "batch asks for {total} bytes, over the {} advertised as max_batch_total_size_bytes; use ByteStream for large blobs",
+                self.max_batch_total_size
+            )))
+            .status();
+        }
+        let store = self.store.clone();
+        let responses = blocking(move || Ok(req.digests.iter().map(|d| read_one(&store, function, d)).collect())).await?;
+        Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = get_tree::GetTreeStream;
+
+    async fn get_tree(&self, request: Request<reapi::GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+        get_tree::get_tree(self.store.clone(), request.into_inner()).await
+    }
+}
+
+/// Stores one blob of a batch; failures become that blob's status.
+fn update_one(
+    store: &Store,
+    function: DigestFunction,
+    r: reapi::batch_update_blobs_request::Request,
+) -> reapi::batch_update_blobs_response::Response {
+    let result = Digest::from_proto(function, r.digest.as_ref(), "digest").and_then(|d| {
+        match Compressor::from_proto(r.compressor)? {
+            Compressor::Identity => store.put(d, &r.data)?,
+            Compressor::Zstd => {
+                // Streamed through the writer, so a false declared size cannot
+                // make us allocate it up front.
+                let mut up = zstd::ZstdUpload::new(store.begin_write(d)?)?;
+                up.write(&r.data)?;
+                up.commit()?
+            }
+        }
+        Ok(d)
+    });
+    reapi::batch_update_blobs_response::Response {
+        digest: r.digest,
+        status: Some(match &result {
+            Ok(_) => ok_rpc_status(),
+            Err(e) => to_rpc_status(e),
+        }),
+    }
+}
+
+/// Reads one blob of a batch; a miss is that blob's NOT_FOUND.
+fn read_one(store: &Store, function: DigestFunction, d: &reapi::Digest) -> reapi::batch_read_blobs_response::Response {
+    let result = Digest::from_proto(function, Some(d), "digest").and_then(|digest| {
+        store.read_all(&digest)?.ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))
+    });
+    let (data, status) = match result {
+        Ok(data) => (data, ok_rpc_status()),
+        Err(e) => (Vec::new(), to_rpc_status(&e)),
+    };
+    reapi::batch_read_blobs_response::Response {
+        digest: Some(d.clone()),
+        data,
+        compressor: reapi::compressor::Value::Identity as i32,
+        status: Some(status),
+    }
+}

@@ -1,0 +1,100 @@
+//! Least-recently-used eviction with batched bookkeeping.
+//!
+//! Every entry (CAS blob or action result) has a last-use time in the `atime`
+//! column family (entry key → seconds) and a row in the `lru` column family
+//! keyed by `(seconds, entry key)`, so iterating `lru` from the start yields
+//! the least recently used entries first. Writes record their time in the
+//! same batch as the data. Reads only note the key in memory ([`Touches`]);
+//! a background flusher turns the noted keys into `atime`/`lru` updates once
+//! a second, so a read never costs a RocksDB write of its own. The order is
+//! exact LRU at one-second resolution, except that uses in the last second
+//! before a crash are forgotten.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// An entry's key in `atime`/`lru`: a kind byte, then the entry's own key.
+pub(super) type EntryKey = Vec<u8>;
+
+/// Kind byte for CAS entries (followed by the 33-byte CAS key).
+pub(super) const KIND_CAS: u8 = b'c';
+/// Kind byte for ActionCache entries (followed by the AC key).
+pub(super) const KIND_AC: u8 = b'a';
+
+/// Builds an entry key.
+pub(super) fn entry_key(kind: u8, key: &[u8]) -> EntryKey {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(kind);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The `lru` row for an entry used at `secs`: big-endian time first, so
+/// RocksDB's byte order is time order.
+pub(super) fn lru_key(secs: u64, entry: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(entry.len() + 8);
+    k.extend_from_slice(&secs.to_be_bytes());
+    k.extend_from_slice(entry);
+    k
+}
+
+/// Splits an `lru` row back into (time, entry key).
+pub(super) fn parse_lru_key(k: &[u8]) -> Option<(u64, &[u8])> {
+    if k.len() < 9 {
+        return None;
+    }
+    Some((u64::from_be_bytes(k[..8].try_into().ok()?), &k[8..]))
+}
+
+/// Seconds since the Unix epoch.
+pub(super) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Keys used since the last flush. Bounded: past [`MAX_PENDING`] keys new
+/// uses are dropped until the flusher catches up (they only sharpen LRU order).
+pub(super) struct Touches {
+    pending: Mutex<HashSet<EntryKey>>,
+}
+
+/// Upper bound on remembered uses between flushes (~50 MB at worst).
+const MAX_PENDING: usize = 1_000_000;
+
+impl Touches {
+    pub(super) fn new() -> Touches {
+        Touches { pending: Mutex::new(HashSet::new()) }
+    }
+
+    /// Notes that an entry was used.
+    pub(super) fn touch(&self, entry: EntryKey) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < MAX_PENDING {
+            p.insert(entry);
+        }
+    }
+
+    /// Takes every noted use.
+    pub(super) fn drain(&self) -> HashSet<EntryKey> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_keys_sort_by_time() {
+        let a = lru_key(5, &entry_key(KIND_CAS, b"zzz"));
+        let b = lru_key(6, &entry_key(KIND_CAS, b"aaa"));
+        let c = lru_key(256, &entry_key(KIND_AC, b"aaa"));
+        assert!(a < b && b < c);
+        let (t, e) = parse_lru_key(&c).unwrap();
+        assert_eq!(t, 256);
+        assert_eq!(e, entry_key(KIND_AC, b"aaa").as_slice());
+        assert!(parse_lru_key(b"short").is_none());
+    }
+}

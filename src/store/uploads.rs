@@ -1,0 +1,57 @@
+//! Interrupted ByteStream uploads, kept so a client can ask QueryWriteStatus
+//! how far it got and resume at that offset instead of starting over.
+//! Bounded in count and age: the oldest is dropped (with its temp file) when
+//! the table is full, and every entry expires after [`PARKED_TTL`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::BlobWriter;
+
+/// How many interrupted uploads are kept at once.
+const MAX_PARKED: usize = 256;
+/// How long an interrupted upload waits to be resumed.
+const PARKED_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The table of interrupted uploads, keyed by their full resource name.
+pub struct Uploads {
+    parked: Mutex<HashMap<String, (BlobWriter, Instant)>>,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Uploads {
+    pub fn new() -> Uploads {
+        Uploads { parked: Mutex::new(HashMap::new()) }
+    }
+
+    /// Keeps an interrupted upload for later resumption.
+    pub fn park(&self, name: String, writer: BlobWriter) {
+        let mut map = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, (_, at)| now.duration_since(*at) < PARKED_TTL);
+        if map.len() >= MAX_PARKED {
+            if let Some(oldest) = map.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(name, (writer, now));
+    }
+
+    /// Takes an interrupted upload back to continue it.
+    pub fn take(&self, name: &str) -> Option<BlobWriter> {
+        let mut map = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(name).filter(|(_, at)| at.elapsed() < PARKED_TTL).map(|(w, _)| w)
+    }
+
+    /// Bytes received so far by an interrupted upload.
+    pub fn progress(&self, name: &str) -> Option<u64> {
+        let map = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(name).filter(|(_, at)| at.elapsed() < PARKED_TTL).map(|(w, _)| w.written())
+    }
+}

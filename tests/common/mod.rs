@@ -1,0 +1,86 @@
+//! Starts the real cairn server (the same `server::run` that `cairn serve`
+//! uses) on an ephemeral loopback port with a temporary data dir.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cairn::config::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A running server; dropped or `stop`ped at the end of a test.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub config: Config,
+    /// Keeps the temp data dir alive as long as the server (None if the caller owns the dir).
+    _dir: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with default settings over a fresh temp data dir.
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config::for_data_dir(dir.path());
+        Self::start_inner(config, Some(dir)).await
+    }
+
+    /// Starts a server with the given config (its data dir belongs to the caller).
+    pub async fn start_with(config: Config) -> TestServer {
+        Self::start_inner(config, None).await
+    }
+
+    async fn start_inner(config: Config, dir: Option<tempfile::TempDir>) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let cfg = config.clone();
+        let task = tokio::spawn(async move {
+            cairn::server::serve(listener, cfg, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server failed");
+        });
+        TestServer { addr, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// `grpc://127.0.0.1:PORT`, as Bazel's --remote_cache wants it.
+    pub fn grpc_url(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`, as tonic's endpoint wants it.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.http_url()).unwrap().connect().await.expect("connect")
+    }
+
+    /// Graceful shutdown; waits until the store is closed so it can be reopened.
+    pub async fn stop(mut self) -> Config {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+        self.config.clone()
+    }
+}
+
+/// A fresh temp dir for tests that restart a server over the same data.
+pub fn temp_data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("data");
+    (dir, path)
+}
