@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Blob payloads as `Bytes`: sliced and passed along without copying.
+        .bytes(".")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -33,7 +33,10 @@ pub enum ClientError {
     #[error("invalid server address {0:?}: use grpc://host:port or http://host:port")]
     BadAddress(String),
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: tonic::transport::Error },
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
     #[error("{rpc} failed: {status}")]
     Rpc { rpc: &'static str, status: tonic::Status },
     #[error("blob {digest} from the server does not match its digest ({why}); rejected")]
@@ -80,7 +83,10 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .connect()
             .await
-            .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
         Ok(Client {
             channel,
             instance: instance.to_string(),
@@ -92,7 +98,9 @@ impl Client {
     /// Asks the server's capabilities and adopts its batch limit.
     pub async fn capabilities(&mut self) -> Result<reapi::ServerCapabilities> {
         let caps = CapabilitiesClient::new(self.channel.clone())
-            .get_capabilities(reapi::GetCapabilitiesRequest { instance_name: self.instance.clone() })
+            .get_capabilities(reapi::GetCapabilitiesRequest {
+                instance_name: self.instance.clone(),
+            })
             .await
             .map_err(rpc("GetCapabilities"))?
             .into_inner();
@@ -205,7 +213,12 @@ impl Client {
         let name = self.upload_name(d);
         let size = data.len();
         let chunks: Vec<WriteRequest> = if size == 0 {
-            vec![WriteRequest { resource_name: name, write_offset: 0, finish_write: true, data: Bytes::new() }]
+            vec![WriteRequest {
+                resource_name: name,
+                write_offset: 0,
+                finish_write: true,
+                data: Bytes::new(),
+            }]
         } else {
             (0..size)
                 .step_by(WRITE_CHUNK)
@@ -230,9 +243,10 @@ impl Client {
     /// Uploads a file through ByteStream, reading it in chunks so memory stays
     /// bounded whatever the file's size.
     pub async fn write_file(&self, d: &Digest, path: &Path) -> Result<()> {
-        let mut file = tokio::fs::File::open(path)
-            .await
-            .map_err(|source| ClientError::Io { context: format!("opening {}", path.display()), source })?;
+        let mut file = tokio::fs::File::open(path).await.map_err(|source| ClientError::Io {
+            context: format!("opening {}", path.display()),
+            source,
+        })?;
         let name = self.upload_name(d);
         let size = d.size;
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
@@ -275,14 +289,26 @@ impl Client {
     /// when the server does not have it.
     pub async fn read_to_file(&self, d: &Digest, dest: &Path) -> Result<bool> {
         let resp = ByteStreamClient::new(self.channel.clone())
-            .read(ReadRequest { resource_name: self.read_name(d), read_offset: 0, read_limit: 0 })
+            .read(ReadRequest {
+                resource_name: self.read_name(d),
+                read_offset: 0,
+                read_limit: 0,
+            })
             .await;
         let mut stream = match resp {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::NotFound => return Ok(false),
-            Err(s) => return Err(ClientError::Rpc { rpc: "ByteStream.Read", status: s }),
+            Err(s) => {
+                return Err(ClientError::Rpc {
+                    rpc: "ByteStream.Read",
+                    status: s,
+                })
+            }
         };
-        let io = |source| ClientError::Io { context: format!("writing {}", dest.display()), source };
+        let io = |source| ClientError::Io {
+            context: format!("writing {}", dest.display()),
+            source,
+        };
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = d.function.hasher();
         let mut got = 0u64;
@@ -290,14 +316,20 @@ impl Client {
             while let Some(msg) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
                 got += msg.data.len() as u64;
                 if got > d.size {
-                    return Err(ClientError::Corrupt { digest: d.to_string(), why: "too many bytes".into() });
+                    return Err(ClientError::Corrupt {
+                        digest: d.to_string(),
+                        why: "too many bytes".into(),
+                    });
                 }
                 hasher.update(&msg.data);
                 file.write_all(&msg.data).await.map_err(io)?;
             }
             file.flush().await.map_err(io)?;
             if got != d.size || hasher.clone().finalize() != d.hash {
-                return Err(ClientError::Corrupt { digest: d.to_string(), why: format!("{got} bytes, wrong hash") });
+                return Err(ClientError::Corrupt {
+                    digest: d.to_string(),
+                    why: format!("{got} bytes, wrong hash"),
+                });
             }
             Ok(())
         }
@@ -321,7 +353,10 @@ impl Client {
         match r {
             Ok(r) => Ok(Some(r.into_inner())),
             Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(ClientError::Rpc { rpc: "GetActionResult", status: s }),
+            Err(s) => Err(ClientError::Rpc {
+                rpc: "GetActionResult",
+                status: s,
+            }),
         }
     }
 
@@ -341,11 +376,21 @@ impl Client {
     }
 
     fn prefix(&self) -> String {
-        if self.instance.is_empty() { String::new() } else { format!("{}/", self.instance) }
+        if self.instance.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.instance)
+        }
     }
 
     fn upload_name(&self, d: &Digest) -> String {
-        format!("{}uploads/{}/blobs/{}/{}", self.prefix(), uuid::Uuid::new_v4(), d.hex(), d.size)
+        format!(
+            "{}uploads/{}/blobs/{}/{}",
+            self.prefix(),
+            uuid::Uuid::new_v4(),
+            d.hex(),
+            d.size
+        )
     }
 
     fn read_name(&self, d: &Digest) -> String {
@@ -356,7 +401,10 @@ impl Client {
 /// Checks downloaded bytes against their digest.
 fn verify(d: &Digest, data: &[u8]) -> Result<()> {
     if data.len() as u64 != d.size || d.function.digest_of(data) != *d {
-        return Err(ClientError::Corrupt { digest: d.to_string(), why: format!("{} bytes, wrong hash", data.len()) });
+        return Err(ClientError::Corrupt {
+            digest: d.to_string(),
+            why: format!("{} bytes, wrong hash", data.len()),
+        });
     }
     Ok(())
 }

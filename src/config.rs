@@ -74,7 +74,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        other => return Err(format!("size {s:?} has unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")),
+        other => {
+            return Err(format!(
+                "size {s:?} has unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            ))
+        }
     };
     if let Ok(n) = num.parse::<u64>() {
         return n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"));
@@ -96,7 +100,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} has no number; use e.g. 12h, 90m or 7d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} has no number; use e.g. 12h, 90m or 7d"))?;
     let secs = match unit {
         "s" => 1,
         "m" => 60,

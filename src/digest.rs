@@ -80,7 +80,11 @@ impl DigestFunction {
     pub fn digest_of(self, data: &[u8]) -> Digest {
         let mut h = self.hasher();
         h.update(data);
-        Digest { function: self, hash: h.finalize(), size: data.len() as u64 }
+        Digest {
+            function: self,
+            hash: h.finalize(),
+            size: data.len() as u64,
+        }
     }
 
     /// The digest of the empty blob, which every CAS holds implicitly.
@@ -140,12 +144,18 @@ impl Digest {
             )));
         }
         if size < 0 {
-            return Err(Error::InvalidArgument(format!("digest {hash} has negative size {size}")));
+            return Err(Error::InvalidArgument(format!(
+                "digest {hash} has negative size {size}"
+            )));
         }
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(hash, &mut bytes)
             .map_err(|e| Error::InvalidArgument(format!("digest hash {hash:?}: {e}")))?;
-        Ok(Digest { function, hash: bytes, size: size as u64 })
+        Ok(Digest {
+            function,
+            hash: bytes,
+            size: size as u64,
+        })
     }
 
     /// Parses a REAPI `Digest` message; a missing message is an error naming `what`.
@@ -159,7 +169,10 @@ impl Digest {
 
     /// The REAPI message for this digest.
     pub fn to_proto(&self) -> reapi::Digest {
-        reapi::Digest { hash: self.hex(), size_bytes: self.size as i64 }
+        reapi::Digest {
+            hash: self.hex(),
+            size_bytes: self.size as i64,
+        }
     }
 
     /// Lower-case hex of the hash.
@@ -220,7 +233,14 @@ impl Compressor {
 
 /// Path segments REAPI reserves; an instance name may not contain them, which
 /// is what makes resource names parse unambiguously.
-const RESERVED_SEGMENTS: [&str; 6] = ["blobs", "uploads", "compressed-blobs", "actions", "actionResults", "operations"];
+const RESERVED_SEGMENTS: [&str; 6] = [
+    "blobs",
+    "uploads",
+    "compressed-blobs",
+    "actions",
+    "actionResults",
+    "operations",
+];
 
 /// Validates an instance name: `/`-separated segments, none empty, `.` or
 /// `..`, none reserved. The empty name is the default instance.
@@ -266,13 +286,17 @@ impl ResourceName {
             .iter()
             .position(|s| *s == "blobs" || *s == "compressed-blobs")
             .ok_or_else(|| bad_name(name, "expected {instance}/blobs/{hash}/{size}"))?;
-        let instance = segs[..at].join("/");
+        let instance = instance_from(&segs[..at])?;
         let (compressor, digest, rest) = parse_blob_part(name, &segs[at..])?;
         if !rest.is_empty() {
             return Err(bad_name(name, "unexpected segments after {size}"));
         }
-        validate_instance(&instance)?;
-        Ok(ResourceName { instance, upload_id: None, compressor, digest })
+        Ok(ResourceName {
+            instance,
+            upload_id: None,
+            compressor,
+            digest,
+        })
     }
 
     /// Parses a write name: `{instance}/uploads/{uuid}/blobs/{function/}{hash}/{size}{/metadata}`
@@ -283,15 +307,32 @@ impl ResourceName {
             .iter()
             .position(|s| *s == "uploads")
             .ok_or_else(|| bad_name(name, "expected {instance}/uploads/{uuid}/blobs/{hash}/{size}"))?;
-        let instance = segs[..at].join("/");
+        let instance = instance_from(&segs[..at])?;
         let upload_id = match segs.get(at + 1) {
             Some(id) if !id.is_empty() && *id != "blobs" && *id != "compressed-blobs" => id.to_string(),
             _ => return Err(bad_name(name, "missing upload id after 'uploads/'")),
         };
         let (compressor, digest, _metadata) = parse_blob_part(name, &segs[at + 2..])?;
-        validate_instance(&instance)?;
-        Ok(ResourceName { instance, upload_id: Some(upload_id), compressor, digest })
+        Ok(ResourceName {
+            instance,
+            upload_id: Some(upload_id),
+            compressor,
+            digest,
+        })
     }
+}
+
+/// Joins and validates the segments before `blobs`/`uploads`. A leading `/`
+/// (one empty segment) is an empty segment too, not the default instance.
+fn instance_from(segs: &[&str]) -> Result<String> {
+    let instance = segs.join("/");
+    if segs.len() == 1 && segs[0].is_empty() {
+        return Err(Error::InvalidArgument(
+            "instance name \"\" contains an empty path segment (a leading '/')".into(),
+        ));
+    }
+    validate_instance(&instance)?;
+    Ok(instance)
 }
 
 /// Parses `blobs/{function/}{hash}/{size}...` or `compressed-blobs/{c}/{function/}{hash}/{size}...`,
@@ -326,7 +367,9 @@ fn parse_blob_part<'a>(name: &str, segs: &'a [&'a str]) -> Result<(Compressor, D
         i += 1;
     }
     let hash = segs.get(i).ok_or_else(|| bad_name(name, "missing hash"))?;
-    let size_str = segs.get(i + 1).ok_or_else(|| bad_name(name, "missing size after the hash"))?;
+    let size_str = segs
+        .get(i + 1)
+        .ok_or_else(|| bad_name(name, "missing size after the hash"))?;
     let size: i64 = size_str
         .parse()
         .map_err(|_| bad_name(name, &format!("size {size_str:?} is not a decimal integer")))?;
@@ -357,7 +400,9 @@ mod tests {
     #[test]
     fn empty_blob_is_known() {
         assert_eq!(DigestFunction::Sha256.empty().hex(), EMPTY_SHA);
-        assert!(Digest::parse(DigestFunction::Sha256, EMPTY_SHA, 0).unwrap().is_empty_blob());
+        assert!(Digest::parse(DigestFunction::Sha256, EMPTY_SHA, 0)
+            .unwrap()
+            .is_empty_blob());
         assert!(!Digest::parse(DigestFunction::Sha256, H, 0).unwrap().is_empty_blob());
         assert_eq!(
             DigestFunction::Blake3.empty().hex(),
@@ -379,7 +424,9 @@ mod tests {
             (H, -1, "negative size"),
         ];
         for (hash, size, want) in cases {
-            let err = Digest::parse(DigestFunction::Sha256, hash, size).unwrap_err().to_string();
+            let err = Digest::parse(DigestFunction::Sha256, hash, size)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{hash:?}/{size}: {err}");
         }
     }

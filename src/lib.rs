@@ -16,10 +16,10 @@
 //! Layers only look down: server → store → digest/error; gocache → client → digest.
 
 pub mod client;
+pub mod config;
 pub mod digest;
 pub mod error;
 pub mod gocache;
 pub mod proto;
 pub mod server;
 pub mod store;
-pub mod config;

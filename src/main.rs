@@ -11,11 +11,16 @@ use tracing_subscriber::EnvFilter;
 use cairn::config::{self, Config};
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "A remote build cache for Bazel (REAPI v2) and Go (GOCACHEPROG)")]
+#[command(
+    name = "cairn",
+    version,
+    about = "A remote build cache for Bazel (REAPI v2) and Go (GOCACHEPROG)"
+)]
 struct Cli {
-    /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. `cairn=debug`).
-    #[arg(long, global = true, env = "CAIRN_LOG_LEVEL", default_value = "info")]
-    log_level: String,
+    /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. `cairn=debug`)
+    /// [default: info; warn for gocacheprog, whose stderr is Go's].
+    #[arg(long, global = true, env = "CAIRN_LOG_LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +29,21 @@ struct Cli {
 enum Command {
     /// Serve the REAPI cache (Capabilities, ActionCache, CAS, ByteStream, health) over gRPC.
     Serve(ServeArgs),
+    /// Serve Go's build and test cache as GOCACHEPROG (GOCACHEPROG="cairn gocacheprog").
+    #[command(name = "gocacheprog")]
+    GoCacheProg(cairn::gocache::GoCacheArgs),
+    /// Print entries, bytes, hits, misses and evictions of a data dir (safe while a server runs).
+    Stats(StatsArgs),
+}
+
+#[derive(clap::Args)]
+struct StatsArgs {
+    /// Data directory [default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn].
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -44,13 +64,52 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log_level)
-        .with_context(|| format!("--log-level {:?} is not a level or tracing filter", cli.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let default_level = if matches!(cli.command, Command::GoCacheProg(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    let level = cli.log_level.as_deref().unwrap_or(default_level);
+    let filter =
+        EnvFilter::try_new(level).with_context(|| format!("--log-level {level:?} is not a level or tracing filter"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Stats(args) => stats(args),
+        Command::GoCacheProg(args) => {
+            let config = args.into_config()?;
+            runtime.block_on(cairn::gocache::run(config))?;
+            Ok(())
+        }
     }
+}
+
+fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let dir = args.data_dir.unwrap_or_else(config::default_data_dir);
+    let s = cairn::store::read_stats(&dir).with_context(|| format!("reading stats of {}", dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!("data dir          {}", dir.display());
+        println!(
+            "CAS               {} blobs, {}",
+            s.cas_count,
+            config::human_size(s.cas_bytes.max(0) as u64)
+        );
+        println!(
+            "ActionCache       {} results, {}",
+            s.ac_count,
+            config::human_size(s.ac_bytes.max(0) as u64)
+        );
+        println!("AC hits / misses  {} / {}", s.ac_hits, s.ac_misses);
+        println!("evictions         {}", s.evictions);
+        println!("min-age overruns  {}", s.min_age_overruns);
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

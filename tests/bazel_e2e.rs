@@ -48,7 +48,10 @@ fn cache_flags(server: &TestServer, instance: Option<&str>) -> Vec<String> {
 fn log_build(what: &str, build: &Build) {
     eprintln!("bazel {what}: {}", build.describe());
     let warnings = build.remote_warnings();
-    assert!(warnings.is_empty(), "{what}: Bazel reported remote cache problems:\n{warnings:#?}");
+    assert!(
+        warnings.is_empty(),
+        "{what}: Bazel reported remote cache problems:\n{warnings:#?}"
+    );
 }
 
 /// A build against an empty cache: every cacheable action executed (and,
@@ -56,7 +59,11 @@ fn log_build(what: &str, build: &Build) {
 fn assert_cold(what: &str, build: &Build) {
     log_build(what, build);
     let s = &build.summary;
-    assert!(s.cacheable() >= MIN_CACHEABLE, "{what}: only {} cacheable actions", s.cacheable());
+    assert!(
+        s.cacheable() >= MIN_CACHEABLE,
+        "{what}: only {} cacheable actions",
+        s.cacheable()
+    );
     assert_eq!(s.remote_cache_hits(), 0, "{what}: hits from an empty cache: {s:?}");
     assert_eq!(s.executed(), s.cacheable(), "{what}: {s:?}");
 }
@@ -65,14 +72,22 @@ fn assert_cold(what: &str, build: &Build) {
 fn assert_all_hits(what: &str, build: &Build, cold: &Build) {
     log_build(what, build);
     let s = &build.summary;
-    assert_eq!(s.cacheable(), cold.summary.cacheable(), "{what}: different action count: {s:?}");
+    assert_eq!(
+        s.cacheable(),
+        cold.summary.cacheable(),
+        "{what}: different action count: {s:?}"
+    );
     assert_eq!(
         s.remote_cache_hits(),
         s.cacheable(),
         "{what}: not every action was a remote cache hit: {s:?}\nmisses: {:#?}",
         build.misses()
     );
-    assert!(build.misses().is_empty(), "{what}: execution log misses: {:#?}", build.misses());
+    assert!(
+        build.misses().is_empty(),
+        "{what}: execution log misses: {:#?}",
+        build.misses()
+    );
 }
 
 /// A build that got nothing from the cache although `cold` filled it
@@ -89,7 +104,11 @@ fn check_special_outputs(bazel: &Bazel, hashes: &BTreeMap<String, String>) {
     let size = |rel: &str| std::fs::metadata(bazel.bin_path(rel)).map(|m| m.len()).ok();
     assert_eq!(size("big/blob5m.txt"), Some(5 * 1024 * 1024), "5 MiB output");
     assert_eq!(size("empty/empty.txt"), Some(0), "empty output");
-    assert_eq!(size("empty/also_empty.txt"), Some(0), "empty output of a 2-output action");
+    assert_eq!(
+        size("empty/also_empty.txt"),
+        Some(0),
+        "empty output of a 2-output action"
+    );
     assert_eq!(size("tree/dir/other/empty.txt"), Some(0), "empty file in a tree");
     let tree_files = hashes.keys().filter(|k| k.starts_with("tree/dir/")).count();
     assert_eq!(tree_files, 15, "files in the tree artifact");
@@ -99,9 +118,15 @@ fn check_special_outputs(bazel: &Bazel, hashes: &BTreeMap<String, String>) {
 
 /// Compares two output snapshots, naming the files that differ.
 fn assert_same_outputs(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
-    let differ: Vec<&String> =
-        before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
-    assert!(differ.is_empty(), "outputs differ after the cached rebuild: {differ:#?}");
+    let differ: Vec<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "outputs differ after the cached rebuild: {differ:#?}"
+    );
 }
 
 /// Cold build, `clean --expunge`, rebuild: all hits, identical bytes.
@@ -118,7 +143,10 @@ async fn rebuild_after_expunge_is_all_remote_hits() {
     check_special_outputs(&bazel, &before);
 
     bazel.clean_expunge().await;
-    assert!(!bazel.bin_path("big/blob5m.txt").exists(), "clean --expunge left outputs");
+    assert!(
+        !bazel.bin_path("big/blob5m.txt").exists(),
+        "clean --expunge left outputs"
+    );
     let warm = bazel.build(&flags).await;
     assert_all_hits("rebuild", &warm, &cold);
     let after = bazel.hash_outputs();
@@ -210,8 +238,17 @@ async fn changed_input_reruns_only_dependent_actions() {
     log_build("after edit", &edited);
     let s = &edited.summary;
     assert_eq!(s.cacheable(), cold.summary.cacheable(), "{s:?}");
-    assert_eq!(s.executed(), EDIT_DEPENDENTS.len() as u64, "{s:?}: {:#?}", edited.misses());
-    assert_eq!(s.remote_cache_hits(), s.cacheable() - EDIT_DEPENDENTS.len() as u64, "{s:?}");
+    assert_eq!(
+        s.executed(),
+        EDIT_DEPENDENTS.len() as u64,
+        "{s:?}: {:#?}",
+        edited.misses()
+    );
+    assert_eq!(
+        s.remote_cache_hits(),
+        s.cacheable() - EDIT_DEPENDENTS.len() as u64,
+        "{s:?}"
+    );
     assert_eq!(edited.misses(), EDIT_DEPENDENTS, "the actions that re-ran");
     let e3 = std::fs::read_to_string(bazel.bin_path("edit/down/e3.txt")).expect("e3");
     assert_eq!(e3, "DETIDE\nDETIDE\n", "output of the edited chain");
@@ -222,7 +259,12 @@ async fn changed_input_reruns_only_dependent_actions() {
     let reverted = bazel.build(&flags).await;
     log_build("after revert", &reverted);
     let s = &reverted.summary;
-    assert_eq!((s.remote_cache_hits(), s.executed()), (3, 0), "{s:?}: {:#?}", reverted.misses());
+    assert_eq!(
+        (s.remote_cache_hits(), s.executed()),
+        (3, 0),
+        "{s:?}: {:#?}",
+        reverted.misses()
+    );
     let e3 = std::fs::read_to_string(bazel.bin_path("edit/down/e3.txt")).expect("e3");
     assert_eq!(e3, "LANIGIRO\nLANIGIRO\n", "output of the reverted chain");
 

@@ -18,8 +18,10 @@
 //! a short file, which the size check turns into a miss; go re-hashes the
 //! small metadata outputs it reads.
 //!
-//! All methods are blocking (plain `std::fs`); the run loop calls them
-//! through `spawn_blocking`, one hop per request.
+//! All methods are blocking (plain `std::fs`). Lookups and commits are a few
+//! page-cache syscalls, cheaper than a `spawn_blocking` hop, so the run loop
+//! calls them inline (see the latency note in `gocache`); only
+//! [`LocalStore::trim`] belongs on a blocking thread.
 
 use std::fs;
 use std::io::{self, Write};
@@ -46,7 +48,7 @@ const STALE_TEMP: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Sizes are counted in filesystem blocks of this size, so the thousands of
 /// tiny metadata files count for what they really cost on disk.
-const BLOCK: u64 = 4096;
+pub const BLOCK: u64 = 4096;
 
 /// A stored entry: what a get hit reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,7 +158,12 @@ impl LocalStore {
                 }
             }
         }
-        Ok(Some(Entry { output, size, time_nanos, path }))
+        Ok(Some(Entry {
+            output,
+            size,
+            time_nanos,
+            path,
+        }))
     }
 
     /// A new empty temp file inside the store (same filesystem, so it can be
@@ -165,7 +172,11 @@ impl LocalStore {
         let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}-{seq}-{}", std::process::id(), now_nanos()));
         let file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file: Some(file), keep: false })
+        Ok(TempFile {
+            path,
+            file: Some(file),
+            keep: false,
+        })
     }
 
     /// Stores a fully written and verified body: moves `body` to its
@@ -191,7 +202,12 @@ impl LocalStore {
         let time_nanos = now_nanos();
         let meta = format!("v1 {} {} {size} {time_nanos}\n", action.to_hex(), output.to_hex());
         self.write_atomic(&self.action_path(action), meta.as_bytes())?;
-        Ok(Entry { output: *output, size, time_nanos, path })
+        Ok(Entry {
+            output: *output,
+            size,
+            time_nanos,
+            path,
+        })
     }
 
     /// Stores `data` under `action`, hashing it here (zero-length puts, and tests).
@@ -216,7 +232,10 @@ impl LocalStore {
     pub fn trim_if_due(&self, cancel: &AtomicBool) -> io::Result<Option<TrimStats>> {
         let stamp = self.root.join("trim.txt");
         if let Ok(mtime) = fs::metadata(&stamp).and_then(|m| m.modified()) {
-            if SystemTime::now().duration_since(mtime).is_ok_and(|age| age < TRIM_INTERVAL) {
+            if SystemTime::now()
+                .duration_since(mtime)
+                .is_ok_and(|age| age < TRIM_INTERVAL)
+            {
                 return Ok(None);
             }
         }
@@ -249,13 +268,19 @@ impl LocalStore {
             }
         }
         for entry in read_dir_if_exists(&self.tmp)? {
-            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| age(t, now) > STALE_TEMP);
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| age(t, now) > STALE_TEMP);
             if old {
                 let _ = fs::remove_file(entry.path());
             }
         }
 
-        let mut stats = TrimStats { before: total, ..TrimStats::default() };
+        let mut stats = TrimStats {
+            before: total,
+            ..TrimStats::default()
+        };
         if total <= self.max_size {
             return Ok(stats);
         }
@@ -351,7 +376,9 @@ fn touch_if_stale(f: &fs::File, mtime: SystemTime, now: SystemTime) {
 
 /// Now, in Unix nanoseconds.
 pub fn now_nanos() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 #[cfg(test)]

@@ -30,7 +30,9 @@ fn put_then_get_round_trips() {
     assert_eq!(put.size, 5);
     assert!(put.time_nanos >= before);
     assert!(put.path.is_absolute());
-    assert!(put.path.ends_with(format!("o/{}/{}", &put.output.to_hex()[..2], put.output.to_hex())));
+    assert!(put
+        .path
+        .ends_with(format!("o/{}/{}", &put.output.to_hex()[..2], put.output.to_hex())));
     assert_eq!(fs::read(&put.path).unwrap(), b"hello");
 
     assert_eq!(s.get(&aid(1)).unwrap(), Some(put));
@@ -55,7 +57,10 @@ fn shared_outputs_keep_the_existing_file() {
     let b = s.put_bytes(&aid(2), b"same").unwrap();
     assert_eq!(a.path, b.path);
     // A path handed to go is never replaced, even with identical bytes.
-    assert_eq!(ino, std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b.path).unwrap()));
+    assert_eq!(
+        ino,
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b.path).unwrap())
+    );
     assert!(s.get(&aid(1)).unwrap().is_some() && s.get(&aid(2)).unwrap().is_some());
     assert!(tmp_is_empty(&s));
 }
@@ -90,18 +95,18 @@ fn malformed_metadata_is_a_miss() {
     let meta = s.action_path(&aid(1));
     let good = fs::read_to_string(&meta).unwrap();
     let other = good.replace(&aid(1).to_hex(), &aid(2).to_hex());
-    let cases = [
-        String::new(),
-        "garbage\n".to_string(),
-        good.trim_end().to_string(), // no newline: a torn write
-        good.replace("v1", "v9"),
-        other, // a file that belongs to another action
-        format!("{} extra\n", good.trim_end()),
-        vec![0xffu8, 0xfe].iter().map(|&b| b as char).collect(),
+    let cases: [Vec<u8>; 7] = [
+        Vec::new(),
+        b"garbage\n".to_vec(),
+        good.trim_end().into(), // no newline: a torn write
+        good.replace("v1", "v9").into(),
+        other.into(), // a file that belongs to another action
+        format!("{} extra\n", good.trim_end()).into(),
+        vec![0xff, 0xfe, b'\n'], // not UTF-8
     ];
     for text in cases {
         fs::write(&meta, &text).unwrap();
-        assert_eq!(s.get(&aid(1)).unwrap(), None, "{text:?}");
+        assert_eq!(s.get(&aid(1)).unwrap(), None, "{:?}", String::from_utf8_lossy(&text));
     }
     fs::write(&meta, good).unwrap();
     assert_eq!(s.get(&aid(1)).unwrap().unwrap().path, e.path);
@@ -125,7 +130,11 @@ fn hits_refresh_stale_mtimes() {
     s.get(&aid(1)).unwrap().unwrap();
     for p in [&e.path, &s.action_path(&aid(1))] {
         let mtime = fs::metadata(p).unwrap().modified().unwrap();
-        assert!(age(mtime, SystemTime::now()) < Duration::from_secs(60), "{}", p.display());
+        assert!(
+            age(mtime, SystemTime::now()) < Duration::from_secs(60),
+            "{}",
+            p.display()
+        );
     }
 }
 

@@ -119,7 +119,11 @@ pub enum Command {
     /// Store `size` bytes whose SHA-256 is `output` under `action`. When
     /// `size > 0` the body follows on the input and must be consumed with
     /// [`RequestReader::read_body`] before the next request is read.
-    Put { action: ActionId, output: OutputId, size: u64 },
+    Put {
+        action: ActionId,
+        output: OutputId,
+        size: u64,
+    },
     /// go is done: reply, then exit.
     Close,
 }
@@ -181,11 +185,16 @@ impl RawRequest {
         let command = match self.command.as_str() {
             "get" => {
                 let action = self.action_id.ok_or_else(|| invalid("get without ActionID".into()))?;
-                Command::Get { action: ActionId::from_base64("ActionID", &action).map_err(invalid)? }
+                Command::Get {
+                    action: ActionId::from_base64("ActionID", &action).map_err(invalid)?,
+                }
             }
             "put" => {
                 let action = self.action_id.ok_or_else(|| invalid("put without ActionID".into()))?;
-                let output = self.output_id.or(self.object_id).ok_or_else(|| invalid("put without OutputID".into()))?;
+                let output = self
+                    .output_id
+                    .or(self.object_id)
+                    .ok_or_else(|| invalid("put without OutputID".into()))?;
                 let size = u64::try_from(self.body_size)
                     .map_err(|_| invalid(format!("negative BodySize {}", self.body_size)))?;
                 Command::Put {
@@ -197,7 +206,11 @@ impl RawRequest {
             "close" => Command::Close,
             // go only sends commands we advertised, so anything else means we
             // are not talking to the go we think we are.
-            other => return Err(invalid(format!("unknown command {other:?}; cairn knows {KNOWN_COMMANDS:?}"))),
+            other => {
+                return Err(invalid(format!(
+                    "unknown command {other:?}; cairn knows {KNOWN_COMMANDS:?}"
+                )))
+            }
         };
         Ok(Request { id, command })
     }
@@ -228,7 +241,11 @@ impl<R: AsyncBufRead + Unpin> RequestReader<R> {
     /// Wraps a buffered reader; give it a large buffer (say 1 MiB), since put
     /// bodies are decoded one buffer-full at a time.
     pub fn new(input: R) -> Self {
-        RequestReader { input, line: Vec::new(), decoded: Vec::new() }
+        RequestReader {
+            input,
+            line: Vec::new(),
+            decoded: Vec::new(),
+        }
     }
 
     /// The next request, or `None` at a clean end of input (go exited or, as
@@ -253,7 +270,7 @@ impl<R: AsyncBufRead + Unpin> RequestReader<R> {
     /// one decoded buffer-full at a time. Those are page-cache writes, and
     /// this task has to consume the whole body before anything else anyway,
     /// so handing each chunk to another thread would only add latency.
-    pub async fn read_body(&mut self, mut sink: Option<&mut dyn io::Write>) -> Result<Body, ProtocolError> {
+    pub async fn read_body(&mut self, mut sink: Option<&mut (dyn io::Write + Send)>) -> Result<Body, ProtocolError> {
         if !self.skip_whitespace().await? {
             return Err(ProtocolError::UnexpectedEof("a put body"));
         }
@@ -296,7 +313,11 @@ impl<R: AsyncBufRead + Unpin> RequestReader<R> {
             }
         }
         decoder.finish().map_err(ProtocolError::Body)?;
-        Ok(Body { size, output: OutputId(hasher.finalize().into()), write_error })
+        Ok(Body {
+            size,
+            output: OutputId(hasher.finalize().into()),
+            write_error,
+        })
     }
 
     /// Skips ASCII whitespace (the blank line after each request, newlines,
@@ -416,7 +437,11 @@ pub struct Response {
     pub known_commands: Vec<&'static str>,
     #[serde(rename = "Miss", skip_serializing_if = "is_false")]
     pub miss: bool,
-    #[serde(rename = "OutputID", skip_serializing_if = "Option::is_none", serialize_with = "ser_output_id")]
+    #[serde(
+        rename = "OutputID",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_output_id"
+    )]
     pub output_id: Option<OutputId>,
     #[serde(rename = "Size", skip_serializing_if = "is_zero")]
     pub size: u64,
@@ -446,12 +471,19 @@ fn ser_output_id<S: Serializer>(id: &Option<OutputId>, s: S) -> Result<S::Ok, S:
 impl Response {
     /// The unprompted first message: ID 0 and the commands we support.
     pub fn handshake() -> Response {
-        Response { known_commands: KNOWN_COMMANDS.to_vec(), ..Response::default() }
+        Response {
+            known_commands: KNOWN_COMMANDS.to_vec(),
+            ..Response::default()
+        }
     }
 
     /// A get that found nothing.
     pub fn miss(id: i64) -> Response {
-        Response { id, miss: true, ..Response::default() }
+        Response {
+            id,
+            miss: true,
+            ..Response::default()
+        }
     }
 
     /// A get hit; `time_nanos` is when the entry was stored (Unix nanoseconds).
@@ -468,17 +500,28 @@ impl Response {
 
     /// A stored put.
     pub fn stored(id: i64, disk_path: String) -> Response {
-        Response { id, disk_path: Some(disk_path), ..Response::default() }
+        Response {
+            id,
+            disk_path: Some(disk_path),
+            ..Response::default()
+        }
     }
 
     /// A plain acknowledgement (the close reply).
     pub fn ok(id: i64) -> Response {
-        Response { id, ..Response::default() }
+        Response {
+            id,
+            ..Response::default()
+        }
     }
 
     /// A failed request.
     pub fn error(id: i64, msg: impl Into<String>) -> Response {
-        Response { id, err: Some(msg.into()), ..Response::default() }
+        Response {
+            id,
+            err: Some(msg.into()),
+            ..Response::default()
+        }
     }
 
     /// The response as one line of JSON, newline included.

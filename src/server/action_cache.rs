@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use crate::digest::{validate_instance, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi::{self, action_cache_server::ActionCache};
-use crate::server::status::IntoStatus;
 use crate::server::blocking;
+use crate::server::status::IntoStatus;
 use crate::store::{complete, Store};
 
 /// Largest stdout/stderr inlined into a GetActionResult reply on request.
@@ -77,10 +77,10 @@ fn get_action_result(
         )));
     }
     if req.inline_stdout {
-        result.stdout_raw = inline_output(store, function, result.stdout_digest.as_ref())?;
+        result.stdout_raw = inline_output(store, function, result.stdout_digest.as_ref())?.into();
     }
     if req.inline_stderr {
-        result.stderr_raw = inline_output(store, function, result.stderr_digest.as_ref())?;
+        result.stderr_raw = inline_output(store, function, result.stderr_digest.as_ref())?.into();
     }
     Ok(result)
 }
@@ -89,7 +89,9 @@ fn get_action_result(
 /// (the spec lets the server decline, the client then reads the digest).
 fn inline_output(store: &Store, function: DigestFunction, d: Option<&reapi::Digest>) -> Result<Vec<u8>, Error> {
     let Some(d) = d else { return Ok(Vec::new()) };
-    let Ok(d) = Digest::parse(function, &d.hash, d.size_bytes) else { return Ok(Vec::new()) };
+    let Ok(d) = Digest::parse(function, &d.hash, d.size_bytes) else {
+        return Ok(Vec::new());
+    };
     if d.size > MAX_INLINE_OUTPUT {
         return Ok(Vec::new());
     }
@@ -102,7 +104,11 @@ fn validate_result(function: DigestFunction, r: &reapi::ActionResult) -> Result<
         Digest::from_proto(function, f.digest.as_ref(), &format!("output file {:?}", f.path))?;
     }
     for d in &r.output_directories {
-        Digest::from_proto(function, d.tree_digest.as_ref(), &format!("output directory {:?} tree_digest", d.path))?;
+        Digest::from_proto(
+            function,
+            d.tree_digest.as_ref(),
+            &format!("output directory {:?} tree_digest", d.path),
+        )?;
     }
     for (what, d) in [("stdout_digest", &r.stdout_digest), ("stderr_digest", &r.stderr_digest)] {
         if d.is_some() {

@@ -7,9 +7,9 @@ use tonic::{Request, Response, Status};
 use crate::digest::{validate_instance, Compressor, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi::{self, content_addressable_storage_server::ContentAddressableStorage};
+use crate::server::blocking;
 use crate::server::get_tree;
 use crate::server::status::{ok_rpc_status, to_rpc_status, IntoStatus};
-use crate::server::blocking;
 use crate::store::{zstd, Store};
 
 /// The CAS service.
@@ -59,7 +59,11 @@ impl ContentAddressableStorage for CasService {
         }
         let store = self.store.clone();
         let responses = blocking(move || {
-            Ok(req.requests.into_iter().map(|r| update_one(&store, function, r)).collect())
+            Ok(req
+                .requests
+                .into_iter()
+                .map(|r| update_one(&store, function, r))
+                .collect())
         })
         .await?;
         Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
@@ -81,7 +85,8 @@ impl ContentAddressableStorage for CasService {
             .status();
         }
         let store = self.store.clone();
-        let responses = blocking(move || Ok(req.digests.iter().map(|d| read_one(&store, function, d)).collect())).await?;
+        let responses =
+            blocking(move || Ok(req.digests.iter().map(|d| read_one(&store, function, d)).collect())).await?;
         Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
     }
 
@@ -123,7 +128,9 @@ fn update_one(
 /// Reads one blob of a batch; a miss is that blob's NOT_FOUND.
 fn read_one(store: &Store, function: DigestFunction, d: &reapi::Digest) -> reapi::batch_read_blobs_response::Response {
     let result = Digest::from_proto(function, Some(d), "digest").and_then(|digest| {
-        store.read_all(&digest)?.ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))
+        store
+            .read_all(&digest)?
+            .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))
     });
     let (data, status) = match result {
         Ok(data) => (data, ok_rpc_status()),
@@ -131,7 +138,7 @@ fn read_one(store: &Store, function: DigestFunction, d: &reapi::Digest) -> reapi
     };
     reapi::batch_read_blobs_response::Response {
         digest: Some(d.clone()),
-        data,
+        data: data.into(),
         compressor: reapi::compressor::Value::Identity as i32,
         status: Some(status),
     }

@@ -34,7 +34,10 @@ pub async fn get_tree(store: Store, req: reapi::GetTreeRequest) -> Result<Respon
     validate_instance(&req.instance_name).status()?;
     let root = Digest::from_proto(function, req.root_digest.as_ref(), "root_digest").status()?;
     if req.page_size < 0 {
-        return Err(Status::invalid_argument(format!("page_size {} is negative", req.page_size)));
+        return Err(Status::invalid_argument(format!(
+            "page_size {} is negative",
+            req.page_size
+        )));
     }
     let page_size = match req.page_size as usize {
         0 => DEFAULT_PAGE_SIZE,
@@ -49,7 +52,8 @@ pub async fn get_tree(store: Store, req: reapi::GetTreeRequest) -> Result<Respon
     };
     // Fail fast (as a status, not a stream error) when the root is absent.
     let store2 = store.clone();
-    let root_dir = crate::server::blocking(move || read_directory(&store2, &root)).await?
+    let root_dir = crate::server::blocking(move || read_directory(&store2, &root))
+        .await?
         .ok_or_else(|| Status::not_found(format!("root directory {root} is not in the CAS")))?;
 
     let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -63,9 +67,13 @@ pub async fn get_tree(store: Store, req: reapi::GetTreeRequest) -> Result<Respon
 
 fn read_directory(store: &Store, d: &Digest) -> Result<Option<reapi::Directory>, Error> {
     if d.size > MAX_DIRECTORY_BYTES {
-        return Err(Error::InvalidArgument(format!("directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes")));
+        return Err(Error::InvalidArgument(format!(
+            "directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes"
+        )));
     }
-    let Some(bytes) = store.read_all(d)? else { return Ok(None) };
+    let Some(bytes) = store.read_all(d)? else {
+        return Ok(None);
+    };
     reapi::Directory::decode(bytes.as_slice())
         .map(Some)
         .map_err(|e| Error::InvalidArgument(format!("blob {d} is not a Directory message: {e}")))
@@ -87,7 +95,11 @@ fn walk(
     let mut page_bytes = 0usize;
     while let Some(dir) = queue.pop_front() {
         for child in &dir.directories {
-            let d = Digest::from_proto(root.function, child.digest.as_ref(), &format!("directory {:?}", child.name))?;
+            let d = Digest::from_proto(
+                root.function,
+                child.digest.as_ref(),
+                &format!("directory {:?}", child.name),
+            )?;
             if seen.insert(d) {
                 if let Some(sub) = read_directory(store, &d)? {
                     queue.push_back(sub);
@@ -101,8 +113,15 @@ fn walk(
         page_bytes += dir.encoded_len();
         page.push(dir);
         if page.len() >= page_size || page_bytes >= MAX_PAGE_BYTES {
-            let token = if queue.is_empty() { String::new() } else { index.to_string() };
-            let msg = reapi::GetTreeResponse { directories: std::mem::take(&mut page), next_page_token: token };
+            let token = if queue.is_empty() {
+                String::new()
+            } else {
+                index.to_string()
+            };
+            let msg = reapi::GetTreeResponse {
+                directories: std::mem::take(&mut page),
+                next_page_token: token,
+            };
             page_bytes = 0;
             if tx.blocking_send(Ok(msg)).is_err() {
                 return Ok(()); // The client went away.
@@ -110,7 +129,10 @@ fn walk(
         }
     }
     if !page.is_empty() || index <= skip {
-        let _ = tx.blocking_send(Ok(reapi::GetTreeResponse { directories: page, next_page_token: String::new() }));
+        let _ = tx.blocking_send(Ok(reapi::GetTreeResponse {
+            directories: page,
+            next_page_token: String::new(),
+        }));
     }
     Ok(())
 }

@@ -18,33 +18,40 @@ const MAX_TREE_BYTES: u64 = 64 << 20;
 /// result is complete.
 pub fn first_missing(store: &Store, function: DigestFunction, result: &reapi::ActionResult) -> Result<Option<Digest>> {
     let mut wanted = Vec::new();
-    let mut push = |d: Option<&reapi::Digest>| {
-        if let Some(d) = d {
-            if let Ok(d) = Digest::parse(function, &d.hash, d.size_bytes) {
-                wanted.push(d);
-            }
-        }
-    };
-    for f in &result.output_files {
-        push(f.digest.as_ref());
+    let files = result.output_files.iter().map(|f| f.digest.as_ref());
+    for d in files.chain([result.stdout_digest.as_ref(), result.stderr_digest.as_ref()]) {
+        push_digest(&mut wanted, function, d);
     }
-    push(result.stdout_digest.as_ref());
-    push(result.stderr_digest.as_ref());
     for dir in &result.output_directories {
         let Some(td) = dir.tree_digest.as_ref() else { continue };
-        let Ok(tree_digest) = Digest::parse(function, &td.hash, td.size_bytes) else { continue };
+        let Ok(tree_digest) = Digest::parse(function, &td.hash, td.size_bytes) else {
+            continue;
+        };
         if tree_digest.size > MAX_TREE_BYTES {
             wanted.push(tree_digest);
             continue;
         }
-        let Some(bytes) = store.read_all(&tree_digest)? else { return Ok(Some(tree_digest)) };
+        let Some(bytes) = store.read_all(&tree_digest)? else {
+            return Ok(Some(tree_digest));
+        };
         // A Tree that does not decode can't be used by the client either.
-        let Ok(tree) = reapi::Tree::decode(bytes.as_slice()) else { return Ok(Some(tree_digest)) };
+        let Ok(tree) = reapi::Tree::decode(bytes.as_slice()) else {
+            return Ok(Some(tree_digest));
+        };
         for d in tree.root.iter().chain(tree.children.iter()) {
             for f in &d.files {
-                push(f.digest.as_ref());
+                push_digest(&mut wanted, function, f.digest.as_ref());
             }
         }
     }
     Ok(store.find_missing(&wanted)?.into_iter().next())
+}
+
+/// Adds a well-formed digest to `wanted` (malformed ones were rejected on update).
+fn push_digest(wanted: &mut Vec<Digest>, function: DigestFunction, d: Option<&reapi::Digest>) {
+    if let Some(d) = d {
+        if let Ok(d) = Digest::parse(function, &d.hash, d.size_bytes) {
+            wanted.push(d);
+        }
+    }
 }

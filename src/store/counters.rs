@@ -19,7 +19,7 @@ const EVICTIONS: &[u8] = b"evictions";
 const MIN_AGE_OVERRUNS: &[u8] = b"min_age_overruns";
 
 /// A point-in-time copy of the counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub cas_count: i64,
     pub cas_bytes: i64,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{IteratorMode, WriteBatch};
 
-use super::lru::{self, entry_key, lru_key, now_secs, parse_lru_key, KIND_AC, KIND_CAS};
+use super::lru::{lru_key, now_secs, parse_lru_key, KIND_AC, KIND_CAS};
 use super::{parse_cas_value, Inner, Store, CF_AC, CF_ATIME, CF_CAS, CF_LRU, CF_META, KIND_FILE};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
@@ -76,7 +76,9 @@ impl Inner {
     /// file, fixing the counters. Caller holds the commit lock. Returns the
     /// bytes freed.
     pub(super) fn remove_entry(&self, entry: &[u8]) -> Result<u64> {
-        let (kind, key) = entry.split_first().ok_or_else(|| Error::Internal("empty entry key".into()))?;
+        let (kind, key) = entry
+            .split_first()
+            .ok_or_else(|| Error::Internal("empty entry key".into()))?;
         let mut batch = WriteBatch::default();
         if let Some(t) = self.db.get_cf(self.cf(CF_ATIME), entry)? {
             if let Ok(t) = <[u8; 8]>::try_from(t.as_slice()) {
@@ -95,7 +97,9 @@ impl Inner {
                 if k == KIND_FILE {
                     let function = DigestFunction::from_tag(key[0])
                         .ok_or_else(|| Error::Internal(format!("cas key with unknown tag {}", key[0])))?;
-                    let hash: [u8; 32] = key[1..].try_into().map_err(|_| Error::Internal("short cas key".into()))?;
+                    let hash: [u8; 32] = key[1..]
+                        .try_into()
+                        .map_err(|_| Error::Internal("short cas key".into()))?;
                     file = Some(blob_path(self, &Digest { function, hash, size }));
                 }
                 batch.delete_cf(self.cf(CF_CAS), key);
@@ -129,7 +133,12 @@ impl Inner {
 
 fn blob_path(inner: &Inner, d: &Digest) -> std::path::PathBuf {
     let hex = d.hex();
-    inner.root.join("blobs").join(d.function.name()).join(&hex[..2]).join(hex)
+    inner
+        .root
+        .join("blobs")
+        .join(d.function.name())
+        .join(&hex[..2])
+        .join(hex)
 }
 
 /// Writes the noted uses into `atime`/`lru`, and the hit/miss counters into `meta`.
@@ -176,7 +185,9 @@ pub(super) fn evict(inner: &Inner) -> Result<()> {
             break;
         }
         for row in rows {
-            let Some((secs, entry)) = parse_lru_key(&row) else { continue };
+            let Some((secs, entry)) = parse_lru_key(&row) else {
+                continue;
+            };
             if secs > cutoff {
                 inner.counters.count_min_age_overrun();
                 tracing::warn!(
@@ -252,6 +263,3 @@ impl Store {
         }
     }
 }
-
-#[allow(unused_imports)]
-use lru as _;

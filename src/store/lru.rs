@@ -65,7 +65,9 @@ const MAX_PENDING: usize = 1_000_000;
 
 impl Touches {
     pub(super) fn new() -> Touches {
-        Touches { pending: Mutex::new(HashSet::new()) }
+        Touches {
+            pending: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Notes that an entry was used.

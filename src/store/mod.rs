@@ -68,7 +68,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_size: crate::config::DEFAULT_MAX_SIZE, min_age: crate::config::DEFAULT_MIN_AGE }
+        Limits {
+            max_size: crate::config::DEFAULT_MAX_SIZE,
+            min_age: crate::config::DEFAULT_MIN_AGE,
+        }
     }
 }
 
@@ -160,22 +163,7 @@ impl Store {
         // Uploads in progress at the last shutdown or crash are gone for good.
         wipe_dir(&root.join("tmp"))?;
 
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.increase_parallelism(2);
-        let mut data_opts = Options::default();
-        data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut meta_opts = Options::default();
-        meta_opts.set_merge_operator_associative("add_i64", counters::add_merge);
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_CAS, data_opts.clone()),
-            ColumnFamilyDescriptor::new(CF_AC, data_opts),
-            ColumnFamilyDescriptor::new(CF_META, meta_opts),
-            ColumnFamilyDescriptor::new(CF_ATIME, Options::default()),
-            ColumnFamilyDescriptor::new(CF_LRU, Options::default()),
-        ];
-        let db = DB::open_cf_descriptors(&db_opts, root.join("db"), cfs)?;
+        let db = DB::open_cf_descriptors(&db_options(), root.join("db"), cf_descriptors())?;
         let counters = counters::Counters::load(&db, db.cf_handle(CF_META).expect("meta cf"))?;
         let store = Store {
             inner: Arc::new(Inner {
@@ -215,7 +203,12 @@ impl Store {
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
-        self.inner.root.join("blobs").join(d.function.name()).join(&hex[..2]).join(hex)
+        self.inner
+            .root
+            .join("blobs")
+            .join(d.function.name())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -297,7 +290,9 @@ impl Store {
     /// Reads a whole small blob into memory (for batch reads and Tree/Directory
     /// protos); callers bound `d.size` first.
     pub fn read_all(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
-        let Some(mut r) = self.read(d, 0, None)? else { return Ok(None) };
+        let Some(mut r) = self.read(d, 0, None)? else {
+            return Ok(None);
+        };
         let mut out = Vec::with_capacity(d.size as usize);
         while let Some(chunk) = r.next_chunk(1 << 20)? {
             out.extend_from_slice(&chunk);
@@ -340,7 +335,9 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, key, &value);
         self.inner.stamp(&mut batch, &lru::entry_key(lru::KIND_CAS, &key), None);
-        self.inner.counters.add_cas(&mut batch, self.cf(CF_META), 1, d.size as i64);
+        self.inner
+            .counters
+            .add_cas(&mut batch, self.cf(CF_META), 1, d.size as i64);
         self.inner.db.write(batch)?;
         self.inner.counters.applied_cas(1, d.size as i64);
         drop(_guard);
@@ -391,13 +388,51 @@ impl Store {
     }
 }
 
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.increase_parallelism(2);
+    o
+}
+
+fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    let mut data_opts = Options::default();
+    data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut meta_opts = Options::default();
+    meta_opts.set_merge_operator_associative("add_i64", counters::add_merge);
+    vec![
+        ColumnFamilyDescriptor::new(CF_CAS, data_opts.clone()),
+        ColumnFamilyDescriptor::new(CF_AC, data_opts),
+        ColumnFamilyDescriptor::new(CF_META, meta_opts),
+        ColumnFamilyDescriptor::new(CF_ATIME, Options::default()),
+        ColumnFamilyDescriptor::new(CF_LRU, Options::default()),
+    ]
+}
+
+/// Reads the counters of a data dir without taking it over: works while a
+/// server holds it open (a read-only RocksDB open replays the WAL in memory).
+pub fn read_stats(root: &Path) -> Result<Stats> {
+    let path = root.join("db");
+    if !path.join("CURRENT").exists() {
+        return Err(Error::NotFound(format!("{} holds no cairn data", root.display())));
+    }
+    let db = DB::open_cf_descriptors_read_only(&db_options(), &path, cf_descriptors(), false)?;
+    let counters = counters::Counters::load(&db, db.cf_handle(CF_META).expect("meta cf"))?;
+    Ok(counters.snapshot())
+}
+
 /// Deletes everything inside `dir` (not `dir` itself).
 fn wipe_dir(dir: &Path) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
         let path = entry.path();
-        let res = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        let res = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
         res.map_err(|e| Error::io(format!("removing stale upload {}", path.display()), e))?;
     }
     Ok(())

@@ -52,7 +52,11 @@ fn wrong_hash_or_size_stores_nothing() {
     other[0] ^= 1;
     let err = store.put(d, &other).unwrap_err().to_string();
     assert!(err.contains("hashes to"), "{err}");
-    assert!(store.put(d, &data[..10]).unwrap_err().to_string().contains("ended after 10"));
+    assert!(store
+        .put(d, &data[..10])
+        .unwrap_err()
+        .to_string()
+        .contains("ended after 10"));
     let mut w = store.begin_write(d).unwrap();
     w.write(&data).unwrap();
     assert!(w.write(b"x").unwrap_err().to_string().contains("more than"));

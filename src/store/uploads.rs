@@ -27,7 +27,9 @@ impl Default for Uploads {
 
 impl Uploads {
     pub fn new() -> Uploads {
-        Uploads { parked: Mutex::new(HashMap::new()) }
+        Uploads {
+            parked: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Keeps an interrupted upload for later resumption.
@@ -46,12 +48,16 @@ impl Uploads {
     /// Takes an interrupted upload back to continue it.
     pub fn take(&self, name: &str) -> Option<BlobWriter> {
         let mut map = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(name).filter(|(_, at)| at.elapsed() < PARKED_TTL).map(|(w, _)| w)
+        map.remove(name)
+            .filter(|(_, at)| at.elapsed() < PARKED_TTL)
+            .map(|(w, _)| w)
     }
 
     /// Bytes received so far by an interrupted upload.
     pub fn progress(&self, name: &str) -> Option<u64> {
         let map = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(name).filter(|(_, at)| at.elapsed() < PARKED_TTL).map(|(w, _)| w.written())
+        map.get(name)
+            .filter(|(_, at)| at.elapsed() < PARKED_TTL)
+            .map(|(w, _)| w.written())
     }
 }

@@ -48,10 +48,21 @@ impl BlobWriter {
             Spool::Memory(Vec::with_capacity(digest.size as usize))
         } else {
             let path = store.tmp_dir().join(uuid::Uuid::new_v4().to_string());
-            let file = File::create(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
-            Spool::File(TempFile { file, path, published: false })
+            let file =
+                File::create(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
+            Spool::File(TempFile {
+                file,
+                path,
+                published: false,
+            })
         };
-        Ok(BlobWriter { store, hasher: digest.function.hasher(), digest, written: 0, spool })
+        Ok(BlobWriter {
+            store,
+            hasher: digest.function.hasher(),
+            digest,
+            written: 0,
+            spool,
+        })
     }
 
     /// The digest this upload must match.

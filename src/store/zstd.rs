@@ -59,9 +59,12 @@ impl ZstdUpload {
     /// Feeds compressed bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         if let Err(e) = self.decoder.write_all(data) {
-            return Err(self.decoder.get_mut().error.take().unwrap_or_else(|| {
-                Error::InvalidArgument(format!("upload is not valid zstd data: {e}"))
-            }));
+            return Err(self
+                .decoder
+                .get_mut()
+                .error
+                .take()
+                .unwrap_or_else(|| Error::InvalidArgument(format!("upload is not valid zstd data: {e}"))));
         }
         self.compressed += data.len() as u64;
         Ok(())
@@ -70,9 +73,12 @@ impl ZstdUpload {
     /// Finishes decompression, then verifies and publishes as any upload.
     pub fn commit(mut self) -> Result<()> {
         if let Err(e) = self.decoder.flush() {
-            return Err(self.decoder.get_mut().error.take().unwrap_or_else(|| {
-                Error::InvalidArgument(format!("upload is not valid zstd data: {e}"))
-            }));
+            return Err(self
+                .decoder
+                .get_mut()
+                .error
+                .take()
+                .unwrap_or_else(|| Error::InvalidArgument(format!("upload is not valid zstd data: {e}"))));
         }
         self.decoder.into_inner().writer.commit()
     }
@@ -88,16 +94,22 @@ impl ZstdReader {
     pub fn new(raw: BlobReader) -> Result<ZstdReader> {
         let encoder = zstd::stream::write::Encoder::new(Vec::new(), READ_LEVEL)
             .map_err(|e| Error::Internal(format!("creating a zstd encoder: {e}")))?;
-        Ok(ZstdReader { raw, encoder: Some(encoder) })
+        Ok(ZstdReader {
+            raw,
+            encoder: Some(encoder),
+        })
     }
 
     /// The next chunk of compressed output; `None` once the frame is complete.
     pub fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>> {
         loop {
-            let Some(enc) = self.encoder.as_mut() else { return Ok(None) };
+            let Some(enc) = self.encoder.as_mut() else {
+                return Ok(None);
+            };
             match self.raw.next_chunk(max)? {
                 Some(raw) => {
-                    enc.write_all(&raw).map_err(|e| Error::Internal(format!("zstd compression: {e}")))?;
+                    enc.write_all(&raw)
+                        .map_err(|e| Error::Internal(format!("zstd compression: {e}")))?;
                     let out = std::mem::take(enc.get_mut());
                     if !out.is_empty() {
                         return Ok(Some(Bytes::from(out)));
@@ -105,7 +117,9 @@ impl ZstdReader {
                 }
                 None => {
                     let enc = self.encoder.take().expect("checked above");
-                    let out = enc.finish().map_err(|e| Error::Internal(format!("zstd compression: {e}")))?;
+                    let out = enc
+                        .finish()
+                        .map_err(|e| Error::Internal(format!("zstd compression: {e}")))?;
                     return Ok(Some(Bytes::from(out)));
                 }
             }

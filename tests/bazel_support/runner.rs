@@ -145,11 +145,15 @@ impl Bazel {
         let started = Instant::now();
         let stderr = self.run(args).await;
         let elapsed = started.elapsed();
-        let summary = ProcessSummary::from_output(&stderr)
-            .unwrap_or_else(|e| panic!("{e}\n{}", tail(&stderr)));
+        let summary = ProcessSummary::from_output(&stderr).unwrap_or_else(|e| panic!("{e}\n{}", tail(&stderr)));
         let text = std::fs::read_to_string(&log).expect("read execution log");
         let spawns = exec_log::parse(&text).expect("parse execution log");
-        Build { summary, spawns, stderr, elapsed }
+        Build {
+            summary,
+            spawns,
+            stderr,
+            elapsed,
+        }
     }
 
     /// `bazel clean --expunge`: deletes the output base, so the local action

@@ -50,10 +50,10 @@ impl ProcessSummary {
                 return Err(format!("unexpected process summary: {line:?}"));
             };
             for item in list.split(", ") {
-                let (count, runner) =
-                    item.split_once(' ').ok_or_else(|| format!("bad item {item:?} in {line:?}"))?;
-                let count: u64 =
-                    count.parse().map_err(|_| format!("bad count {count:?} in {line:?}"))?;
+                let (count, runner) = item
+                    .split_once(' ')
+                    .ok_or_else(|| format!("bad item {item:?} in {line:?}"))?;
+                let count: u64 = count.parse().map_err(|_| format!("bad count {count:?} in {line:?}"))?;
                 if runner.is_empty() || by_runner.insert(runner.to_string(), count).is_some() {
                     return Err(format!("bad or repeated runner {runner:?} in {line:?}"));
                 }
@@ -111,10 +111,22 @@ mod tests {
 
     /// (line, total, internal, hits, executed)
     const GOOD: &[(&str, u64, u64, u64, u64)] = &[
-        ("INFO: 186 processes: 26 internal, 160 remote cache hit.", 186, 26, 160, 0),
+        (
+            "INFO: 186 processes: 26 internal, 160 remote cache hit.",
+            186,
+            26,
+            160,
+            0,
+        ),
         ("INFO: 78 processes: 65 remote cache hit, 13 internal.", 78, 13, 65, 0),
         ("INFO: 78 processes: 13 internal, 65 linux-sandbox.", 78, 13, 0, 65),
-        ("INFO: 78 processes: 62 remote cache hit, 13 internal, 3 linux-sandbox.", 78, 13, 62, 3),
+        (
+            "INFO: 78 processes: 62 remote cache hit, 13 internal, 3 linux-sandbox.",
+            78,
+            13,
+            62,
+            3,
+        ),
         (
             "INFO: 12 processes: 3 internal, 3 linux-sandbox, 5 local, 1 processwrapper-sandbox.",
             12,
@@ -132,7 +144,9 @@ mod tests {
     #[test]
     fn parses_summaries() {
         for &(line, total, internal, hits, executed) in GOOD {
-            let s = ProcessSummary::parse_line(line).unwrap().unwrap_or_else(|| panic!("{line}"));
+            let s = ProcessSummary::parse_line(line)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{line}"));
             assert_eq!(
                 (s.total, s.internal(), s.remote_cache_hits(), s.executed()),
                 (total, internal, hits, executed),
@@ -144,8 +158,7 @@ mod tests {
 
     #[test]
     fn keeps_each_runner() {
-        let line =
-            "INFO: 12 processes: 3 internal, 3 linux-sandbox, 5 local, 1 processwrapper-sandbox.";
+        let line = "INFO: 12 processes: 3 internal, 3 linux-sandbox, 5 local, 1 processwrapper-sandbox.";
         let s = ProcessSummary::parse_line(line).unwrap().unwrap();
         assert_eq!(s.count("linux-sandbox"), 3);
         assert_eq!(s.count("local"), 5);

@@ -10,6 +10,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+pub mod process;
+
 /// A running server; dropped or `stop`ped at the end of a test.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -45,7 +47,13 @@ impl TestServer {
             .await
             .expect("server failed");
         });
-        TestServer { addr, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
+        TestServer {
+            addr,
+            config,
+            _dir: dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -63,7 +71,11 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.http_url()).unwrap().connect().await.expect("connect")
+        Channel::from_shared(self.http_url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
     }
 
     /// Graceful shutdown; waits until the store is closed so it can be reopened.

@@ -1,0 +1,88 @@
+//! Runs the real `cairn serve` binary as a child process, for tests that
+//! need to kill it (kill -9) or watch its start-up.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `cairn serve` child process listening on an ephemeral loopback port.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `cairn serve` on 127.0.0.1:0 over `data_dir` with extra flags,
+    /// and waits for its "listening on" line to learn the port.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cairn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split(|c: char| c == ',' || c.is_whitespace()).next().unwrap_or("");
+                        let _ = tx.send(addr.parse::<SocketAddr>().ok());
+                        sent = true;
+                    }
+                }
+                eprintln!("[cairn] {line}");
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .expect("cairn serve did not report its listen address");
+        ServerProcess { child, addr }
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("cairn serve did not exit within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
