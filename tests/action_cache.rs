@@ -230,6 +230,27 @@ async fn inline_stdout_and_stderr() {
     assert_eq!(got.stderr_raw[..], b"warning: unused variable\n"[..]);
     assert_eq!(got.stdout_digest, result.stdout_digest);
 
+    // inline_output_files: the server may inline a listed file or decline,
+    // but never returns wrong contents.
+    let req = GetActionResultRequest {
+        inline_output_files: vec!["bazel-out/inline.o".into()],
+        ..get_req("", &action)
+    };
+    let got = ac
+        .get_action_result(req)
+        .await
+        .expect("Get with inline_output_files")
+        .into_inner();
+    let f = got
+        .output_files
+        .iter()
+        .find(|f| f.path == "bazel-out/inline.o")
+        .expect("output file kept");
+    assert!(
+        f.contents.is_empty() || f.contents[..] == b"object code for inline"[..],
+        "inlined file differs"
+    );
+
     // Without asking, nothing is inlined.
     let got = ac
         .get_action_result(get_req("", &action))

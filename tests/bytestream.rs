@@ -74,7 +74,9 @@ async fn instances_and_blake3_resource_names() {
             .unwrap(),
         data
     );
-    assert!(find_missing(&mut cas(&ch), "", BLAKE3, &[b.clone()]).await.is_empty());
+    assert!(find_missing(&mut cas(&ch), "", BLAKE3, std::slice::from_ref(&b))
+        .await
+        .is_empty());
     // Explicit sha256 segment reads the same blob as the plain name.
     assert_eq!(
         read(&mut bs, &format!("blobs/sha256/{}/{}", d.hash, d.size_bytes), 0, 0)

@@ -59,7 +59,7 @@ async fn capabilities_describe_the_cache() {
         assert_eq!(semver(caps.low_api_version.as_ref()), (2, 0));
         assert_eq!(semver(caps.high_api_version.as_ref()), (2, 3));
         // A cache, not an executor.
-        assert!(!caps.execution_capabilities.map_or(false, |e| e.exec_enabled));
+        assert!(!caps.execution_capabilities.is_some_and(|e| e.exec_enabled));
     }
 }
 
@@ -111,4 +111,106 @@ async fn health_reports_serving() {
         })
         .await;
     assert_status(r, Code::NotFound, &[], "unknown service");
+}
+
+/// One server takes a burst of bad input on every service (and a client that
+/// vanishes mid-upload), then still reports SERVING and answers good calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keeps_serving_after_bad_input() {
+    use cairn::proto::bytestream::{ReadRequest, WriteRequest};
+    let server = TestServer::start().await;
+    let ch = server.channel().await;
+    let bad = digest("NOT-A-HASH", -1);
+
+    let r = cas(&ch)
+        .find_missing_blobs(reapi::FindMissingBlobsRequest {
+            blob_digests: vec![bad.clone()],
+            ..Default::default()
+        })
+        .await;
+    assert_status(r, Code::InvalidArgument, &[], "FindMissingBlobs");
+    let r = cas(&ch)
+        .get_tree(reapi::GetTreeRequest {
+            root_digest: Some(bad.clone()),
+            ..Default::default()
+        })
+        .await;
+    assert_status(r.map(|_| ()), Code::InvalidArgument, &[], "GetTree");
+    let r = ac(&ch)
+        .get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(bad.clone()),
+            ..Default::default()
+        })
+        .await;
+    assert_status(r, Code::InvalidArgument, &[], "GetActionResult");
+    let r = ac(&ch)
+        .update_action_result(reapi::UpdateActionResultRequest::default())
+        .await;
+    assert_status(r, Code::InvalidArgument, &[], "UpdateActionResult");
+    let r = bs(&ch)
+        .read(ReadRequest {
+            resource_name: "../../etc/passwd".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(r.map(|_| ()), Code::InvalidArgument, &[], "Read");
+    let r = send(
+        &mut bs(&ch),
+        vec![WriteRequest {
+            resource_name: "uploads/x/blobs/zz/1".into(),
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_status(r, Code::InvalidArgument, &[], "Write");
+
+    // A client that starts a 1 MiB upload and vanishes.
+    let data = gen_blob(1, 1 << 20);
+    let name = fresh_upload_name(&sha256(&data));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(write_requests(&name, &data[..4096], 0, 4096).remove(0))
+        .await
+        .unwrap();
+    let mut client = bs(&ch);
+    let task = tokio::spawn(async move { client.write(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    task.abort();
+    drop(tx);
+
+    // Still healthy, and every service answers a good call.
+    let mut health = HealthClient::new(ch.clone());
+    let resp = health
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("Check")
+        .into_inner();
+    assert_eq!(resp.status, ServingStatus::Serving as i32);
+    caps(&ch)
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .expect("GetCapabilities");
+    let d = upload(&mut cas(&ch), &[b"after the storm"]).await.remove(0);
+    assert_eq!(
+        read(&mut bs(&ch), &read_name("", &d), 0, 0).await.expect("Read"),
+        b"after the storm"
+    );
+    let action = sha256(b"final action");
+    let result = reapi::ActionResult {
+        exit_code: 3,
+        ..Default::default()
+    };
+    let update = reapi::UpdateActionResultRequest {
+        action_digest: Some(action.clone()),
+        action_result: Some(result.clone()),
+        ..Default::default()
+    };
+    ac(&ch).update_action_result(update).await.expect("UpdateActionResult");
+    let got = ac(&ch)
+        .get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(action),
+            ..Default::default()
+        })
+        .await
+        .expect("GetActionResult");
+    assert_eq!(got.into_inner(), result);
 }

@@ -204,9 +204,11 @@ async fn blake3_blobs_round_trip() {
         "sha256 data under blake3",
     );
 
-    assert!(find_missing(&mut cas, "", BLAKE3, &[d.clone()]).await.is_empty());
+    assert!(find_missing(&mut cas, "", BLAKE3, std::slice::from_ref(&d))
+        .await
+        .is_empty());
     assert_eq!(
-        find_missing(&mut cas, "", SHA256, &[d.clone()]).await,
+        find_missing(&mut cas, "", SHA256, std::slice::from_ref(&d)).await,
         vec![d.clone()],
         "BLAKE3 and SHA-256 are separate keys"
     );
@@ -462,4 +464,38 @@ async fn assert_over_limit_rejected(ch: &tonic::transport::Channel, limit: usize
         .expect("read within limit")
         .into_inner();
     assert_eq!(ok.responses[0].data[..], b[..]);
+}
+
+/// Declared sizes are client input: their sum must not overflow into a small
+/// number that slips under the batch limit. Two stored 3 MiB blobs plus two
+/// absent digests of 2^63 - 3 MiB bytes each add up to exactly 2^64, which
+/// wraps to 0 in u64 arithmetic (and panics in a debug build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_read_sizes_that_overflow_are_rejected() {
+    let server = TestServer::start().await;
+    let mut cas = cas(&server.channel().await);
+    let a = gen_blob(31, 3 << 20);
+    let b = gen_blob(32, 3 << 20);
+    upload(&mut cas, &[&a]).await;
+    upload(&mut cas, &[&b]).await;
+    let huge = (1i64 << 62) * 2 - (3 << 20); // 2^63 - 3 MiB, written without overflowing i64
+    let query = vec![
+        sha256(&a),
+        sha256(&b),
+        digest(&"0".repeat(64), huge),
+        digest(&"1".repeat(64), huge),
+    ];
+    let r = cas.batch_read_blobs(read_req("", SHA256, query)).await;
+    assert_status(
+        r,
+        Code::InvalidArgument,
+        &["max_batch_total_size_bytes"],
+        "sizes summing to 2^64",
+    );
+    // A single absurd size is refused too, and the server still serves.
+    let r = cas
+        .batch_read_blobs(read_req("", SHA256, vec![digest(&"2".repeat(64), i64::MAX)]))
+        .await;
+    assert_status(r, Code::InvalidArgument, &["max_batch_total_size_bytes"], "i64::MAX");
+    assert!(is_present(&mut cas, &sha256(&a)).await);
 }

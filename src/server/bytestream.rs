@@ -162,7 +162,7 @@ impl ByteStream for ByteStreamService {
         tokio::task::spawn_blocking(move || {
             loop {
                 let msg = match reader.next_chunk(READ_CHUNK) {
-                    Ok(Some(data)) => Ok(bytestream::ReadResponse { data: data.into() }),
+                    Ok(Some(data)) => Ok(bytestream::ReadResponse { data }),
                     Ok(None) => return,
                     Err(e) => Err(to_status(e)),
                 };
