@@ -340,6 +340,97 @@ impl Client {
         outcome.map(|_| true)
     }
 
+    /// Uploads one blob through ByteStream from `chunks`, which are pulled
+    /// lazily as the stream drains, so a large blob never has to be whole in
+    /// memory (the bench builds 1 GiB blobs from slices of one shared buffer).
+    /// The chunks must add up to `d.size` bytes.
+    pub async fn write_chunks<I>(&self, d: &Digest, chunks: I) -> Result<()>
+    where
+        I: IntoIterator<Item = Bytes>,
+        I::IntoIter: Send + 'static,
+    {
+        let name = self.upload_name(d);
+        let mut chunks = chunks.into_iter().peekable();
+        let (mut off, mut first) = (0u64, true);
+        let requests = std::iter::from_fn(move || {
+            let data = match chunks.next() {
+                Some(data) => data,
+                // An empty blob still needs one finishing message.
+                None if first => Bytes::new(),
+                None => return None,
+            };
+            let msg = WriteRequest {
+                resource_name: if first { name.clone() } else { String::new() },
+                write_offset: off as i64,
+                finish_write: chunks.peek().is_none(),
+                data,
+            };
+            first = false;
+            off += msg.data.len() as u64;
+            Some(msg)
+        });
+        ByteStreamClient::new(self.channel.clone())
+            .write(futures::stream::iter(requests))
+            .await
+            .map_err(rpc("ByteStream.Write"))?;
+        Ok(())
+    }
+
+    /// Downloads a blob through ByteStream and discards it, returning the
+    /// bytes received; `Ok(None)` when the server does not have it. The size
+    /// is always checked; the hash too when `verify` (a client that trusts
+    /// the server skips it, and on a small machine hashing competes with the
+    /// server for CPU).
+    pub async fn read_blob(&self, d: &Digest, verify: bool) -> Result<Option<u64>> {
+        let resp = ByteStreamClient::new(self.channel.clone())
+            .read(ReadRequest {
+                resource_name: self.read_name(d),
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await;
+        let mut stream = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => {
+                return Err(ClientError::Rpc {
+                    rpc: "ByteStream.Read",
+                    status: s,
+                })
+            }
+        };
+        let mut hasher = verify.then(|| d.function.hasher());
+        let mut got = 0u64;
+        while let Some(msg) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
+            got += msg.data.len() as u64;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&msg.data);
+            }
+        }
+        let hash_ok = hasher.is_none_or(|h| h.finalize() == d.hash);
+        if got != d.size || !hash_ok {
+            return Err(ClientError::Corrupt {
+                digest: d.to_string(),
+                why: format!("{got} bytes{}", if hash_ok { "" } else { ", wrong hash" }),
+            });
+        }
+        Ok(Some(got))
+    }
+
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check` for the
+    /// whole server): the smallest unary call a server answers, which the
+    /// bench uses as the floor for every other unary RPC. `Ok(false)` when
+    /// the server answers but is not serving.
+    pub async fn health_check(&self) -> Result<bool> {
+        use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+        let resp = HealthClient::new(self.channel.clone())
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .map_err(rpc("Health.Check"))?
+            .into_inner();
+        Ok(resp.status == ServingStatus::Serving as i32)
+    }
+
     /// The stored result for an action, or `None` on a miss.
     pub async fn get_action_result(&self, action: &Digest) -> Result<Option<reapi::ActionResult>> {
         let r = ActionCacheClient::new(self.channel.clone())

@@ -33,6 +33,7 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
         let limits = Limits {
             max_size: config.max_size,
             min_age: config.min_age,
+            ..Limits::default()
         };
         tokio::task::spawn_blocking(move || Store::open_with(&dir, limits))
             .await

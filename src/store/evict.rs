@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{IteratorMode, WriteBatch};
 
-use super::lru::{lru_key, now_secs, parse_lru_key, KIND_AC, KIND_CAS};
+use super::lru::{lru_key, parse_lru_key, KIND_AC, KIND_CAS};
 use super::{parse_cas_value, Inner, Store, CF_AC, CF_ATIME, CF_CAS, CF_LRU, CF_META, KIND_FILE};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
@@ -30,6 +30,8 @@ pub(super) struct Wake {
     woken: Mutex<bool>,
     cv: Condvar,
     stop: AtomicBool,
+    /// Held for one round of upkeep.
+    round: Mutex<()>,
     handle: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -58,7 +60,7 @@ impl Inner {
     /// Adds "used now" rows for `entry` to `batch`, replacing the row of its
     /// previous use (`previous` is its old `atime` value, if any).
     pub(super) fn stamp(&self, batch: &mut WriteBatch, entry: &[u8], previous: Option<&[u8]>) {
-        let now = now_secs();
+        let now = self.limits.clock.now();
         if let Some(prev) = previous.and_then(|p| <[u8; 8]>::try_from(p).ok()) {
             batch.delete_cf(self.cf(CF_LRU), lru_key(u64::from_be_bytes(prev), entry));
         }
@@ -141,10 +143,19 @@ fn blob_path(inner: &Inner, d: &Digest) -> std::path::PathBuf {
         .join(hex)
 }
 
+/// One round of upkeep: record uses, then evict if over the limit. Rounds
+/// never overlap (the background tick and `Store::maintain` share a lock),
+/// so two evictions can't both free the same headroom.
+pub(super) fn maintain(inner: &Inner) -> Result<()> {
+    let _round = inner.wake.round.lock().unwrap_or_else(|e| e.into_inner());
+    flush_touches(inner)?;
+    evict(inner)
+}
+
 /// Writes the noted uses into `atime`/`lru`, and the hit/miss counters into `meta`.
 pub(super) fn flush_touches(inner: &Inner) -> Result<()> {
     let touched: Vec<Vec<u8>> = inner.touches.drain().into_iter().collect();
-    let now = now_secs();
+    let now = inner.limits.clock.now();
     for chunk in touched.chunks(FLUSH_CHUNK) {
         let _guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let previous = inner.db.batched_multi_get_cf(inner.cf(CF_ATIME), chunk.iter(), false);
@@ -166,13 +177,13 @@ pub(super) fn flush_touches(inner: &Inner) -> Result<()> {
 }
 
 /// Evicts least recently used entries while the store is over its limit.
-pub(super) fn evict(inner: &Inner) -> Result<()> {
+fn evict(inner: &Inner) -> Result<()> {
     let max = inner.limits.max_size;
     if inner.counters.snapshot().total_bytes() as u64 <= max {
         return Ok(());
     }
     let target = (max as f64 * LOW_WATER) as u64;
-    let cutoff = now_secs().saturating_sub(inner.limits.min_age.as_secs());
+    let cutoff = inner.limits.clock.now().saturating_sub(inner.limits.min_age.as_secs());
     let (mut evicted, mut freed) = (0u64, 0u64);
     while inner.counters.snapshot().total_bytes() as u64 > target {
         let rows: Vec<Box<[u8]>> = inner
@@ -238,7 +249,7 @@ pub(super) fn start_background(store: &Store) -> Result<()> {
                     return;
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = flush_touches(&inner).and_then(|_| evict(&inner)) {
+                if let Err(e) = maintain(&inner) {
                     if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                         tracing::error!(error = %e, "recording uses or evicting failed");
                         last_error = Some(Instant::now());

@@ -46,12 +46,38 @@ pub(super) fn parse_lru_key(k: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(k[..8].try_into().ok()?), &k[8..]))
 }
 
-/// Seconds since the Unix epoch.
-pub(super) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Where the store reads the time of a use: the system clock, or a manual
+/// clock that tests and the LRU trace replay in `cairn bench` advance themselves.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    manual: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Clock {
+    /// A clock that stands still until [`Clock::advance`] moves it.
+    pub fn manual(start_secs: u64) -> Clock {
+        Clock {
+            manual: Some(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start_secs))),
+        }
+    }
+
+    /// Moves a manual clock forward (no effect on the system clock).
+    pub fn advance(&self, secs: u64) {
+        if let Some(m) = &self.manual {
+            m.fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Seconds since the Unix epoch (or the manual clock's reading).
+    pub fn now(&self) -> u64 {
+        match &self.manual {
+            Some(m) => m.load(std::sync::atomic::Ordering::Relaxed),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// Keys used since the last flush. Bounded: past [`MAX_PENDING`] keys new

@@ -42,6 +42,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 
 pub use counters::Stats;
+pub use lru::Clock;
 pub use reader::BlobReader;
 pub use uploads::Uploads;
 pub use writer::BlobWriter;
@@ -64,6 +65,8 @@ pub struct Limits {
     /// Entries used more recently than this are never evicted, even over the
     /// limit (the overrun is logged and counted instead).
     pub min_age: Duration,
+    /// The time source for last-use stamps (the system clock outside tests).
+    pub clock: Clock,
 }
 
 impl Default for Limits {
@@ -71,6 +74,7 @@ impl Default for Limits {
         Limits {
             max_size: crate::config::DEFAULT_MAX_SIZE,
             min_age: crate::config::DEFAULT_MIN_AGE,
+            clock: Clock::default(),
         }
     }
 }
@@ -187,8 +191,7 @@ impl Store {
 
     /// Records uses and evicts now rather than at the next tick (tests, shutdown).
     pub fn maintain(&self) -> Result<()> {
-        evict::flush_touches(&self.inner)?;
-        evict::evict(&self.inner)
+        evict::maintain(&self.inner)
     }
 
     /// Entries and bytes stored.

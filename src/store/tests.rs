@@ -137,3 +137,116 @@ fn missing_blob_file_reads_as_absent() {
     assert_eq!(store.find_missing(&[d]).unwrap(), vec![d]);
     assert_eq!(store.stats().cas_count, 0);
 }
+
+/// A store with a manual clock, a small limit and no minimum age.
+fn open_small(max_size: u64) -> (tempfile::TempDir, Store, Clock) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_000_000);
+    let limits = Limits {
+        max_size,
+        min_age: Duration::ZERO,
+        clock: clock.clone(),
+    };
+    let store = Store::open_with(dir.path(), limits).unwrap();
+    (dir, store, clock)
+}
+
+fn put_blob(store: &Store, seed: u8, size: usize) -> Digest {
+    let data = blob(size, seed);
+    let d = DigestFunction::Sha256.digest_of(&data);
+    store.put(d, &data).unwrap();
+    d
+}
+
+#[test]
+fn evicts_least_recently_used_first() {
+    let (_dir, store, clock) = open_small(10_000);
+    let ds: Vec<Digest> = (0..8u8)
+        .map(|i| {
+            clock.advance(1);
+            put_blob(&store, i, 1000)
+        })
+        .collect();
+    // Use the oldest two again: they become the most recent.
+    clock.advance(1);
+    store.read_all(&ds[0]).unwrap().unwrap();
+    assert!(store.find_missing(&[ds[1]]).unwrap().is_empty());
+    store.maintain().unwrap();
+    // Four more push the store to 12,000 bytes; eviction goes to 95% of 10,000.
+    clock.advance(1);
+    let more: Vec<Digest> = (8..12u8).map(|i| put_blob(&store, i, 1000)).collect();
+    store.maintain().unwrap();
+    let s = store.stats();
+    assert!(s.total_bytes() <= 9_500, "{s:?}");
+    assert_eq!(s.evictions, 3);
+    // Evicted: the three least recently used (2, 3, 4); kept: the rest.
+    assert_eq!(store.find_missing(&ds[2..5]).unwrap(), ds[2..5].to_vec());
+    assert!(store
+        .find_missing(&[ds[0], ds[1], ds[5], ds[6], ds[7]])
+        .unwrap()
+        .is_empty());
+    assert!(store.find_missing(&more).unwrap().is_empty());
+}
+
+#[test]
+fn action_results_are_evicted_too_and_min_age_protects() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(5_000);
+    let limits = Limits {
+        max_size: 3_000,
+        min_age: Duration::from_secs(100),
+        clock: clock.clone(),
+    };
+    let store = Store::open_with(dir.path(), limits).unwrap();
+    let a = DigestFunction::Sha256.digest_of(b"action");
+    store.put_action("", &a, &[7u8; 1500]).unwrap();
+    clock.advance(50);
+    put_blob(&store, 1, 2000);
+    store.maintain().unwrap();
+    // Over the limit, but everything is younger than the minimum age.
+    assert_eq!(store.stats().evictions, 0);
+    assert_eq!(store.stats().min_age_overruns, 1);
+    // Once old enough, the least recently used (the action result) goes.
+    clock.advance(60);
+    store.maintain().unwrap();
+    assert_eq!(store.stats().evictions, 1);
+    assert!(store.get_action("", &a).unwrap().is_none());
+    assert_eq!(store.stats().ac_count, 0);
+}
+
+#[test]
+fn evicted_files_are_deleted_and_counters_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1);
+    let big = INLINE_MAX as usize + 1000;
+    {
+        let limits = Limits {
+            max_size: (big * 2) as u64,
+            min_age: Duration::ZERO,
+            clock: clock.clone(),
+        };
+        let store = Store::open_with(dir.path(), limits).unwrap();
+        for i in 0..3u8 {
+            clock.advance(1);
+            put_blob(&store, i, big);
+        }
+        store.maintain().unwrap();
+        assert_eq!(store.stats().cas_count, 1);
+        store.close();
+    }
+    let files = walk_files(&dir.path().join("blobs"));
+    assert_eq!(files, 1, "evicted blob files must be deleted");
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.stats().cas_count, 1);
+    assert_eq!(store.stats().evictions, 2);
+}
+
+fn walk_files(p: &std::path::Path) -> usize {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
+}
