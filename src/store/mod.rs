@@ -400,8 +400,13 @@ fn db_options() -> Options {
 }
 
 fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    // Blobs and results are stored compressed where it saves space: LZ4 in
+    // the upper levels (cheap for fresh, churning data), zstd in the bottom
+    // level where most data settles. RocksDB keeps a block uncompressed when
+    // compression doesn't pay (already-compressed outputs).
     let mut data_opts = Options::default();
     data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    data_opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
     let mut meta_opts = Options::default();
     meta_opts.set_merge_operator_associative("add_i64", counters::add_merge);
     vec![

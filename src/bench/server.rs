@@ -1,0 +1,163 @@
+//! The server side of a bench run: a `cairn serve` child on a temp dir
+//! (`--start-cairn`, and the start-up workload), and reading a server
+//! process's memory from `/proc/<pid>/status`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `cairn serve` child listening on an ephemeral loopback port.
+pub struct CairnChild {
+    child: Child,
+    /// `grpc://127.0.0.1:PORT`.
+    pub url: String,
+    /// From spawn to the "listening on" log line.
+    pub startup: Duration,
+    /// Holds the temp data dir when the bench made one.
+    _dir: Option<ScratchDir>,
+}
+
+impl CairnChild {
+    /// Starts `bin serve` over `data_dir` (a fresh temp dir when `None`) with
+    /// `extra` flags, and waits up to a minute for it to listen.
+    pub fn start(bin: &Path, data_dir: Option<&Path>, extra: &[String]) -> anyhow::Result<CairnChild> {
+        let temp = match data_dir {
+            Some(_) => None,
+            None => Some(ScratchDir::new("serve")?),
+        };
+        let dir = data_dir.map_or_else(|| temp.as_ref().expect("temp").path().to_path_buf(), Path::to_path_buf);
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn,cairn::server=info", "--data-dir"])
+            .arg(&dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {} serve: {e}", bin.display()))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split([',', ' ']).next().unwrap_or("").to_string();
+                        let _ = tx.send((addr, Instant::now()));
+                        sent = true;
+                        continue;
+                    }
+                }
+                // The server's warnings and errors stay visible.
+                eprintln!("[cairn serve] {line}");
+            }
+        });
+        let (addr, at) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                anyhow::bail!("cairn serve did not report its address within 60 s");
+            }
+        };
+        Ok(CairnChild {
+            child,
+            url: format!("grpc://{addr}"),
+            startup: at - started,
+            _dir: temp,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 30 s); returns how long the exit took.
+    pub fn stop(mut self) -> Duration {
+        let t = Instant::now();
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        while t.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        t.elapsed()
+    }
+}
+
+impl Drop for CairnChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory under [`bench_tmp`] removed (with its contents) on drop.
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new(what: &str) -> std::io::Result<ScratchDir> {
+        let path = bench_tmp().join(format!("cairn-bench-{what}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path)?;
+        Ok(ScratchDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Where the bench puts its scratch data: `$CAIRN_BENCH_TMP`, else
+/// `/var/tmp` (on disk, unlike a tmpfs `/tmp`, so blob writes are real).
+pub fn bench_tmp() -> PathBuf {
+    std::env::var_os("CAIRN_BENCH_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
+/// Resident and peak resident memory of a process, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    pub rss: u64,
+    pub hwm: u64,
+}
+
+/// Reads VmRSS and VmHWM of `pid`; `None` when the process is gone or not Linux.
+pub fn memory(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(Memory {
+        rss: field("VmRSS:")?,
+        hwm: field("VmHWM:")?,
+    })
+}
+
+/// Resets a process's VmHWM to its current RSS (Linux `clear_refs` 5), so
+/// the next reading is the peak of what follows. False when not allowed.
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// Formats bytes as MiB.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
