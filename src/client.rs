@@ -80,6 +80,7 @@ impl Client {
             .map_err(|_| ClientError::BadAddress(addr.to_string()))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
+            .http2_adaptive_window(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .connect()
             .await

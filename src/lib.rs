@@ -11,10 +11,12 @@
 //!   `tonic::Status`. [`server::run`] is the whole server; `main.rs` and the
 //!   tests call the same function.
 //! - [`client`]: the one typed REAPI client, shared by the Go shim and the bench.
+//! - [`bench`]: `cairn bench`, the load generator behind BENCHMARKS.md.
 //! - [`gocache`]: `cairn gocacheprog`, Go's cache protocol and its local tier.
 //!
 //! Layers only look down: server → store → digest/error; gocache → client → digest.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod digest;

@@ -34,6 +34,8 @@ enum Command {
     GoCacheProg(cairn::gocache::GoCacheArgs),
     /// Print entries, bytes, hits, misses and evictions of a data dir (safe while a server runs).
     Stats(StatsArgs),
+    /// Load a REAPI server (cairn or a peer) and report speed against this machine's limits.
+    Bench(cairn::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -80,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Stats(args) => stats(args),
+        Command::Bench(args) => runtime.block_on(cairn::bench::run(args)),
         Command::GoCacheProg(args) => {
             let config = args.into_config()?;
             runtime.block_on(cairn::gocache::run(config))?;

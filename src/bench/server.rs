@@ -12,6 +12,8 @@ pub struct CairnChild {
     child: Child,
     /// `grpc://127.0.0.1:PORT`.
     pub url: String,
+    /// When the process was spawned.
+    pub spawned: Instant,
     /// From spawn to the "listening on" log line.
     pub startup: Duration,
     /// Holds the temp data dir when the bench made one.
@@ -64,6 +66,7 @@ impl CairnChild {
         Ok(CairnChild {
             child,
             url: format!("grpc://{addr}"),
+            spawned: started,
             startup: at - started,
             _dir: temp,
         })

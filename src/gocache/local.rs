@@ -182,7 +182,28 @@ impl LocalStore {
     /// Stores a fully written and verified body: moves `body` to its
     /// content-addressed place (or drops it if an identical output is already
     /// there), then records `action → (output, size, now)`.
-    pub fn commit(&self, action: &ActionId, output: &OutputId, size: u64, mut body: TempFile) -> io::Result<Entry> {
+    pub fn commit(&self, action: &ActionId, output: &OutputId, size: u64, body: TempFile) -> io::Result<Entry> {
+        self.commit_at(action, output, size, body, now_nanos())
+    }
+
+    /// [`LocalStore::commit`] with the entry's time given: an entry fetched
+    /// from the remote keeps the time it was first put, which go compares
+    /// with `go clean -testcache`.
+    pub fn commit_at(
+        &self,
+        action: &ActionId,
+        output: &OutputId,
+        size: u64,
+        body: TempFile,
+        time_nanos: i64,
+    ) -> io::Result<Entry> {
+        self.install_object(output, size, body)?;
+        self.write_meta(action, output, size, time_nanos)
+    }
+
+    /// Moves a verified body to its content-addressed place, or drops it if
+    /// an identical output is already there. Returns the object's path.
+    pub fn install_object(&self, output: &OutputId, size: u64, mut body: TempFile) -> io::Result<PathBuf> {
         let path = self.object_path(output);
         match fs::metadata(&path) {
             // Same content already stored (many actions share outputs). Keep
@@ -199,14 +220,50 @@ impl LocalStore {
                 body.keep = true;
             }
         }
-        let time_nanos = now_nanos();
+        Ok(path)
+    }
+
+    /// Stores bytes already verified to hash to `output` as that object
+    /// (downloads, whose digest the client checked). Returns its path.
+    pub fn install_bytes(&self, output: &OutputId, data: &[u8]) -> io::Result<PathBuf> {
+        if self.has_object(output, data.len() as u64) {
+            return Ok(self.object_path(output));
+        }
+        let mut tmp = self.temp_file()?;
+        tmp.file.as_mut().expect("fresh temp file").write_all(data)?;
+        self.install_object(output, data.len() as u64, tmp)
+    }
+
+    /// True if the output is stored with this size.
+    pub fn has_object(&self, output: &OutputId, size: u64) -> bool {
+        fs::metadata(self.object_path(output)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// True if `action` has a metadata file (its output may still be gone;
+    /// [`LocalStore::get`] is the full check). One `stat`, for bulk checks.
+    pub fn has_action(&self, action: &ActionId) -> bool {
+        fs::symlink_metadata(self.action_path(action)).is_ok()
+    }
+
+    /// Records `action → (output, size, time)` if that output is already
+    /// stored (another action produced it, or a download just landed);
+    /// `None` if it is not.
+    pub fn link(&self, action: &ActionId, output: &OutputId, size: u64, time_nanos: i64) -> io::Result<Option<Entry>> {
+        if !self.has_object(output, size) {
+            return Ok(None);
+        }
+        self.write_meta(action, output, size, time_nanos).map(Some)
+    }
+
+    /// Writes the metadata file of `action` (atomically).
+    fn write_meta(&self, action: &ActionId, output: &OutputId, size: u64, time_nanos: i64) -> io::Result<Entry> {
         let meta = format!("v1 {} {} {size} {time_nanos}\n", action.to_hex(), output.to_hex());
         self.write_atomic(&self.action_path(action), meta.as_bytes())?;
         Ok(Entry {
             output: *output,
             size,
             time_nanos,
-            path,
+            path: self.object_path(output),
         })
     }
 

@@ -76,6 +76,10 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
         conn
     });
     let served = tonic::transport::Server::builder()
+        // Grow HTTP/2 flow-control windows with the measured bandwidth-delay
+        // product, so large uploads aren't throttled by fixed 1 MiB windows
+        // on fast or distant links.
+        .http2_adaptive_window(Some(true))
         .add_service(health_service)
         .add_service(CapabilitiesServer::new(capabilities::CapabilitiesService {
             max_batch_total_size: config.max_batch_total_size,

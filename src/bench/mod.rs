@@ -1,0 +1,388 @@
+//! `cairn bench`: a REAPI load generator that works against any REAPI v2
+//! server (cairn or a peer), measured against this machine's physical limits
+//! in the same run. See BENCHMARKS.md for results and `scripts/bench.sh`,
+//! which regenerates them.
+//!
+//! # Layout
+//! - [`report`]: samples, percentiles, result rows, Markdown and JSON output.
+//! - [`data`]: deterministic test data (small-blob mix, large blobs from one buffer).
+//! - [`server`]: a `cairn serve` child (`--start-cairn`) and `/proc` memory readings.
+//! - [`limits`]: the reference points: SHA-256/BLAKE3 on one core, the store
+//!   without gRPC, a page-cache file read, a loopback gRPC unary echo.
+//! - [`cas`]: FindMissingBlobs and the batch calls.
+//! - [`ac`]: ActionCache hits, misses and updates at several concurrencies.
+//! - [`bytestream`]: large-blob writes and reads, one stream and in parallel, with server RSS.
+//! - [`replay`]: the RPC sequence of a Bazel build and of `go build` through GOCACHEPROG.
+//! - [`startup`]: start-up time and RSS of `cairn serve` over a big data dir.
+//! - [`lru`]: the store's eviction against exact LRU on a replayed access trace.
+//!
+//! Every workload talks through [`crate::client::Client`], the one REAPI
+//! client, and counts every failed or wrong answer as an error.
+
+mod ac;
+mod bytestream;
+mod cas;
+mod data;
+mod limits;
+mod lru;
+mod replay;
+mod report;
+mod server;
+mod startup;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::config::parse_size;
+use report::{Goal, Report, Samples};
+
+/// Workload families, in the order a run measures them.
+const FAMILIES: [&str; 8] = [
+    "limits",
+    "find-missing",
+    "ac",
+    "batch",
+    "bytestream",
+    "replay",
+    "startup",
+    "lru",
+];
+
+/// Flags of `cairn bench`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// REAPI server to load, e.g. grpc://127.0.0.1:9092 (cairn or any peer).
+    #[arg(long, conflicts_with = "start_cairn")]
+    pub target: Option<String>,
+    /// Start a `cairn serve` child on a temp dir under $CAIRN_BENCH_TMP (default /var/tmp) and load it.
+    #[arg(long)]
+    pub start_cairn: bool,
+    /// The cairn binary to start for --start-cairn and the start-up workload [default: this one].
+    #[arg(long)]
+    pub cairn_bin: Option<PathBuf>,
+    /// Name of the server in the report (e.g. cairn, buildgrid).
+    #[arg(long, default_value = "cairn")]
+    pub name: String,
+    /// REAPI instance name.
+    #[arg(long, default_value = "")]
+    pub instance: String,
+    /// PID of the target server, to report its RSS (automatic with --start-cairn).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Comma-separated workload families to run: limits, find-missing, ac, batch,
+    /// bytestream, replay, startup, lru [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Seconds each timed measurement runs.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Concurrency levels for the ActionCache workload.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub concurrency: Vec<usize>,
+    /// HTTP/2 connections the load is spread over (as Bazel opens several).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Digests per FindMissingBlobs call (half of them present).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub find_missing: Vec<usize>,
+    /// Bytes of 1–64 KiB blobs uploaded and read per batch measurement.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub batch_bytes: u64,
+    /// ByteStream blob sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1MiB,64MiB", value_parser = parse_size)]
+    pub stream_sizes: Vec<u64>,
+    /// Also stream 1 GiB blobs (about 10 GiB of disk writes).
+    #[arg(long)]
+    pub large: bool,
+    /// Parallel streams in the parallel ByteStream measurement.
+    #[arg(long, default_value_t = 8)]
+    pub stream_parallel: usize,
+    /// Actions in the replayed Bazel build.
+    #[arg(long, default_value_t = 2000)]
+    pub replay_actions: usize,
+    /// Actions in flight in the replayed Bazel build (Bazel's --jobs).
+    #[arg(long, default_value_t = 16)]
+    pub replay_jobs: usize,
+    /// Scale of the replayed `go build std cmd` (1.0 = 3715 puts, 730 MB).
+    #[arg(long, default_value_t = 1.0)]
+    pub go_scale: f64,
+    /// Entries in the data dir of the start-up workload (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub startup_entries: u64,
+    /// Extra bytes in large blob files in the start-up data dir.
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    pub startup_bytes: u64,
+    /// Keep the start-up data dir here and reuse it when it already matches.
+    #[arg(long)]
+    pub startup_dir: Option<PathBuf>,
+    /// Wall-clock seconds of the LRU trace replay through the real store (0 skips it).
+    #[arg(long, default_value_t = 20.0)]
+    pub lru_seconds: f64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the results as Markdown here (stdout always gets them).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+}
+
+/// What every workload needs: the connections, the flags, the results so far.
+pub struct Ctx {
+    pub args: BenchArgs,
+    /// One client per connection; tasks take them round-robin.
+    pub clients: Vec<Client>,
+    /// The server process, when known, for RSS readings.
+    pub server_pid: Option<u32>,
+    pub report: Report,
+    /// Makes this run's blobs differ from any earlier run's, so uploads to a
+    /// long-lived server are never answered "already have it".
+    pub seed: u64,
+}
+
+impl Ctx {
+    /// How long a timed measurement runs.
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.args.seconds.max(0.01))
+    }
+
+    /// A fresh seed for one workload's data.
+    pub fn seed(&self, salt: u64) -> u64 {
+        self.seed ^ salt.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A limit measured earlier in this run.
+    pub fn limit(&self, name: &str) -> Option<f64> {
+        self.report.limits.get(name).copied()
+    }
+}
+
+/// Runs `op` from `concurrency` tasks until `duration` passes or `max_ops`
+/// operations have started; `op` gets a client and the operation's index and
+/// returns the payload bytes it moved. Returns the samples and the wall time.
+pub async fn timed<F, Fut>(ctx: &Ctx, concurrency: usize, duration: Duration, max_ops: u64, op: F) -> (Samples, Duration)
+where
+    F: Fn(Client, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<u64, String>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|t| {
+            let client = ctx.clients[t % ctx.clients.len()].clone();
+            let (op, next) = (Arc::clone(&op), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut samples = Samples::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= max_ops || Instant::now() >= deadline {
+                        return samples;
+                    }
+                    let t0 = Instant::now();
+                    let outcome = op(client.clone(), i).await;
+                    samples.record(t0.elapsed(), outcome);
+                }
+            })
+        })
+        .collect();
+    let mut all = Samples::default();
+    for t in tasks {
+        match t.await {
+            Ok(s) => all.merge(s),
+            Err(e) => all.record(Duration::ZERO, Err(format!("bench task panicked: {e}"))),
+        }
+    }
+    (all, start.elapsed())
+}
+
+/// Runs `op` once for each index in `0..n`, `concurrency` at a time.
+pub async fn each<F, Fut>(ctx: &Ctx, concurrency: usize, n: u64, op: F) -> (Samples, Duration)
+where
+    F: Fn(Client, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<u64, String>> + Send,
+{
+    timed(ctx, concurrency, Duration::from_secs(24 * 3600), n, op).await
+}
+
+/// `cairn bench`: runs the selected workloads and prints the report.
+/// Fails when any operation failed, after printing everything.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    for f in &args.only {
+        anyhow::ensure!(FAMILIES.contains(&f.as_str()), "unknown workload family {f:?}; pick from {FAMILIES:?}");
+    }
+    let bin = match &args.cairn_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let child = if args.start_cairn {
+        Some(server::CairnChild::start(&bin, None, &[])?)
+    } else {
+        None
+    };
+    let url = match (&child, &args.target) {
+        (Some(c), _) => c.url.clone(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => anyhow::bail!("say which server to load: --target grpc://host:port or --start-cairn"),
+    };
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let mut c = Client::connect(&url, &args.instance, Duration::from_secs(10)).await?;
+        c.capabilities().await?;
+        clients.push(c);
+    }
+    let server_pid = child.as_ref().map(|c| c.pid()).or(args.server_pid);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let mut ctx = Ctx {
+        report: Report {
+            target: format!("{} at {url}", args.name),
+            ..Report::default()
+        },
+        args,
+        clients,
+        server_pid,
+        seed,
+    };
+    eprintln!("cairn bench: {}", ctx.report.target);
+    let wanted = |f: &str| ctx.args.only.is_empty() || ctx.args.only.iter().any(|o| o == f);
+    let (w_limits, w_fm, w_ac, w_batch, w_bs, w_replay, w_startup, w_lru) = (
+        wanted("limits"),
+        wanted("find-missing"),
+        wanted("ac"),
+        wanted("batch"),
+        wanted("bytestream"),
+        wanted("replay"),
+        wanted("startup"),
+        wanted("lru"),
+    );
+    if w_limits {
+        limits::run(&mut ctx).await?;
+    }
+    if w_fm {
+        cas::find_missing(&mut ctx).await?;
+    }
+    if w_ac {
+        ac::run(&mut ctx).await?;
+    }
+    if w_batch {
+        cas::batches(&mut ctx).await?;
+    }
+    if w_bs {
+        bytestream::run(&mut ctx).await?;
+    }
+    if w_replay {
+        replay::bazel(&mut ctx).await?;
+        replay::go(&mut ctx).await?;
+    }
+    if w_startup && ctx.args.startup_entries > 0 {
+        startup::run(&mut ctx, &bin).await?;
+    }
+    if w_lru && ctx.args.lru_seconds > 0.0 {
+        lru::run(&mut ctx).await?;
+    }
+    if let Some(c) = child {
+        tokio::task::spawn_blocking(move || c.stop()).await?;
+    }
+    goals(&mut ctx.report);
+    let md = format!(
+        "### {}\n\n{}\n#### Goals\n\n{}",
+        ctx.report.target,
+        ctx.report.markdown(),
+        ctx.report.goals_markdown()
+    );
+    println!("{md}");
+    if let Some(p) = &ctx.args.markdown {
+        std::fs::write(p, &md)?;
+    }
+    if let Some(p) = &ctx.args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&ctx.report)?)?;
+    }
+    let errors = ctx.report.errors();
+    anyhow::ensure!(errors == 0, "{errors} operations failed; see the errors column");
+    Ok(())
+}
+
+/// Judges the run against the goals of issue 6 (whatever it measured).
+fn goals(report: &mut Report) {
+    let find = |w: &str, s: &str| report.rows.iter().find(|r| r.workload == w && r.setting.starts_with(s));
+    let mut goals = Vec::new();
+    let write = find("bytestream write", "64 MiB x1").or_else(|| find("bytestream write", "1 MiB x1"));
+    goals.push(match (write, report.limits.get("sha256_mb_s")) {
+        (Some(w), Some(sha)) => {
+            let f = w.mb_per_sec.unwrap_or(0.0) / sha;
+            Goal {
+                goal: "ByteStream single-stream write ≥ 70% of single-core SHA-256".into(),
+                measured: format!(
+                    "{} MB/s ({}) = {:.0}% of {} MB/s",
+                    report::num(w.mb_per_sec.unwrap_or(0.0)),
+                    w.setting,
+                    f * 100.0,
+                    report::num(*sha)
+                ),
+                met: Some(f >= 0.7),
+            }
+        }
+        _ => unmeasured("ByteStream single-stream write ≥ 70% of single-core SHA-256"),
+    });
+    goals.push(match find("FindMissingBlobs", "10000") {
+        Some(r) => Goal {
+            goal: "FindMissingBlobs of 10,000 digests < 20 ms".into(),
+            measured: format!("p50 {} ms, p99 {} ms", report::ms(r.p50_ms), report::ms(r.p99_ms)),
+            met: Some(r.p50_ms < 20.0),
+        },
+        None => unmeasured("FindMissingBlobs of 10,000 digests < 20 ms"),
+    });
+    goals.push(match find("AC GetActionResult hit", "c=64") {
+        Some(r) => Goal {
+            goal: "ActionCache hit p99 < 2 ms at concurrency 64".into(),
+            measured: format!("p99 {} ms", report::ms(r.p99_ms)),
+            met: Some(r.p99_ms < 2.0),
+        },
+        None => unmeasured("ActionCache hit p99 < 2 ms at concurrency 64"),
+    });
+    goals.push(match find("start-up", "spawn to first") {
+        Some(r) => Goal {
+            goal: "start-up < 1 s at 1M entries".into(),
+            measured: format!("{} ({})", r.note.clone().unwrap_or_default(), r.setting),
+            met: Some(r.p50_ms < 1000.0),
+        },
+        None => unmeasured("start-up < 1 s at 1M entries"),
+    });
+    goals.push(match report.limits.get("upload_peak_rss_bytes") {
+        Some(&rss) => Goal {
+            goal: "RSS < 150 MB + configured caches during any upload".into(),
+            measured: format!("peak {:.0} MB during ByteStream uploads", rss / 1e6),
+            met: Some(rss < 150e6 + report.limits.get("configured_cache_bytes").copied().unwrap_or(0.0)),
+        },
+        None => unmeasured("RSS < 150 MB + configured caches during any upload"),
+    });
+    goals.push(match report.limits.get("lru_hit_rate_gap") {
+        Some(&gap) => Goal {
+            goal: "LRU hit rate within 2% of exact LRU (issue 5)".into(),
+            measured: format!("{:.2} percentage points below exact LRU", gap * 100.0),
+            met: Some(gap <= 0.02),
+        },
+        None => unmeasured("LRU hit rate within 2% of exact LRU (issue 5)"),
+    });
+    report.goals = goals;
+}
+
+fn unmeasured(goal: &str) -> Goal {
+    Goal {
+        goal: goal.into(),
+        measured: "not measured in this run".into(),
+        met: None,
+    }
+}
+
+/// Turns a client error into the text kept with a failed operation.
+pub fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
