@@ -76,7 +76,11 @@ impl ContentAddressableStorage for CasService {
         let req = request.into_inner();
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
-        let total: u64 = req.digests.iter().map(|d| d.size_bytes.max(0) as u64).sum();
+        // Saturating: absurd declared sizes must not wrap around the limit check.
+        let total = req
+            .digests
+            .iter()
+            .fold(0u64, |t, d| t.saturating_add(d.size_bytes.max(0) as u64));
         if total > self.max_batch_total_size {
             return Err(Error::InvalidArgument(format!(
                 "batch asks for {total} bytes, over the {} advertised as max_batch_total_size_bytes; use ByteStream for large blobs",

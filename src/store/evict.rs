@@ -266,6 +266,9 @@ impl Store {
     /// Stops the background thread and waits for it, so that dropping the
     /// last handle afterwards closes the database at once.
     pub fn close(&self) {
+        // Interrupted uploads hold a handle on the store; let them (and their
+        // temp files) go so the database can close.
+        self.inner.uploads.clear();
         self.inner.wake.stop.store(true, Ordering::Release);
         self.inner.wake.notify();
         let handle = self.inner.wake.handle.lock().unwrap_or_else(|e| e.into_inner()).take();

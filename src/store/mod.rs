@@ -316,22 +316,25 @@ impl Store {
     }
 
     /// Makes a verified blob visible. `file` is the temp file holding it, for
-    /// blobs above [`INLINE_MAX`]; otherwise `inline` holds the bytes.
-    fn commit_blob(&self, d: &Digest, inline: Option<&[u8]>, file: Option<&Path>) -> Result<()> {
+    /// blobs above [`INLINE_MAX`]; otherwise `inline` holds the bytes. Returns
+    /// true when `file` was moved into the store (else the caller deletes it).
+    fn commit_blob(&self, d: &Digest, inline: Option<&[u8]>, file: Option<&Path>) -> Result<bool> {
         let cf = self.cf(CF_CAS);
         let key = cas_key(d);
         let _guard = self.inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = self.inner.db.get_pinned_cf(cf, key)? {
             if parse_cas_value(&v)?.1 == d.size {
-                return Ok(()); // Someone else stored it first; ours is dropped.
+                return Ok(false); // Someone else stored it first; ours is dropped.
             }
         }
         let mut value = cas_header(if file.is_some() { KIND_FILE } else { KIND_INLINE }, d.size).to_vec();
+        let mut published = None;
         if let Some(path) = file {
             let dest = self.blob_path(d);
             let parent = dest.parent().expect("blob path has a parent");
             std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
             std::fs::rename(path, &dest).map_err(|e| Error::io(format!("publishing {}", dest.display()), e))?;
+            published = Some(dest);
         } else {
             value.extend_from_slice(inline.unwrap_or_default());
         }
@@ -341,11 +344,18 @@ impl Store {
         self.inner
             .counters
             .add_cas(&mut batch, self.cf(CF_META), 1, d.size as i64);
-        self.inner.db.write(batch)?;
+        if let Err(e) = self.inner.db.write(batch) {
+            // No record, so no file: a blob file without a record would be
+            // space that nothing accounts for.
+            if let Some(dest) = &published {
+                let _ = std::fs::remove_file(dest);
+            }
+            return Err(e.into());
+        }
         self.inner.counters.applied_cas(1, d.size as i64);
         drop(_guard);
         self.inner.wake_if_over_limit();
-        Ok(())
+        Ok(published.is_some())
     }
 
     /// Removes a CAS entry and its file, fixing the counters.

@@ -53,6 +53,11 @@ impl Uploads {
             .map(|(w, _)| w)
     }
 
+    /// Drops every interrupted upload (at shutdown).
+    pub fn clear(&self) {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Bytes received so far by an interrupted upload.
     pub fn progress(&self, name: &str) -> Option<u64> {
         let map = self.parked.lock().unwrap_or_else(|p| p.into_inner());

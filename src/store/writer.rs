@@ -115,13 +115,13 @@ impl BlobWriter {
             )));
         }
         match self.spool {
-            Spool::Memory(buf) => self.store.commit_blob(&d, Some(&buf), None),
+            Spool::Memory(buf) => self.store.commit_blob(&d, Some(&buf), None).map(|_| ()),
             Spool::File(mut t) => {
                 // Durable before visible: the record must never point at a
                 // file whose bytes are still only in the page cache.
                 t.file.sync_data().map_err(|e| disk_error("syncing upload", e))?;
-                self.store.commit_blob(&d, None, Some(&t.path))?;
-                t.published = true;
+                // Moved into the store, or dropped (deleted) if another upload won.
+                t.published = self.store.commit_blob(&d, None, Some(&t.path))?;
                 Ok(())
             }
         }
