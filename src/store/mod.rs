@@ -401,30 +401,58 @@ impl Store {
     }
 }
 
+/// RocksDB's block cache, shared by all column families: the one memory
+/// knob that grows with the working set. Everything else RocksDB holds is
+/// bounded by [`MEMTABLE_BUDGET`].
+pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// Total memtable memory across column families before RocksDB flushes.
+pub const MEMTABLE_BUDGET: usize = 64 << 20;
+
 fn db_options() -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     o.increase_parallelism(2);
+    o.set_db_write_buffer_size(MEMTABLE_BUDGET);
     o
 }
 
 fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let table = |bloom: bool| {
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_block_cache(&cache);
+        // Index and filter blocks live in (and are bounded by) the cache.
+        t.set_cache_index_and_filter_blocks(true);
+        t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        if bloom {
+            // Most FindMissingBlobs lookups before an upload are misses: a
+            // bloom filter answers them without reading data blocks.
+            t.set_bloom_filter(10.0, false);
+        }
+        t
+    };
+    let small = |bloom: bool| {
+        let mut o = Options::default();
+        o.set_block_based_table_factory(&table(bloom));
+        o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
+        o
+    };
     // Blobs and results are stored compressed where it saves space: LZ4 in
     // the upper levels (cheap for fresh, churning data), zstd in the bottom
     // level where most data settles. RocksDB keeps a block uncompressed when
     // compression doesn't pay (already-compressed outputs).
-    let mut data_opts = Options::default();
+    let mut data_opts = small(true);
     data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     data_opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
-    let mut meta_opts = Options::default();
+    let mut meta_opts = small(false);
     meta_opts.set_merge_operator_associative("add_i64", counters::add_merge);
     vec![
         ColumnFamilyDescriptor::new(CF_CAS, data_opts.clone()),
         ColumnFamilyDescriptor::new(CF_AC, data_opts),
         ColumnFamilyDescriptor::new(CF_META, meta_opts),
-        ColumnFamilyDescriptor::new(CF_ATIME, Options::default()),
-        ColumnFamilyDescriptor::new(CF_LRU, Options::default()),
+        ColumnFamilyDescriptor::new(CF_ATIME, small(true)),
+        ColumnFamilyDescriptor::new(CF_LRU, small(false)),
     ]
 }
 
