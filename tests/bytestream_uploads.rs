@@ -316,3 +316,41 @@ async fn restart_cleans_interrupted_uploads_and_keeps_blobs() {
     // And the blob can be uploaded from scratch.
     assert_eq!(write(&mut bs, &pname, &partial).await.unwrap(), dp.size_bytes);
 }
+
+/// QueryWriteStatus reports the progress of an upload whose stream is still
+/// open, not only of interrupted ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_write_status_sees_live_uploads() {
+    let server = TestServer::start().await;
+    let ch = server.channel().await;
+    let mut query_bs = bs(&ch);
+    let data = gen_blob(11, 3 * MIB);
+    let d = sha256(&data);
+    let name = fresh_upload_name(&d);
+    let mut reqs = write_requests(&name, &data, 0, MIB).into_iter();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(reqs.next().unwrap()).await.unwrap();
+    let mut writer_bs = bs(&ch);
+    let write = tokio::spawn(async move { writer_bs.write(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    // The first MiB arrives while the stream stays open.
+    let mut seen = None;
+    for _ in 0..200 {
+        if let Ok(q) = query(&mut query_bs, &name).await {
+            if q.committed_size == MIB as i64 {
+                seen = Some(q);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let q = seen.expect("QueryWriteStatus never reported the live upload's progress");
+    assert!(!q.complete);
+    for r in reqs {
+        tx.send(r).await.unwrap();
+    }
+    drop(tx);
+    let resp = write.await.unwrap().expect("write completes");
+    assert_eq!(resp.into_inner().committed_size, data.len() as i64);
+    let q = query(&mut query_bs, &name).await.expect("complete upload");
+    assert!(q.complete);
+}

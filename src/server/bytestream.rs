@@ -223,6 +223,7 @@ impl ByteStream for ByteStreamService {
             }
         };
 
+        let live = self.store.uploads().start_live(&resource, upload.offset());
         let mut msg = first;
         loop {
             if !msg.resource_name.is_empty() && msg.resource_name != resource {
@@ -239,6 +240,7 @@ impl ByteStream for ByteStreamService {
                 )));
             }
             upload.write(&msg.data).status()?;
+            live.set(upload.offset());
             if msg.finish_write {
                 let size = upload.offset() as i64;
                 blocking(move || upload.commit()).await?;
