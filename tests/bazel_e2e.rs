@@ -12,10 +12,10 @@ mod bazel_support;
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 
 use bazel_support::runner::{Bazel, Build};
 use common::TestServer;
+use tokio::sync::Mutex;
 
 /// The workspace must give at least this many cacheable actions (it has ~65).
 const MIN_CACHEABLE: u64 = 50;
@@ -28,12 +28,9 @@ const EDIT_DEPENDENTS: [&str; 3] = [
 
 /// Bazel is heavy on these 2-core machines (a JVM server plus the actions):
 /// the scenarios run one at a time even when cargo runs tests in parallel.
-static BAZEL_LOCK: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    // A failed test poisons the lock; the next one may still run.
-    BAZEL_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// An async mutex: each test holds it across awaits, on its own runtime, and
+/// a failed test doesn't poison it for the next.
+static BAZEL_LOCK: Mutex<()> = Mutex::const_new(());
 
 /// Flags pointing Bazel at `server`, optionally under an instance name.
 fn cache_flags(server: &TestServer, instance: Option<&str>) -> Vec<String> {
@@ -48,10 +45,7 @@ fn cache_flags(server: &TestServer, instance: Option<&str>) -> Vec<String> {
 fn log_build(what: &str, build: &Build) {
     eprintln!("bazel {what}: {}", build.describe());
     let warnings = build.remote_warnings();
-    assert!(
-        warnings.is_empty(),
-        "{what}: Bazel reported remote cache problems:\n{warnings:#?}"
-    );
+    assert!(warnings.is_empty(), "{what}: Bazel reported remote cache problems:\n{warnings:#?}");
 }
 
 /// A build against an empty cache: every cacheable action executed (and,
@@ -59,11 +53,7 @@ fn log_build(what: &str, build: &Build) {
 fn assert_cold(what: &str, build: &Build) {
     log_build(what, build);
     let s = &build.summary;
-    assert!(
-        s.cacheable() >= MIN_CACHEABLE,
-        "{what}: only {} cacheable actions",
-        s.cacheable()
-    );
+    assert!(s.cacheable() >= MIN_CACHEABLE, "{what}: only {} cacheable actions", s.cacheable());
     assert_eq!(s.remote_cache_hits(), 0, "{what}: hits from an empty cache: {s:?}");
     assert_eq!(s.executed(), s.cacheable(), "{what}: {s:?}");
 }
@@ -72,22 +62,14 @@ fn assert_cold(what: &str, build: &Build) {
 fn assert_all_hits(what: &str, build: &Build, cold: &Build) {
     log_build(what, build);
     let s = &build.summary;
-    assert_eq!(
-        s.cacheable(),
-        cold.summary.cacheable(),
-        "{what}: different action count: {s:?}"
-    );
+    assert_eq!(s.cacheable(), cold.summary.cacheable(), "{what}: different action count: {s:?}");
     assert_eq!(
         s.remote_cache_hits(),
         s.cacheable(),
         "{what}: not every action was a remote cache hit: {s:?}\nmisses: {:#?}",
         build.misses()
     );
-    assert!(
-        build.misses().is_empty(),
-        "{what}: execution log misses: {:#?}",
-        build.misses()
-    );
+    assert!(build.misses().is_empty(), "{what}: execution log misses: {:#?}", build.misses());
 }
 
 /// A build that got nothing from the cache although `cold` filled it
@@ -104,11 +86,7 @@ fn check_special_outputs(bazel: &Bazel, hashes: &BTreeMap<String, String>) {
     let size = |rel: &str| std::fs::metadata(bazel.bin_path(rel)).map(|m| m.len()).ok();
     assert_eq!(size("big/blob5m.txt"), Some(5 * 1024 * 1024), "5 MiB output");
     assert_eq!(size("empty/empty.txt"), Some(0), "empty output");
-    assert_eq!(
-        size("empty/also_empty.txt"),
-        Some(0),
-        "empty output of a 2-output action"
-    );
+    assert_eq!(size("empty/also_empty.txt"), Some(0), "empty output of a 2-output action");
     assert_eq!(size("tree/dir/other/empty.txt"), Some(0), "empty file in a tree");
     let tree_files = hashes.keys().filter(|k| k.starts_with("tree/dir/")).count();
     assert_eq!(tree_files, 15, "files in the tree artifact");
@@ -118,21 +96,14 @@ fn check_special_outputs(bazel: &Bazel, hashes: &BTreeMap<String, String>) {
 
 /// Compares two output snapshots, naming the files that differ.
 fn assert_same_outputs(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
-    let differ: Vec<&String> = before
-        .keys()
-        .chain(after.keys())
-        .filter(|k| before.get(*k) != after.get(*k))
-        .collect();
-    assert!(
-        differ.is_empty(),
-        "outputs differ after the cached rebuild: {differ:#?}"
-    );
+    let differ: Vec<&String> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
+    assert!(differ.is_empty(), "outputs differ after the cached rebuild: {differ:#?}");
 }
 
 /// Cold build, `clean --expunge`, rebuild: all hits, identical bytes.
 #[tokio::test(flavor = "multi_thread")]
 async fn rebuild_after_expunge_is_all_remote_hits() {
-    let _serial = one_at_a_time();
+    let _serial = BAZEL_LOCK.lock().await;
     let server = TestServer::start().await;
     let bazel = Bazel::new("original");
     let flags = cache_flags(&server, None);
@@ -143,10 +114,7 @@ async fn rebuild_after_expunge_is_all_remote_hits() {
     check_special_outputs(&bazel, &before);
 
     bazel.clean_expunge().await;
-    assert!(
-        !bazel.bin_path("big/blob5m.txt").exists(),
-        "clean --expunge left outputs"
-    );
+    assert!(!bazel.bin_path("big/blob5m.txt").exists(), "clean --expunge left outputs");
     let warm = bazel.build(&flags).await;
     assert_all_hits("rebuild", &warm, &cold);
     let after = bazel.hash_outputs();
@@ -161,7 +129,7 @@ async fn rebuild_after_expunge_is_all_remote_hits() {
 /// rebuild: hits come from ActionCache results alone, nothing is downloaded.
 #[tokio::test(flavor = "multi_thread")]
 async fn rebuild_with_minimal_downloads_is_all_remote_hits() {
-    let _serial = one_at_a_time();
+    let _serial = BAZEL_LOCK.lock().await;
     let server = TestServer::start().await;
     let bazel = Bazel::new("original");
     let flags = cache_flags(&server, None);
@@ -195,7 +163,7 @@ async fn rebuild_with_minimal_downloads_is_all_remote_hits() {
 /// another one (and the empty one) does not.
 #[tokio::test(flavor = "multi_thread")]
 async fn action_cache_is_per_instance_name() {
-    let _serial = one_at_a_time();
+    let _serial = BAZEL_LOCK.lock().await;
     let server = TestServer::start().await;
     let bazel = Bazel::new("original");
 
@@ -224,7 +192,7 @@ async fn action_cache_is_per_instance_name() {
 /// else comes from the cache. Changing it back re-runs nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn changed_input_reruns_only_dependent_actions() {
-    let _serial = one_at_a_time();
+    let _serial = BAZEL_LOCK.lock().await;
     let server = TestServer::start().await;
     let bazel = Bazel::new("original");
     let flags = cache_flags(&server, None);
@@ -238,17 +206,8 @@ async fn changed_input_reruns_only_dependent_actions() {
     log_build("after edit", &edited);
     let s = &edited.summary;
     assert_eq!(s.cacheable(), cold.summary.cacheable(), "{s:?}");
-    assert_eq!(
-        s.executed(),
-        EDIT_DEPENDENTS.len() as u64,
-        "{s:?}: {:#?}",
-        edited.misses()
-    );
-    assert_eq!(
-        s.remote_cache_hits(),
-        s.cacheable() - EDIT_DEPENDENTS.len() as u64,
-        "{s:?}"
-    );
+    assert_eq!(s.executed(), EDIT_DEPENDENTS.len() as u64, "{s:?}: {:#?}", edited.misses());
+    assert_eq!(s.remote_cache_hits(), s.cacheable() - EDIT_DEPENDENTS.len() as u64, "{s:?}");
     assert_eq!(edited.misses(), EDIT_DEPENDENTS, "the actions that re-ran");
     let e3 = std::fs::read_to_string(bazel.bin_path("edit/down/e3.txt")).expect("e3");
     assert_eq!(e3, "DETIDE\nDETIDE\n", "output of the edited chain");
@@ -259,12 +218,7 @@ async fn changed_input_reruns_only_dependent_actions() {
     let reverted = bazel.build(&flags).await;
     log_build("after revert", &reverted);
     let s = &reverted.summary;
-    assert_eq!(
-        (s.remote_cache_hits(), s.executed()),
-        (3, 0),
-        "{s:?}: {:#?}",
-        reverted.misses()
-    );
+    assert_eq!((s.remote_cache_hits(), s.executed()), (3, 0), "{s:?}: {:#?}", reverted.misses());
     let e3 = std::fs::read_to_string(bazel.bin_path("edit/down/e3.txt")).expect("e3");
     assert_eq!(e3, "LANIGIRO\nLANIGIRO\n", "output of the reverted chain");
 

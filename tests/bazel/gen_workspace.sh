@@ -20,7 +20,7 @@
 #   - big: a 5 MiB file generated with awk, plus a genrule that checksums it
 #   - empty: a 0-byte output and an action with one empty + one non-empty output
 #   - edit: the 3-step chain fed by //edit:input.txt (crosses into edit/down)
-# `bazel build //...` gives about 75 cacheable (non-internal) processes.
+# `bazel build //...` gives 65 cacheable (non-internal) processes (+13 internal).
 #
 # The C++ rules load @rules_cc and @rules_java, which Bazel 4 would download;
 # local shim repositories under _shims/ (hidden from //... by .bazelignore)

@@ -62,10 +62,7 @@ mod tests {
         let spawns = parse(log).unwrap();
         assert_eq!(spawns.len(), 2);
         assert_eq!(spawns[1].runner, "remote cache hit");
-        assert_eq!(
-            misses(&spawns),
-            vec!["Genrule: Executing genrule //edit:e1".to_string()]
-        );
+        assert_eq!(misses(&spawns), vec!["Genrule: Executing genrule //edit:e1".to_string()]);
         assert!(parse("").unwrap().is_empty());
         assert!(parse("{\"mnemonic\": ").is_err());
     }

@@ -84,11 +84,7 @@ impl Bazel {
     pub fn new(edit: &str) -> Bazel {
         match Command::new(bazel_bin()).arg("--version").output() {
             Ok(out) if out.status.success() => {}
-            Ok(out) => panic!(
-                "`bazel --version` failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
+            Ok(out) => panic!("`bazel --version` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)),
             Err(e) => panic!(
                 "cannot run Bazel ({e}): the Bazel end-to-end tests need it; \
                  run scripts/setup.sh (installs Debian's bazel-bootstrap) or set CAIRN_BAZEL"
@@ -108,17 +104,9 @@ impl Bazel {
     /// (Re)writes the workspace; only the editable input changes with `edit`.
     pub fn generate(&self, edit: &str) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/gen_workspace.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(&self.workspace)
-            .arg(edit)
-            .output()
-            .expect("run gen_workspace.sh");
-        assert!(
-            out.status.success(),
-            "gen_workspace.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            Command::new("bash").arg(&script).arg(&self.workspace).arg(edit).output().expect("run gen_workspace.sh");
+        assert!(out.status.success(), "gen_workspace.sh failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// `bazel build <flags> //...`; panics (quoting Bazel) unless it succeeds
@@ -148,12 +136,7 @@ impl Bazel {
         let summary = ProcessSummary::from_output(&stderr).unwrap_or_else(|e| panic!("{e}\n{}", tail(&stderr)));
         let text = std::fs::read_to_string(&log).expect("read execution log");
         let spawns = exec_log::parse(&text).expect("parse execution log");
-        Build {
-            summary,
-            spawns,
-            stderr,
-            elapsed,
-        }
+        Build { summary, spawns, stderr, elapsed }
     }
 
     /// `bazel clean --expunge`: deletes the output base, so the local action
@@ -181,18 +164,10 @@ impl Bazel {
     async fn run(&self, args: Vec<String>) -> String {
         let mut cmd = self.command();
         cmd.args(&args);
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .expect("join Bazel thread")
-            .expect("spawn Bazel");
+        let out =
+            tokio::task::spawn_blocking(move || cmd.output()).await.expect("join Bazel thread").expect("spawn Bazel");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "`bazel {}` failed ({}):\n{}",
-            args.join(" "),
-            out.status,
-            tail(&stderr)
-        );
+        assert!(out.status.success(), "`bazel {}` failed ({}):\n{}", args.join(" "), out.status, tail(&stderr));
         stderr
     }
 

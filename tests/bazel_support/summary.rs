@@ -50,9 +50,7 @@ impl ProcessSummary {
                 return Err(format!("unexpected process summary: {line:?}"));
             };
             for item in list.split(", ") {
-                let (count, runner) = item
-                    .split_once(' ')
-                    .ok_or_else(|| format!("bad item {item:?} in {line:?}"))?;
+                let (count, runner) = item.split_once(' ').ok_or_else(|| format!("bad item {item:?} in {line:?}"))?;
                 let count: u64 = count.parse().map_err(|_| format!("bad count {count:?} in {line:?}"))?;
                 if runner.is_empty() || by_runner.insert(runner.to_string(), count).is_some() {
                     return Err(format!("bad or repeated runner {runner:?} in {line:?}"));
@@ -111,29 +109,11 @@ mod tests {
 
     /// (line, total, internal, hits, executed)
     const GOOD: &[(&str, u64, u64, u64, u64)] = &[
-        (
-            "INFO: 186 processes: 26 internal, 160 remote cache hit.",
-            186,
-            26,
-            160,
-            0,
-        ),
+        ("INFO: 186 processes: 26 internal, 160 remote cache hit.", 186, 26, 160, 0),
         ("INFO: 78 processes: 65 remote cache hit, 13 internal.", 78, 13, 65, 0),
         ("INFO: 78 processes: 13 internal, 65 linux-sandbox.", 78, 13, 0, 65),
-        (
-            "INFO: 78 processes: 62 remote cache hit, 13 internal, 3 linux-sandbox.",
-            78,
-            13,
-            62,
-            3,
-        ),
-        (
-            "INFO: 12 processes: 3 internal, 3 linux-sandbox, 5 local, 1 processwrapper-sandbox.",
-            12,
-            3,
-            0,
-            9,
-        ),
+        ("INFO: 78 processes: 62 remote cache hit, 13 internal, 3 linux-sandbox.", 78, 13, 62, 3),
+        ("INFO: 12 processes: 3 internal, 3 linux-sandbox, 5 local, 1 processwrapper-sandbox.", 12, 3, 0, 9),
         ("INFO: 4 processes: 3 remote cache hit, 1 internal.", 4, 1, 3, 0),
         ("INFO: 1 process: 1 internal.", 1, 1, 0, 0),
         ("INFO: 1 process: 1 remote cache hit.", 1, 0, 1, 0),
@@ -144,9 +124,7 @@ mod tests {
     #[test]
     fn parses_summaries() {
         for &(line, total, internal, hits, executed) in GOOD {
-            let s = ProcessSummary::parse_line(line)
-                .unwrap()
-                .unwrap_or_else(|| panic!("{line}"));
+            let s = ProcessSummary::parse_line(line).unwrap().unwrap_or_else(|| panic!("{line}"));
             assert_eq!(
                 (s.total, s.internal(), s.remote_cache_hits(), s.executed()),
                 (total, internal, hits, executed),

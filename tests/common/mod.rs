@@ -47,13 +47,7 @@ impl TestServer {
             .await
             .expect("server failed");
         });
-        TestServer {
-            addr,
-            config,
-            _dir: dir,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
+        TestServer { addr, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -71,11 +65,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.http_url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
+        Channel::from_shared(self.http_url()).unwrap().connect().await.expect("connect")
     }
 
     /// Graceful shutdown; waits until the store is closed so it can be reopened.
