@@ -7,7 +7,6 @@ use tonic::{Request, Response, Status};
 use crate::digest::{validate_instance, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi::{self, action_cache_server::ActionCache};
-use crate::server::blocking;
 use crate::server::status::IntoStatus;
 use crate::store::{complete, Store};
 
@@ -29,8 +28,7 @@ impl ActionCache for ActionCacheService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action_digest").status()?;
-        let store = self.store.clone();
-        let result = blocking(move || get_action_result(&store, &req, &action)).await?;
+        let result = get_action_result(&self.store, &req, &action).status()?;
         Ok(Response::new(result))
     }
 
@@ -48,9 +46,7 @@ impl ActionCache for ActionCacheService {
             .status()?;
         validate_result(function, &result).status()?;
         let bytes = result.encode_to_vec();
-        let store = self.store.clone();
-        let instance = req.instance_name;
-        blocking(move || store.put_action(&instance, &action, &bytes)).await?;
+        self.store.put_action(&req.instance_name, &action, &bytes).status()?;
         Ok(Response::new(result))
     }
 }

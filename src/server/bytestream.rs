@@ -190,8 +190,7 @@ impl ByteStream for ByteStreamService {
         let compressed = name.compressor != Compressor::Identity;
 
         // Already stored: answer at once, as the spec allows (-1 for compressed uploads).
-        let store = self.store.clone();
-        if blocking(move || store.contains(&digest)).await? {
+        if self.store.contains(&digest).status()? {
             let committed_size = if compressed { -1 } else { digest.size as i64 };
             return Ok(Response::new(bytestream::WriteResponse { committed_size }));
         }
@@ -271,8 +270,7 @@ impl ByteStream for ByteStreamService {
         let resource = request.into_inner().resource_name;
         let name = ResourceName::parse_write(&resource).status()?;
         let digest = name.digest;
-        let store = self.store.clone();
-        if blocking(move || store.contains(&digest)).await? {
+        if self.store.contains(&digest).status()? {
             return Ok(Response::new(bytestream::QueryWriteStatusResponse {
                 committed_size: digest.size as i64,
                 complete: true,

@@ -35,8 +35,7 @@ impl ContentAddressableStorage for CasService {
             .map(|(i, d)| Digest::from_proto(function, Some(d), &format!("blob_digests[{i}]")))
             .collect::<Result<Vec<_>, _>>()
             .status()?;
-        let store = self.store.clone();
-        let missing = blocking(move || store.find_missing(&digests)).await?;
+        let missing = self.store.find_missing(&digests).status()?;
         Ok(Response::new(reapi::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))

@@ -111,8 +111,11 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     Ok(())
 }
 
-/// Runs blocking store work (RocksDB, file I/O, hashing of whole batches) off
-/// the async workers and maps its error to a status.
+/// Runs blocking store work (blob file I/O, hashing of whole batches, fsync)
+/// off the async workers and maps its error to a status. Point lookups in
+/// RocksDB (ActionCache, FindMissingBlobs, existence checks) are answered from
+/// its caches in microseconds and run inline: a thread hand-off would cost
+/// more than the lookup.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
     T: Send + 'static,
