@@ -27,6 +27,87 @@ pub struct ByteStreamService {
     pub store: Store,
 }
 
+/// Chunks queued between the receiving task and the hashing thread; bounds
+/// the memory of one upload to this many messages.
+const PIPELINE_DEPTH: usize = 4;
+
+/// What the hashing thread is told to do next.
+enum Step {
+    Data(bytes::Bytes),
+    /// Verify and publish.
+    Commit,
+    /// Keep the bytes received under this resource name for resumption.
+    Park(String),
+}
+
+/// Feeds an upload to a blocking thread that hashes and spools it, so
+/// receiving the next chunk from the network overlaps with hashing and
+/// writing the last, and no file I/O runs on the async workers. Dropping the
+/// pipeline abandons the upload (its bytes are discarded).
+struct Pipeline {
+    tx: tokio::sync::mpsc::Sender<Step>,
+    /// The thread's verdict; taken once it is awaited.
+    done: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    /// Bytes of the client's stream accepted so far.
+    offset: u64,
+}
+
+impl Pipeline {
+    fn start(upload: Upload, store: Store) -> Pipeline {
+        let offset = upload.offset();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(PIPELINE_DEPTH);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut upload = upload;
+            while let Some(step) = rx.blocking_recv() {
+                match step {
+                    Step::Data(data) => upload.write(&data)?,
+                    Step::Commit => return upload.commit(),
+                    Step::Park(name) => {
+                        upload.park(&store, name);
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        });
+        Pipeline {
+            tx,
+            done: Some(done),
+            offset,
+        }
+    }
+
+    /// Queues a chunk. If the thread has stopped (bad data, full disk), its error.
+    async fn send(&mut self, data: bytes::Bytes) -> Result<(), Status> {
+        let n = data.len() as u64;
+        if self.tx.send(Step::Data(data)).await.is_err() {
+            return Err(self
+                .join()
+                .await
+                .err()
+                .unwrap_or_else(|| Status::internal("upload thread stopped early")));
+        }
+        self.offset += n;
+        Ok(())
+    }
+
+    /// Sends the last step and waits for the thread's verdict.
+    async fn finish(mut self, step: Step) -> Result<(), Status> {
+        let _ = self.tx.send(step).await;
+        self.join().await
+    }
+
+    async fn join(&mut self) -> Result<(), Status> {
+        match self.done.take() {
+            Some(handle) => match handle.await {
+                Ok(result) => result.map_err(to_status),
+                Err(e) => Err(Status::internal(format!("upload thread failed: {e}"))),
+            },
+            None => Err(Status::internal("upload thread already joined")),
+        }
+    }
+}
+
 /// Where a Read's chunks come from: the stored bytes, or those compressed.
 /// For compressed reads, read_offset and read_limit count compressed bytes,
 /// so the window is applied to the compressed stream.
@@ -200,7 +281,7 @@ impl ByteStream for ByteStreamService {
         } else {
             self.store.uploads().take(&resource)
         };
-        let mut upload = match (first.write_offset, parked) {
+        let upload = match (first.write_offset, parked) {
             (0, _) => {
                 let w = self.store.begin_write(digest).status()?;
                 if compressed {
@@ -223,6 +304,7 @@ impl ByteStream for ByteStreamService {
         };
 
         let live = self.store.uploads().start_live(&resource, upload.offset());
+        let mut pipeline = Pipeline::start(upload, self.store.clone());
         let mut msg = first;
         loop {
             if !msg.resource_name.is_empty() && msg.resource_name != resource {
@@ -231,32 +313,31 @@ impl ByteStream for ByteStreamService {
                     msg.resource_name
                 )));
             }
-            if msg.write_offset != upload.offset() as i64 {
+            if msg.write_offset != pipeline.offset as i64 {
                 return Err(Status::invalid_argument(format!(
                     "write_offset {} does not follow the {} bytes already sent",
-                    msg.write_offset,
-                    upload.offset()
+                    msg.write_offset, pipeline.offset
                 )));
             }
-            upload.write(&msg.data).status()?;
-            live.set(upload.offset());
+            pipeline.send(msg.data).await?;
+            live.set(pipeline.offset);
             if msg.finish_write {
-                let size = upload.offset() as i64;
-                blocking(move || upload.commit()).await?;
+                let size = pipeline.offset as i64;
+                pipeline.finish(Step::Commit).await?;
                 return Ok(Response::new(bytestream::WriteResponse { committed_size: size }));
             }
             match stream.message().await {
                 Ok(Some(next)) => msg = next,
                 Ok(None) => {
                     // The client half-closed without finish_write: keep what it sent.
-                    let size = upload.offset() as i64;
-                    upload.park(&self.store, resource);
+                    let size = pipeline.offset as i64;
+                    pipeline.finish(Step::Park(resource)).await?;
                     return Ok(Response::new(bytestream::WriteResponse { committed_size: size }));
                 }
                 Err(status) => {
                     // Disconnect or cancel: keep the bytes so the client can resume.
-                    tracing::debug!(resource = %resource, received = upload.offset(), "upload interrupted");
-                    upload.park(&self.store, resource);
+                    tracing::debug!(resource = %resource, received = pipeline.offset, "upload interrupted");
+                    let _ = pipeline.finish(Step::Park(resource)).await;
                     return Err(status);
                 }
             }
