@@ -32,7 +32,11 @@ impl ContentAddressableStorage for CasService {
             .blob_digests
             .iter()
             .enumerate()
-            .map(|(i, d)| Digest::from_proto(function, Some(d), &format!("blob_digests[{i}]")))
+            .map(|(i, d)| {
+                // The field path is formatted only for the error message.
+                Digest::parse(function, &d.hash, d.size_bytes)
+                    .map_err(|e| Error::InvalidArgument(format!("blob_digests[{i}]: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()
             .status()?;
         let missing = self.store.find_missing(&digests).status()?;

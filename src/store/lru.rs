@@ -104,6 +104,13 @@ impl Touches {
         }
     }
 
+    /// Notes many uses under one lock acquisition.
+    pub(super) fn touch_all(&self, entries: Vec<EntryKey>) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let room = MAX_PENDING.saturating_sub(p.len());
+        p.extend(entries.into_iter().take(room));
+    }
+
     /// Takes every noted use.
     pub(super) fn drain(&self) -> HashSet<EntryKey> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))

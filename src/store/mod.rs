@@ -224,13 +224,13 @@ impl Store {
         let keys: Vec<[u8; 33]> = digests.iter().map(cas_key).collect();
         let found = self.inner.db.batched_multi_get_cf(self.cf(CF_CAS), keys.iter(), false);
         let mut missing = Vec::new();
+        let mut used = Vec::with_capacity(digests.len());
         for ((d, k), r) in digests.iter().zip(&keys).zip(found) {
             let present = match r? {
                 Some(v) => {
                     let same = parse_cas_value(&v)?.1 == d.size;
                     if same {
-                        // Asking whether a blob exists means a build needs it.
-                        self.inner.touches.touch(lru::entry_key(lru::KIND_CAS, k));
+                        used.push(lru::entry_key(lru::KIND_CAS, k));
                     }
                     same
                 }
@@ -240,6 +240,8 @@ impl Store {
                 missing.push(*d);
             }
         }
+        // Asking whether a blob exists means a build needs it.
+        self.inner.touches.touch_all(used);
         Ok(missing)
     }
 
