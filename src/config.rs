@@ -75,9 +75,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
         other => {
-            return Err(format!(
-                "size {s:?} has unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
-            ))
+            return Err(format!("size {s:?} has unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"))
         }
     };
     if let Ok(n) = num.parse::<u64>() {
@@ -100,9 +98,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?} has no number; use e.g. 12h, 90m or 7d"))?;
+    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} has no number; use e.g. 12h, 90m or 7d"))?;
     let secs = match unit {
         "s" => 1,
         "m" => 60,
@@ -110,9 +106,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "d" => 86400,
         _ => return Err(format!("duration {s:?} needs a unit: s, m, h or d")),
     };
-    n.checked_mul(secs)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
+    n.checked_mul(secs).map(std::time::Duration::from_secs).ok_or_else(|| format!("duration {s:?} is too large"))
 }
 
 /// Formats bytes for humans (log lines, stats): `10.0 GiB`.

@@ -80,11 +80,7 @@ impl DigestFunction {
     pub fn digest_of(self, data: &[u8]) -> Digest {
         let mut h = self.hasher();
         h.update(data);
-        Digest {
-            function: self,
-            hash: h.finalize(),
-            size: data.len() as u64,
-        }
+        Digest { function: self, hash: h.finalize(), size: data.len() as u64 }
     }
 
     /// The digest of the empty blob, which every CAS holds implicitly.
@@ -144,18 +140,12 @@ impl Digest {
             )));
         }
         if size < 0 {
-            return Err(Error::InvalidArgument(format!(
-                "digest {hash} has negative size {size}"
-            )));
+            return Err(Error::InvalidArgument(format!("digest {hash} has negative size {size}")));
         }
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(hash, &mut bytes)
             .map_err(|e| Error::InvalidArgument(format!("digest hash {hash:?}: {e}")))?;
-        Ok(Digest {
-            function,
-            hash: bytes,
-            size: size as u64,
-        })
+        Ok(Digest { function, hash: bytes, size: size as u64 })
     }
 
     /// Parses a REAPI `Digest` message; a missing message is an error naming `what`.
@@ -169,10 +159,7 @@ impl Digest {
 
     /// The REAPI message for this digest.
     pub fn to_proto(&self) -> reapi::Digest {
-        reapi::Digest {
-            hash: self.hex(),
-            size_bytes: self.size as i64,
-        }
+        reapi::Digest { hash: self.hex(), size_bytes: self.size as i64 }
     }
 
     /// Lower-case hex of the hash.
@@ -211,9 +198,7 @@ impl Compressor {
         match s {
             "zstd" => Ok(Compressor::Zstd),
             "identity" => Ok(Compressor::Identity),
-            other => Err(Error::InvalidArgument(format!(
-                "compressor {other:?} is not supported; cairn accepts zstd"
-            ))),
+            other => Err(Error::InvalidArgument(format!("compressor {other:?} is not supported; cairn accepts zstd"))),
         }
     }
 
@@ -233,14 +218,7 @@ impl Compressor {
 
 /// Path segments REAPI reserves; an instance name may not contain them, which
 /// is what makes resource names parse unambiguously.
-const RESERVED_SEGMENTS: [&str; 6] = [
-    "blobs",
-    "uploads",
-    "compressed-blobs",
-    "actions",
-    "actionResults",
-    "operations",
-];
+const RESERVED_SEGMENTS: [&str; 6] = ["blobs", "uploads", "compressed-blobs", "actions", "actionResults", "operations"];
 
 /// Validates an instance name: `/`-separated segments, none empty, `.` or
 /// `..`, none reserved. The empty name is the default instance.
@@ -291,12 +269,7 @@ impl ResourceName {
         if !rest.is_empty() {
             return Err(bad_name(name, "unexpected segments after {size}"));
         }
-        Ok(ResourceName {
-            instance,
-            upload_id: None,
-            compressor,
-            digest,
-        })
+        Ok(ResourceName { instance, upload_id: None, compressor, digest })
     }
 
     /// Parses a write name: `{instance}/uploads/{uuid}/blobs/{function/}{hash}/{size}{/metadata}`
@@ -313,12 +286,7 @@ impl ResourceName {
             _ => return Err(bad_name(name, "missing upload id after 'uploads/'")),
         };
         let (compressor, digest, _metadata) = parse_blob_part(name, &segs[at + 2..])?;
-        Ok(ResourceName {
-            instance,
-            upload_id: Some(upload_id),
-            compressor,
-            digest,
-        })
+        Ok(ResourceName { instance, upload_id: Some(upload_id), compressor, digest })
     }
 }
 
@@ -327,9 +295,7 @@ impl ResourceName {
 fn instance_from(segs: &[&str]) -> Result<String> {
     let instance = segs.join("/");
     if segs.len() == 1 && segs[0].is_empty() {
-        return Err(Error::InvalidArgument(
-            "instance name \"\" contains an empty path segment (a leading '/')".into(),
-        ));
+        return Err(Error::InvalidArgument("instance name \"\" contains an empty path segment (a leading '/')".into()));
     }
     validate_instance(&instance)?;
     Ok(instance)
@@ -367,12 +333,9 @@ fn parse_blob_part<'a>(name: &str, segs: &'a [&'a str]) -> Result<(Compressor, D
         i += 1;
     }
     let hash = segs.get(i).ok_or_else(|| bad_name(name, "missing hash"))?;
-    let size_str = segs
-        .get(i + 1)
-        .ok_or_else(|| bad_name(name, "missing size after the hash"))?;
-    let size: i64 = size_str
-        .parse()
-        .map_err(|_| bad_name(name, &format!("size {size_str:?} is not a decimal integer")))?;
+    let size_str = segs.get(i + 1).ok_or_else(|| bad_name(name, "missing size after the hash"))?;
+    let size: i64 =
+        size_str.parse().map_err(|_| bad_name(name, &format!("size {size_str:?} is not a decimal integer")))?;
     let digest = Digest::parse(function, hash, size)
         .map_err(|e| Error::InvalidArgument(format!("resource name {name:?}: {e}")))?;
     Ok((compressor, digest, &segs[i + 2..]))
@@ -400,9 +363,7 @@ mod tests {
     #[test]
     fn empty_blob_is_known() {
         assert_eq!(DigestFunction::Sha256.empty().hex(), EMPTY_SHA);
-        assert!(Digest::parse(DigestFunction::Sha256, EMPTY_SHA, 0)
-            .unwrap()
-            .is_empty_blob());
+        assert!(Digest::parse(DigestFunction::Sha256, EMPTY_SHA, 0).unwrap().is_empty_blob());
         assert!(!Digest::parse(DigestFunction::Sha256, H, 0).unwrap().is_empty_blob());
         assert_eq!(
             DigestFunction::Blake3.empty().hex(),
@@ -424,9 +385,7 @@ mod tests {
             (H, -1, "negative size"),
         ];
         for (hash, size, want) in cases {
-            let err = Digest::parse(DigestFunction::Sha256, hash, size)
-                .unwrap_err()
-                .to_string();
+            let err = Digest::parse(DigestFunction::Sha256, hash, size).unwrap_err().to_string();
             assert!(err.contains(want), "{hash:?}/{size}: {err}");
         }
     }

@@ -43,10 +43,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps an io::Error with what cairn was doing when it happened.
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 
     /// True when the failure is a full disk (ENOSPC / EDQUOT), from the

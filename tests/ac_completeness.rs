@@ -40,11 +40,7 @@ fn result(out: &Digest, stdout: &Digest, stderr: &Digest, tree: &Digest) -> reap
 fn tree_of(inner: &Digest) -> (Digest, Bytes) {
     let tree = reapi::Tree {
         root: Some(reapi::Directory {
-            files: vec![reapi::FileNode {
-                name: "f".into(),
-                digest: Some(inner.to_proto()),
-                ..Default::default()
-            }],
+            files: vec![reapi::FileNode { name: "f".into(), digest: Some(inner.to_proto()), ..Default::default() }],
             ..Default::default()
         }),
         children: vec![],
@@ -56,52 +52,34 @@ fn tree_of(inner: &Digest) -> (Digest, Bytes) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_kind_of_missing_blob_makes_a_miss() {
     let server = TestServer::start().await;
-    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
     let (out, stdout, stderr, inner) = (put("out"), put("stdout"), put("stderr"), put("inner"));
     let tree = tree_of(&inner.0);
     let all = [&out, &stdout, &stderr, &inner, &tree];
 
     // Each case leaves exactly one blob out of the CAS.
-    for (i, missing) in ["output file", "stdout", "stderr", "file inside the tree", "tree"]
-        .iter()
-        .enumerate()
-    {
-        let present: Vec<(Digest, Bytes)> = all
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, b)| (*b).clone())
-            .collect();
+    for (i, missing) in ["output file", "stdout", "stderr", "file inside the tree", "tree"].iter().enumerate() {
+        let present: Vec<(Digest, Bytes)> =
+            all.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, b)| (*b).clone()).collect();
         // A fresh instance per case, so earlier uploads don't fill the gap.
         let server = TestServer::start().await;
-        let c2 = Client::connect(&server.grpc_url(), "", Duration::from_secs(5))
-            .await
-            .unwrap();
+        let c2 = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
         c2.batch_upload(&present).await.unwrap();
         let action = DigestFunction::Sha256.digest_of(format!("action {i}").as_bytes());
-        c2.update_action_result(&action, result(&out.0, &stdout.0, &stderr.0, &tree.0))
-            .await
-            .unwrap();
+        c2.update_action_result(&action, result(&out.0, &stdout.0, &stderr.0, &tree.0)).await.unwrap();
         assert!(
             c2.get_action_result(&action).await.unwrap().is_none(),
             "a result with a missing {missing} was returned"
         );
         // Supplying the missing blob makes the same result a hit.
         c2.batch_upload(&[all[i].clone()]).await.unwrap();
-        assert!(
-            c2.get_action_result(&action).await.unwrap().is_some(),
-            "complete result ({missing} added) missed"
-        );
+        assert!(c2.get_action_result(&action).await.unwrap().is_some(), "complete result ({missing} added) missed");
     }
 
     // And the plain complete case on the first server.
     let everything: Vec<(Digest, Bytes)> = all.iter().map(|b| (*b).clone()).collect();
     c.batch_upload(&everything).await.unwrap();
     let action = DigestFunction::Sha256.digest_of(b"complete");
-    c.update_action_result(&action, result(&out.0, &stdout.0, &stderr.0, &tree.0))
-        .await
-        .unwrap();
+    c.update_action_result(&action, result(&out.0, &stdout.0, &stderr.0, &tree.0)).await.unwrap();
     assert!(c.get_action_result(&action).await.unwrap().is_some());
 }

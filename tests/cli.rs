@@ -37,9 +37,7 @@ async fn stats_while_serving_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = ServerProcess::start(&data, &["--max-size", "1GiB"]);
-    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
     let blobs: Vec<_> = (0..10u8)
         .map(|i| {
             let b = Bytes::from(vec![i; 1000 + i as usize]);
@@ -50,17 +48,9 @@ async fn stats_while_serving_and_restart() {
     let action = DigestFunction::Sha256.digest_of(b"a");
     c.update_action_result(&action, Default::default()).await.unwrap();
     assert!(c.get_action_result(&action).await.unwrap().is_some());
-    assert!(c
-        .get_action_result(&DigestFunction::Sha256.digest_of(b"b"))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(c.get_action_result(&DigestFunction::Sha256.digest_of(b"b")).await.unwrap().is_none());
 
-    let out = cairn()
-        .args(["stats", "--json", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = cairn().args(["stats", "--json", "--data-dir"]).arg(&data).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["cas_count"], 10);
@@ -70,9 +60,7 @@ async fn stats_while_serving_and_restart() {
     server.terminate();
     // The restart reports what it holds, and keeps it.
     let server = ServerProcess::start(&data, &[]);
-    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
     let digests: Vec<_> = blobs.iter().map(|b| b.0).collect();
     assert!(c.find_missing(&digests).await.unwrap().is_empty());
     assert!(c.get_action_result(&action).await.unwrap().is_some());

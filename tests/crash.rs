@@ -37,9 +37,7 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let server = ServerProcess::start(&data_dir, &[]);
-    let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(10))
-        .await
-        .unwrap();
+    let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(10)).await.unwrap();
 
     let acked: Arc<Mutex<Vec<Digest>>> = Arc::default();
     let attempted: Arc<Mutex<Vec<Digest>>> = Arc::default();
@@ -76,13 +74,8 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
     assert!(acked.len() >= 60);
 
     let server = ServerProcess::start(&data_dir, &[]);
-    let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert!(
-        client.find_missing(&acked).await.unwrap().is_empty(),
-        "acknowledged blobs lost"
-    );
+    let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(10)).await.unwrap();
+    assert!(client.find_missing(&acked).await.unwrap().is_empty(), "acknowledged blobs lost");
     let scratch = dir.path().join("readback");
     for d in &acked {
         // read_to_file re-hashes and fails on any mismatch.

@@ -47,9 +47,7 @@ impl Drop for SmallDisk {
 }
 
 fn blob(n: usize, seed: u8) -> (Digest, Bytes) {
-    let data: Vec<u8> = (0..n)
-        .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed))
-        .collect();
+    let data: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed)).collect();
     let data = Bytes::from(data);
     (DigestFunction::Sha256.digest_of(&data), data)
 }
@@ -75,18 +73,8 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
 }
 
 fn fs_free(dir: &Path) -> u64 {
-    let out = Command::new("df")
-        .args(["-B1", "--output=avail"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    let out = Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
 }
 
 fn is_exhausted(e: &ClientError) -> bool {
@@ -103,9 +91,7 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
     let disk = SmallDisk::mount("96m");
     let data_dir = disk.path.join("data");
     let server = TestServer::start_with(Config::for_data_dir(&data_dir)).await;
-    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
 
     let small = blob(1000, 3);
     let large = blob(2 << 20, 5);
@@ -118,16 +104,10 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
     let err = c.write_bytes(&big.0, big.1.clone()).await.unwrap_err();
     assert!(is_exhausted(&err), "want RESOURCE_EXHAUSTED, got {err}");
     // Reads keep working and stored data is intact.
-    assert_eq!(
-        c.batch_read(&[small.0]).await.unwrap()[0].as_deref(),
-        Some(&small.1[..])
-    );
+    assert_eq!(c.batch_read(&[small.0]).await.unwrap()[0].as_deref(), Some(&small.1[..]));
     let out = disk.path.join("..").join("readback");
     assert!(c.read_to_file(&large.0, &out).await.unwrap());
-    assert!(
-        c.find_missing(&[big.0]).await.unwrap() == vec![big.0],
-        "a failed upload became visible"
-    );
+    assert!(c.find_missing(&[big.0]).await.unwrap() == vec![big.0], "a failed upload became visible");
 
     // Completely full: small blobs (stored inside RocksDB) either still fit
     // in the log space RocksDB reserved ahead, or are refused with
@@ -142,10 +122,7 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
             assert!(is_exhausted(&e), "want RESOURCE_EXHAUSTED, got {e}");
         }
     }
-    assert_eq!(
-        c.batch_read(&[small.0]).await.unwrap()[0].as_deref(),
-        Some(&small.1[..])
-    );
+    assert_eq!(c.batch_read(&[small.0]).await.unwrap()[0].as_deref(), Some(&small.1[..]));
     assert!(c.read_to_file(&large.0, &out).await.unwrap());
 
     // Space returns: writes work again.
@@ -154,10 +131,6 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
     c.write_bytes(&big.0, big.1.clone()).await.unwrap();
     let more = blob(2000, 9);
     c.batch_upload(std::slice::from_ref(&more)).await.unwrap();
-    assert!(c
-        .find_missing(&[big.0, more.0, small.0, large.0])
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(c.find_missing(&[big.0, more.0, small.0, large.0]).await.unwrap().is_empty());
     server.stop().await;
 }

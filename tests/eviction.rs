@@ -15,17 +15,14 @@ use common::TestServer;
 const BLOB: usize = 100_000;
 
 fn blob(seed: u32) -> (Digest, Bytes) {
-    let data: Vec<u8> = (0..BLOB as u32)
-        .map(|i| (i.wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) as u8)
-        .collect();
+    let data: Vec<u8> =
+        (0..BLOB as u32).map(|i| (i.wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) as u8).collect();
     let data = Bytes::from(data);
     (DigestFunction::Sha256.digest_of(&data), data)
 }
 
 async fn client(server: &TestServer) -> Client {
-    Client::connect(&server.grpc_url(), "", Duration::from_secs(5))
-        .await
-        .unwrap()
+    Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap()
 }
 
 /// Waits (bounded) until the store's bytes satisfy `pred`.
@@ -67,15 +64,9 @@ async fn size_limit_holds_and_hot_entries_survive() {
     let stats = wait_for_stats(&server, |s| s.total_bytes() <= 3_000_000).await;
     assert!(stats.total_bytes() <= 3_000_000, "limit not held: {stats:?}");
     assert!(stats.evictions > 0);
-    assert!(
-        c.find_missing(&hot_digests).await.unwrap().is_empty(),
-        "hot entries were evicted"
-    );
+    assert!(c.find_missing(&hot_digests).await.unwrap().is_empty(), "hot entries were evicted");
     let cold_digests: Vec<Digest> = cold.iter().map(|b| b.0).collect();
-    assert!(
-        !c.find_missing(&cold_digests).await.unwrap().is_empty(),
-        "nothing cold was evicted"
-    );
+    assert!(!c.find_missing(&cold_digests).await.unwrap().is_empty(), "nothing cold was evicted");
 
     // A restart keeps the survivors and the accounting.
     let config = server.stop().await;
@@ -101,8 +92,5 @@ async fn min_age_is_honoured_and_overrun_reported() {
     assert!(stats.min_age_overruns > 0, "{stats:?}");
     assert_eq!(stats.evictions, 0);
     let digests: Vec<Digest> = blobs.iter().map(|b| b.0).collect();
-    assert!(
-        c.find_missing(&digests).await.unwrap().is_empty(),
-        "young entries were evicted"
-    );
+    assert!(c.find_missing(&digests).await.unwrap().is_empty(), "young entries were evicted");
 }

@@ -40,10 +40,8 @@ impl ActionCache for ActionCacheService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action_digest").status()?;
-        let result = req
-            .action_result
-            .ok_or_else(|| Error::InvalidArgument("action_result is missing".into()))
-            .status()?;
+        let result =
+            req.action_result.ok_or_else(|| Error::InvalidArgument("action_result is missing".into())).status()?;
         validate_result(function, &result).status()?;
         let bytes = result.encode_to_vec();
         self.store.put_action(&req.instance_name, &action, &bytes).status()?;
@@ -56,12 +54,7 @@ fn get_action_result(
     req: &reapi::GetActionResultRequest,
     action: &Digest,
 ) -> Result<reapi::ActionResult, Error> {
-    let not_found = || {
-        Error::NotFound(format!(
-            "no action result for {action} in instance {:?}",
-            req.instance_name
-        ))
-    };
+    let not_found = || Error::NotFound(format!("no action result for {action} in instance {:?}", req.instance_name));
     let bytes = store.get_action(&req.instance_name, action)?.ok_or_else(not_found)?;
     let mut result = reapi::ActionResult::decode(bytes.as_slice())
         .map_err(|e| Error::Internal(format!("stored action result for {action} does not decode: {e}")))?;
@@ -100,11 +93,7 @@ fn validate_result(function: DigestFunction, r: &reapi::ActionResult) -> Result<
         Digest::from_proto(function, f.digest.as_ref(), &format!("output file {:?}", f.path))?;
     }
     for d in &r.output_directories {
-        Digest::from_proto(
-            function,
-            d.tree_digest.as_ref(),
-            &format!("output directory {:?} tree_digest", d.path),
-        )?;
+        Digest::from_proto(function, d.tree_digest.as_ref(), &format!("output directory {:?} tree_digest", d.path))?;
     }
     for (what, d) in [("stdout_digest", &r.stdout_digest), ("stderr_digest", &r.stderr_digest)] {
         if d.is_some() {

@@ -70,22 +70,14 @@ impl Pipeline {
             }
             Ok(())
         });
-        Pipeline {
-            tx,
-            done: Some(done),
-            offset,
-        }
+        Pipeline { tx, done: Some(done), offset }
     }
 
     /// Queues a chunk. If the thread has stopped (bad data, full disk), its error.
     async fn send(&mut self, data: bytes::Bytes) -> Result<(), Status> {
         let n = data.len() as u64;
         if self.tx.send(Step::Data(data)).await.is_err() {
-            return Err(self
-                .join()
-                .await
-                .err()
-                .unwrap_or_else(|| Status::internal("upload thread stopped early")));
+            return Err(self.join().await.err().unwrap_or_else(|| Status::internal("upload thread stopped early")));
         }
         self.offset += n;
         Ok(())
@@ -113,22 +105,14 @@ impl Pipeline {
 /// so the window is applied to the compressed stream.
 enum Chunks {
     Plain(BlobReader),
-    Zstd {
-        reader: ZstdReader,
-        skip: u64,
-        remaining: Option<u64>,
-    },
+    Zstd { reader: ZstdReader, skip: u64, remaining: Option<u64> },
 }
 
 impl Chunks {
     fn next_chunk(&mut self, max: usize) -> Result<Option<bytes::Bytes>, Error> {
         let (reader, skip, remaining) = match self {
             Chunks::Plain(r) => return r.next_chunk(max),
-            Chunks::Zstd {
-                reader,
-                skip,
-                remaining,
-            } => (reader, skip, remaining),
+            Chunks::Zstd { reader, skip, remaining } => (reader, skip, remaining),
         };
         loop {
             if *remaining == Some(0) {
@@ -136,9 +120,7 @@ impl Chunks {
             }
             let Some(mut chunk) = reader.next_chunk(max)? else {
                 return if *skip > 0 {
-                    Err(Error::OutOfRange(
-                        "read_offset is past the end of the compressed blob".into(),
-                    ))
+                    Err(Error::OutOfRange("read_offset is past the end of the compressed blob".into()))
                 } else {
                     Ok(None)
                 };
@@ -205,37 +187,23 @@ impl ByteStream for ByteStreamService {
         let req = request.into_inner();
         let name = ResourceName::parse_read(&req.resource_name).status()?;
         if req.read_offset < 0 {
-            return Err(Status::out_of_range(format!(
-                "read_offset {} is negative",
-                req.read_offset
-            )));
+            return Err(Status::out_of_range(format!("read_offset {} is negative", req.read_offset)));
         }
         if req.read_limit < 0 {
-            return Err(Status::out_of_range(format!(
-                "read_limit {} is negative",
-                req.read_limit
-            )));
+            return Err(Status::out_of_range(format!("read_limit {} is negative", req.read_limit)));
         }
         let limit = (req.read_limit > 0).then_some(req.read_limit as u64);
         let digest = name.digest;
         let store = self.store.clone();
         // For compressed reads the window applies to the compressed stream.
         let compressed = name.compressor != Compressor::Identity;
-        let (raw_offset, raw_limit) = if compressed {
-            (0, None)
-        } else {
-            (req.read_offset as u64, limit)
-        };
+        let (raw_offset, raw_limit) = if compressed { (0, None) } else { (req.read_offset as u64, limit) };
         let reader = blocking(move || store.read(&digest, raw_offset, raw_limit))
             .await?
             .ok_or_else(|| Status::not_found(format!("blob {digest} is not in the CAS")))?;
         let mut reader = if compressed {
             let reader = ZstdReader::new(reader).status()?;
-            Chunks::Zstd {
-                reader,
-                skip: req.read_offset as u64,
-                remaining: limit,
-            }
+            Chunks::Zstd { reader, skip: req.read_offset as u64, remaining: limit }
         } else {
             Chunks::Plain(reader)
         };
@@ -276,11 +244,7 @@ impl ByteStream for ByteStreamService {
             return Ok(Response::new(bytestream::WriteResponse { committed_size }));
         }
 
-        let parked = if compressed {
-            None
-        } else {
-            self.store.uploads().take(&resource)
-        };
+        let parked = if compressed { None } else { self.store.uploads().take(&resource) };
         let upload = match (first.write_offset, parked) {
             (0, _) => {
                 let w = self.store.begin_write(digest).status()?;
@@ -358,13 +322,10 @@ impl ByteStream for ByteStreamService {
             }));
         }
         match self.store.uploads().progress(&resource) {
-            Some(n) => Ok(Response::new(bytestream::QueryWriteStatusResponse {
-                committed_size: n as i64,
-                complete: false,
-            })),
-            None => Err(to_status(Error::NotFound(format!(
-                "no upload in progress for {resource}"
-            )))),
+            Some(n) => {
+                Ok(Response::new(bytestream::QueryWriteStatusResponse { committed_size: n as i64, complete: false }))
+            }
+            None => Err(to_status(Error::NotFound(format!("no upload in progress for {resource}")))),
         }
     }
 }

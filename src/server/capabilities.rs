@@ -15,12 +15,7 @@ pub struct CapabilitiesService {
 }
 
 fn version(minor: i32) -> Option<SemVer> {
-    Some(SemVer {
-        major: 2,
-        minor,
-        patch: 0,
-        prerelease: String::new(),
-    })
+    Some(SemVer { major: 2, minor, patch: 0, prerelease: String::new() })
 }
 
 #[tonic::async_trait]

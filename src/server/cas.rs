@@ -61,14 +61,8 @@ impl ContentAddressableStorage for CasService {
             .status();
         }
         let store = self.store.clone();
-        let responses = blocking(move || {
-            Ok(req
-                .requests
-                .into_iter()
-                .map(|r| update_one(&store, function, r))
-                .collect())
-        })
-        .await?;
+        let responses =
+            blocking(move || Ok(req.requests.into_iter().map(|r| update_one(&store, function, r)).collect())).await?;
         Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
     }
 
@@ -80,10 +74,7 @@ impl ContentAddressableStorage for CasService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         // Saturating: absurd declared sizes must not wrap around the limit check.
-        let total = req
-            .digests
-            .iter()
-            .fold(0u64, |t, d| t.saturating_add(d.size_bytes.max(0) as u64));
+        let total = req.digests.iter().fold(0u64, |t, d| t.saturating_add(d.size_bytes.max(0) as u64));
         if total > self.max_batch_total_size {
             return Err(Error::InvalidArgument(format!(
                 "batch asks for {total} bytes, over the {} advertised as max_batch_total_size_bytes; use ByteStream for large blobs",
@@ -135,9 +126,7 @@ fn update_one(
 /// Reads one blob of a batch; a miss is that blob's NOT_FOUND.
 fn read_one(store: &Store, function: DigestFunction, d: &reapi::Digest) -> reapi::batch_read_blobs_response::Response {
     let result = Digest::from_proto(function, Some(d), "digest").and_then(|digest| {
-        store
-            .read_all(&digest)?
-            .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))
+        store.read_all(&digest)?.ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the CAS")))
     });
     let (data, status) = match result {
         Ok(data) => (data, ok_rpc_status()),

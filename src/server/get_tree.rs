@@ -34,10 +34,7 @@ pub async fn get_tree(store: Store, req: reapi::GetTreeRequest) -> Result<Respon
     validate_instance(&req.instance_name).status()?;
     let root = Digest::from_proto(function, req.root_digest.as_ref(), "root_digest").status()?;
     if req.page_size < 0 {
-        return Err(Status::invalid_argument(format!(
-            "page_size {} is negative",
-            req.page_size
-        )));
+        return Err(Status::invalid_argument(format!("page_size {} is negative", req.page_size)));
     }
     let page_size = match req.page_size as usize {
         0 => DEFAULT_PAGE_SIZE,
@@ -67,9 +64,7 @@ pub async fn get_tree(store: Store, req: reapi::GetTreeRequest) -> Result<Respon
 
 fn read_directory(store: &Store, d: &Digest) -> Result<Option<reapi::Directory>, Error> {
     if d.size > MAX_DIRECTORY_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes"
-        )));
+        return Err(Error::InvalidArgument(format!("directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes")));
     }
     let Some(bytes) = store.read_all(d)? else {
         return Ok(None);
@@ -95,11 +90,7 @@ fn walk(
     let mut page_bytes = 0usize;
     while let Some(dir) = queue.pop_front() {
         for child in &dir.directories {
-            let d = Digest::from_proto(
-                root.function,
-                child.digest.as_ref(),
-                &format!("directory {:?}", child.name),
-            )?;
+            let d = Digest::from_proto(root.function, child.digest.as_ref(), &format!("directory {:?}", child.name))?;
             if seen.insert(d) {
                 if let Some(sub) = read_directory(store, &d)? {
                     queue.push_back(sub);
@@ -113,15 +104,8 @@ fn walk(
         page_bytes += dir.encoded_len();
         page.push(dir);
         if page.len() >= page_size || page_bytes >= MAX_PAGE_BYTES {
-            let token = if queue.is_empty() {
-                String::new()
-            } else {
-                index.to_string()
-            };
-            let msg = reapi::GetTreeResponse {
-                directories: std::mem::take(&mut page),
-                next_page_token: token,
-            };
+            let token = if queue.is_empty() { String::new() } else { index.to_string() };
+            let msg = reapi::GetTreeResponse { directories: std::mem::take(&mut page), next_page_token: token };
             page_bytes = 0;
             if tx.blocking_send(Ok(msg)).is_err() {
                 return Ok(()); // The client went away.
@@ -129,10 +113,7 @@ fn walk(
         }
     }
     if !page.is_empty() || index <= skip {
-        let _ = tx.blocking_send(Ok(reapi::GetTreeResponse {
-            directories: page,
-            next_page_token: String::new(),
-        }));
+        let _ = tx.blocking_send(Ok(reapi::GetTreeResponse { directories: page, next_page_token: String::new() }));
     }
     Ok(())
 }

@@ -30,18 +30,12 @@ use crate::store::{Limits, Store};
 pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let store = {
         let dir = config.data_dir.clone();
-        let limits = Limits {
-            max_size: config.max_size,
-            min_age: config.min_age,
-            ..Limits::default()
-        };
+        let limits = Limits { max_size: config.max_size, min_age: config.min_age, ..Limits::default() };
         tokio::task::spawn_blocking(move || Store::open_with(&dir, limits))
             .await
             .map_err(|e| Error::Internal(format!("opening the store: {e}")))??
     };
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::io("reading the listen address", e))?;
+    let addr = listener.local_addr().map_err(|e| Error::io("reading the listen address", e))?;
     let stats = store.stats();
     tracing::info!(
         "cairn listening on {addr}, storing in {}, size limit {} (holding {} in {} blobs and {} action results)",
@@ -55,18 +49,10 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     // Batch requests carry up to max_batch_total_size of data plus framing.
     let max_message = (config.max_batch_total_size as usize + (1 << 20)).max(4 << 20);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ActionCacheServer<action_cache::ActionCacheService>>()
-        .await;
-    health_reporter
-        .set_serving::<ContentAddressableStorageServer<cas::CasService>>()
-        .await;
-    health_reporter
-        .set_serving::<ByteStreamServer<bytestream::ByteStreamService>>()
-        .await;
-    health_reporter
-        .set_serving::<CapabilitiesServer<capabilities::CapabilitiesService>>()
-        .await;
+    health_reporter.set_serving::<ActionCacheServer<action_cache::ActionCacheService>>().await;
+    health_reporter.set_serving::<ContentAddressableStorageServer<cas::CasService>>().await;
+    health_reporter.set_serving::<ByteStreamServer<bytestream::ByteStreamService>>().await;
+    health_reporter.set_serving::<CapabilitiesServer<capabilities::CapabilitiesService>>().await;
 
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(c) = &conn {

@@ -42,20 +42,12 @@ pub fn to_rpc_status(e: &Error) -> rpc::Status {
     if code == Code::Internal {
         tracing::error!(error = %e, "batch item failed");
     }
-    rpc::Status {
-        code: code as i32,
-        message: message_of(e, code),
-        details: Vec::new(),
-    }
+    rpc::Status { code: code as i32, message: message_of(e, code), details: Vec::new() }
 }
 
 /// The OK per-blob status.
 pub fn ok_rpc_status() -> rpc::Status {
-    rpc::Status {
-        code: Code::Ok as i32,
-        message: String::new(),
-        details: Vec::new(),
-    }
+    rpc::Status { code: Code::Ok as i32, message: String::new(), details: Vec::new() }
 }
 
 /// Converts `Result<T, Error>` into `Result<T, Status>`.

@@ -44,10 +44,7 @@ impl Wake {
     /// Sleeps until woken or `timeout` passes.
     fn wait(&self, timeout: Duration) {
         let guard = self.woken.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut woken, _) = self
-            .cv
-            .wait_timeout_while(guard, timeout, |w| !*w)
-            .unwrap_or_else(|e| e.into_inner());
+        let (mut woken, _) = self.cv.wait_timeout_while(guard, timeout, |w| !*w).unwrap_or_else(|e| e.into_inner());
         *woken = false;
     }
 }
@@ -78,9 +75,7 @@ impl Inner {
     /// file, fixing the counters. Caller holds the commit lock. Returns the
     /// bytes freed.
     pub(super) fn remove_entry(&self, entry: &[u8]) -> Result<u64> {
-        let (kind, key) = entry
-            .split_first()
-            .ok_or_else(|| Error::Internal("empty entry key".into()))?;
+        let (kind, key) = entry.split_first().ok_or_else(|| Error::Internal("empty entry key".into()))?;
         let mut batch = WriteBatch::default();
         if let Some(t) = self.db.get_cf(self.cf(CF_ATIME), entry)? {
             if let Ok(t) = <[u8; 8]>::try_from(t.as_slice()) {
@@ -99,9 +94,7 @@ impl Inner {
                 if k == KIND_FILE {
                     let function = DigestFunction::from_tag(key[0])
                         .ok_or_else(|| Error::Internal(format!("cas key with unknown tag {}", key[0])))?;
-                    let hash: [u8; 32] = key[1..]
-                        .try_into()
-                        .map_err(|_| Error::Internal("short cas key".into()))?;
+                    let hash: [u8; 32] = key[1..].try_into().map_err(|_| Error::Internal("short cas key".into()))?;
                     file = Some(blob_path(self, &Digest { function, hash, size }));
                 }
                 batch.delete_cf(self.cf(CF_CAS), key);
@@ -135,12 +128,7 @@ impl Inner {
 
 fn blob_path(inner: &Inner, d: &Digest) -> std::path::PathBuf {
     let hex = d.hex();
-    inner
-        .root
-        .join("blobs")
-        .join(d.function.name())
-        .join(&hex[..2])
-        .join(hex)
+    inner.root.join("blobs").join(d.function.name()).join(&hex[..2]).join(hex)
 }
 
 /// One round of upkeep: record uses, then evict if over the limit. Rounds

@@ -56,9 +56,7 @@ pub struct Clock {
 impl Clock {
     /// A clock that stands still until [`Clock::advance`] moves it.
     pub fn manual(start_secs: u64) -> Clock {
-        Clock {
-            manual: Some(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start_secs))),
-        }
+        Clock { manual: Some(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start_secs))) }
     }
 
     /// Moves a manual clock forward (no effect on the system clock).
@@ -72,10 +70,9 @@ impl Clock {
     pub fn now(&self) -> u64 {
         match &self.manual {
             Some(m) => m.load(std::sync::atomic::Ordering::Relaxed),
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            None => {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+            }
         }
     }
 }
@@ -91,9 +88,7 @@ const MAX_PENDING: usize = 1_000_000;
 
 impl Touches {
     pub(super) fn new() -> Touches {
-        Touches {
-            pending: Mutex::new(HashSet::new()),
-        }
+        Touches { pending: Mutex::new(HashSet::new()) }
     }
 
     /// Notes that an entry was used.

@@ -206,12 +206,7 @@ impl Store {
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
-        self.inner
-            .root
-            .join("blobs")
-            .join(d.function.name())
-            .join(&hex[..2])
-            .join(hex)
+        self.inner.root.join("blobs").join(d.function.name()).join(&hex[..2]).join(hex)
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -343,9 +338,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, key, &value);
         self.inner.stamp(&mut batch, &lru::entry_key(lru::KIND_CAS, &key), None);
-        self.inner
-            .counters
-            .add_cas(&mut batch, self.cf(CF_META), 1, d.size as i64);
+        self.inner.counters.add_cas(&mut batch, self.cf(CF_META), 1, d.size as i64);
         if let Err(e) = self.inner.db.write(batch) {
             // No record, so no file: a blob file without a record would be
             // space that nothing accounts for.
@@ -476,11 +469,7 @@ fn wipe_dir(dir: &Path) -> Result<()> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
         let path = entry.path();
-        let res = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
+        let res = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         res.map_err(|e| Error::io(format!("removing stale upload {}", path.display()), e))?;
     }
     Ok(())

@@ -27,24 +27,16 @@ pub(super) fn open_file(path: &Path, size: u64, offset: u64, len: u64) -> std::i
     let mut f = File::open(path)?;
     let actual = f.metadata()?.len();
     if actual != size {
-        return Err(std::io::Error::other(format!(
-            "file has {actual} bytes, record says {size}"
-        )));
+        return Err(std::io::Error::other(format!("file has {actual} bytes, record says {size}")));
     }
     f.seek(SeekFrom::Start(offset))?;
-    Ok(BlobReader {
-        source: Source::File(f),
-        remaining: len,
-    })
+    Ok(BlobReader { source: Source::File(f), remaining: len })
 }
 
 impl BlobReader {
     pub(super) fn inline(data: Vec<u8>, offset: u64, len: u64) -> BlobReader {
         let data = Bytes::from(data).slice(offset as usize..(offset + len) as usize);
-        BlobReader {
-            source: Source::Inline(data),
-            remaining: len,
-        }
+        BlobReader { source: Source::Inline(data), remaining: len }
     }
 
     /// Bytes left to read.

@@ -52,11 +52,7 @@ fn wrong_hash_or_size_stores_nothing() {
     other[0] ^= 1;
     let err = store.put(d, &other).unwrap_err().to_string();
     assert!(err.contains("hashes to"), "{err}");
-    assert!(store
-        .put(d, &data[..10])
-        .unwrap_err()
-        .to_string()
-        .contains("ended after 10"));
+    assert!(store.put(d, &data[..10]).unwrap_err().to_string().contains("ended after 10"));
     let mut w = store.begin_write(d).unwrap();
     w.write(&data).unwrap();
     assert!(w.write(b"x").unwrap_err().to_string().contains("more than"));
@@ -142,11 +138,7 @@ fn missing_blob_file_reads_as_absent() {
 fn open_small(max_size: u64) -> (tempfile::TempDir, Store, Clock) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(1_000_000);
-    let limits = Limits {
-        max_size,
-        min_age: Duration::ZERO,
-        clock: clock.clone(),
-    };
+    let limits = Limits { max_size, min_age: Duration::ZERO, clock: clock.clone() };
     let store = Store::open_with(dir.path(), limits).unwrap();
     (dir, store, clock)
 }
@@ -181,10 +173,7 @@ fn evicts_least_recently_used_first() {
     assert_eq!(s.evictions, 3);
     // Evicted: the three least recently used (2, 3, 4); kept: the rest.
     assert_eq!(store.find_missing(&ds[2..5]).unwrap(), ds[2..5].to_vec());
-    assert!(store
-        .find_missing(&[ds[0], ds[1], ds[5], ds[6], ds[7]])
-        .unwrap()
-        .is_empty());
+    assert!(store.find_missing(&[ds[0], ds[1], ds[5], ds[6], ds[7]]).unwrap().is_empty());
     assert!(store.find_missing(&more).unwrap().is_empty());
 }
 
@@ -192,11 +181,7 @@ fn evicts_least_recently_used_first() {
 fn action_results_are_evicted_too_and_min_age_protects() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(5_000);
-    let limits = Limits {
-        max_size: 3_000,
-        min_age: Duration::from_secs(100),
-        clock: clock.clone(),
-    };
+    let limits = Limits { max_size: 3_000, min_age: Duration::from_secs(100), clock: clock.clone() };
     let store = Store::open_with(dir.path(), limits).unwrap();
     let a = DigestFunction::Sha256.digest_of(b"action");
     store.put_action("", &a, &[7u8; 1500]).unwrap();
@@ -220,11 +205,7 @@ fn evicted_files_are_deleted_and_counters_survive_restart() {
     let clock = Clock::manual(1);
     let big = INLINE_MAX as usize + 1000;
     {
-        let limits = Limits {
-            max_size: (big * 2) as u64,
-            min_age: Duration::ZERO,
-            clock: clock.clone(),
-        };
+        let limits = Limits { max_size: (big * 2) as u64, min_age: Duration::ZERO, clock: clock.clone() };
         let store = Store::open_with(dir.path(), limits).unwrap();
         for i in 0..3u8 {
             clock.advance(1);
@@ -243,10 +224,6 @@ fn evicted_files_are_deleted_and_counters_survive_restart() {
 
 fn walk_files(p: &std::path::Path) -> usize {
     std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 })
-                .sum()
-        })
+        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 }).sum())
         .unwrap_or(0)
 }

@@ -56,10 +56,7 @@ impl Default for Uploads {
 
 impl Uploads {
     pub fn new() -> Uploads {
-        Uploads {
-            parked: Mutex::new(HashMap::new()),
-            live: Mutex::new(HashMap::new()),
-        }
+        Uploads { parked: Mutex::new(HashMap::new()), live: Mutex::new(HashMap::new()) }
     }
 
     /// Keeps an interrupted upload for later resumption.
@@ -78,9 +75,7 @@ impl Uploads {
     /// Takes an interrupted upload back to continue it.
     pub fn take(&self, name: &str) -> Option<BlobWriter> {
         let mut map = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(name)
-            .filter(|(_, at)| at.elapsed() < PARKED_TTL)
-            .map(|(w, _)| w)
+        map.remove(name).filter(|(_, at)| at.elapsed() < PARKED_TTL).map(|(w, _)| w)
     }
 
     /// Drops every interrupted upload (at shutdown).
@@ -93,11 +88,7 @@ impl Uploads {
         let progress = Arc::new(AtomicU64::new(offset));
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(name.to_string(), progress.clone());
-        LiveUpload {
-            uploads: self,
-            name: name.to_string(),
-            progress,
-        }
+        LiveUpload { uploads: self, name: name.to_string(), progress }
     }
 
     /// Bytes received so far by an upload in flight or interrupted.
@@ -106,8 +97,6 @@ impl Uploads {
             return Some(p.load(Ordering::Relaxed));
         }
         let map = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(name)
-            .filter(|(_, at)| at.elapsed() < PARKED_TTL)
-            .map(|(w, _)| w.written())
+        map.get(name).filter(|(_, at)| at.elapsed() < PARKED_TTL).map(|(w, _)| w.written())
     }
 }

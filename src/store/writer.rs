@@ -50,19 +50,9 @@ impl BlobWriter {
             let path = store.tmp_dir().join(uuid::Uuid::new_v4().to_string());
             let file =
                 File::create(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
-            Spool::File(TempFile {
-                file,
-                path,
-                published: false,
-            })
+            Spool::File(TempFile { file, path, published: false })
         };
-        Ok(BlobWriter {
-            store,
-            hasher: digest.function.hasher(),
-            digest,
-            written: 0,
-            spool,
-        })
+        Ok(BlobWriter { store, hasher: digest.function.hasher(), digest, written: 0, spool })
     }
 
     /// The digest this upload must match.

@@ -94,10 +94,7 @@ impl ZstdReader {
     pub fn new(raw: BlobReader) -> Result<ZstdReader> {
         let encoder = zstd::stream::write::Encoder::new(Vec::new(), READ_LEVEL)
             .map_err(|e| Error::Internal(format!("creating a zstd encoder: {e}")))?;
-        Ok(ZstdReader {
-            raw,
-            encoder: Some(encoder),
-        })
+        Ok(ZstdReader { raw, encoder: Some(encoder) })
     }
 
     /// The next chunk of compressed output; `None` once the frame is complete.
@@ -108,8 +105,7 @@ impl ZstdReader {
             };
             match self.raw.next_chunk(max)? {
                 Some(raw) => {
-                    enc.write_all(&raw)
-                        .map_err(|e| Error::Internal(format!("zstd compression: {e}")))?;
+                    enc.write_all(&raw).map_err(|e| Error::Internal(format!("zstd compression: {e}")))?;
                     let out = std::mem::take(enc.get_mut());
                     if !out.is_empty() {
                         return Ok(Some(Bytes::from(out)));
@@ -117,9 +113,7 @@ impl ZstdReader {
                 }
                 None => {
                     let enc = self.encoder.take().expect("checked above");
-                    let out = enc
-                        .finish()
-                        .map_err(|e| Error::Internal(format!("zstd compression: {e}")))?;
+                    let out = enc.finish().map_err(|e| Error::Internal(format!("zstd compression: {e}")))?;
                     return Ok(Some(Bytes::from(out)));
                 }
             }
