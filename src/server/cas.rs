@@ -19,6 +19,20 @@ pub struct CasService {
     pub max_batch_total_size: u64,
 }
 
+impl CasService {
+    /// Refuses a batch whose blob bytes exceed the advertised limit.
+    fn check_batch_size(&self, verb: &str, total: u64) -> Result<(), Error> {
+        if total > self.max_batch_total_size {
+            return Err(Error::InvalidArgument(format!(
+                "batch {verb} {total} bytes, over the {} advertised as max_batch_total_size_bytes; \
+                 use ByteStream for large blobs",
+                self.max_batch_total_size
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl ContentAddressableStorage for CasService {
     async fn find_missing_blobs(
@@ -53,13 +67,7 @@ impl ContentAddressableStorage for CasService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
-        if total > self.max_batch_total_size {
-            return Err(Error::InvalidArgument(format!(
-                "batch carries {total} bytes, over the {} advertised as max_batch_total_size_bytes; use ByteStream for large blobs",
-                self.max_batch_total_size
-            )))
-            .status();
-        }
+        self.check_batch_size("carries", total).status()?;
         let store = self.store.clone();
         let responses =
             blocking(move || Ok(req.requests.into_iter().map(|r| update_one(&store, function, r)).collect())).await?;
@@ -75,13 +83,7 @@ impl ContentAddressableStorage for CasService {
         validate_instance(&req.instance_name).status()?;
         // Saturating: absurd declared sizes must not wrap around the limit check.
         let total = req.digests.iter().fold(0u64, |t, d| t.saturating_add(d.size_bytes.max(0) as u64));
-        if total > self.max_batch_total_size {
-            return Err(Error::InvalidArgument(format!(
-                "batch asks for {total} bytes, over the {} advertised as max_batch_total_size_bytes; use ByteStream for large blobs",
-                self.max_batch_total_size
-            )))
-            .status();
-        }
+        self.check_batch_size("asks for", total).status()?;
         let store = self.store.clone();
         let responses =
             blocking(move || Ok(req.digests.iter().map(|d| read_one(&store, function, d)).collect())).await?;

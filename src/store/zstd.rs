@@ -59,12 +59,7 @@ impl ZstdUpload {
     /// Feeds compressed bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         if let Err(e) = self.decoder.write_all(data) {
-            return Err(self
-                .decoder
-                .get_mut()
-                .error
-                .take()
-                .unwrap_or_else(|| Error::InvalidArgument(format!("upload is not valid zstd data: {e}"))));
+            return Err(self.failure(e));
         }
         self.compressed += data.len() as u64;
         Ok(())
@@ -73,14 +68,19 @@ impl ZstdUpload {
     /// Finishes decompression, then verifies and publishes as any upload.
     pub fn commit(mut self) -> Result<()> {
         if let Err(e) = self.decoder.flush() {
-            return Err(self
-                .decoder
-                .get_mut()
-                .error
-                .take()
-                .unwrap_or_else(|| Error::InvalidArgument(format!("upload is not valid zstd data: {e}"))));
+            return Err(self.failure(e));
         }
         self.decoder.into_inner().writer.commit()
+    }
+
+    /// The writer's own error if it refused the bytes (too many, disk full),
+    /// else the decoder's: the data is not zstd.
+    fn failure(&mut self, e: std::io::Error) -> Error {
+        self.decoder
+            .get_mut()
+            .error
+            .take()
+            .unwrap_or_else(|| Error::InvalidArgument(format!("upload is not valid zstd data: {e}")))
     }
 }
 
