@@ -33,10 +33,7 @@ pub enum ClientError {
     #[error("invalid server address {0:?}: use grpc://host:port or http://host:port")]
     BadAddress(String),
     #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    Connect { addr: String, source: tonic::transport::Error },
     #[error("{rpc} failed: {status}")]
     Rpc { rpc: &'static str, status: tonic::Status },
     #[error("blob {digest} from the server does not match its digest ({why}); rejected")]
@@ -60,6 +57,16 @@ pub struct Client {
     max_batch_total: u64,
 }
 
+/// The endpoint settings shared by [`Client::connect`] and [`Client::connect_lazy`].
+fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(endpoint_uri(addr)?)
+        .map_err(|_| ClientError::BadAddress(addr.to_string()))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true)
+        .http2_keep_alive_interval(Duration::from_secs(30)))
+}
+
 /// Turns `grpc://h:p` (Bazel's spelling) into `http://h:p` for tonic.
 fn endpoint_uri(addr: &str) -> Result<String> {
     let rest = addr
@@ -76,32 +83,37 @@ impl Client {
     /// Connects to `addr` (grpc://host:port), failing after `connect_timeout`.
     /// The connection is made now, so an unreachable server is reported at once.
     pub async fn connect(addr: &str, instance: &str, connect_timeout: Duration) -> Result<Client> {
-        let channel = Endpoint::from_shared(endpoint_uri(addr)?)
-            .map_err(|_| ClientError::BadAddress(addr.to_string()))?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
+        let channel = endpoint(addr, connect_timeout)?
             .connect()
             .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        Ok(Client {
+            .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+        Ok(Client::over(channel, instance))
+    }
+
+    /// Like [`Client::connect`], but connects on first use instead of now:
+    /// for short-lived processes that must not wait on the network to start
+    /// (`cairn gocacheprog` runs once per go command). Only a malformed
+    /// address fails here; an unreachable server fails each call (each call
+    /// tries to connect again, after at most `connect_timeout`). Bound calls
+    /// with `tokio::time::timeout`: a server that accepts connections and
+    /// never answers is not detected otherwise. Needs a tokio runtime.
+    pub fn connect_lazy(addr: &str, instance: &str, connect_timeout: Duration) -> Result<Client> {
+        Ok(Client::over(endpoint(addr, connect_timeout)?.connect_lazy(), instance))
+    }
+
+    fn over(channel: Channel, instance: &str) -> Client {
+        Client {
             channel,
             instance: instance.to_string(),
             function: DigestFunction::Sha256,
             max_batch_total: DEFAULT_BATCH_TOTAL,
-        })
+        }
     }
 
     /// Asks the server's capabilities and adopts its batch limit.
     pub async fn capabilities(&mut self) -> Result<reapi::ServerCapabilities> {
         let caps = CapabilitiesClient::new(self.channel.clone())
-            .get_capabilities(reapi::GetCapabilitiesRequest {
-                instance_name: self.instance.clone(),
-            })
+            .get_capabilities(reapi::GetCapabilitiesRequest { instance_name: self.instance.clone() })
             .await
             .map_err(rpc("GetCapabilities"))?
             .into_inner();
@@ -197,12 +209,25 @@ impl Client {
                 .await
                 .map_err(rpc("BatchReadBlobs"))?
                 .into_inner();
-            for (slot, r) in group.iter().zip(resp.responses) {
-                let d = &digests[*slot];
+            // Responses are matched by digest, not position: servers may
+            // answer in another order, and once per distinct digest.
+            let mut slots: std::collections::HashMap<Digest, Vec<usize>> = std::collections::HashMap::new();
+            for &i in &group {
+                slots.entry(digests[i]).or_default().push(i);
+            }
+            for r in resp.responses {
                 let ok = r.status.as_ref().is_none_or(|s| s.code == 0);
-                if ok {
-                    verify(d, &r.data)?;
-                    out[*slot] = Some(r.data);
+                let Some(rd) = r.digest.as_ref().filter(|_| ok) else {
+                    continue;
+                };
+                let Ok(d) = Digest::parse(self.function, &rd.hash, rd.size_bytes) else {
+                    continue;
+                };
+                if let Some(at) = slots.remove(&d) {
+                    verify(&d, &r.data)?;
+                    for slot in at {
+                        out[slot] = Some(r.data.clone());
+                    }
                 }
             }
         }
@@ -214,12 +239,7 @@ impl Client {
         let name = self.upload_name(d);
         let size = data.len();
         let chunks: Vec<WriteRequest> = if size == 0 {
-            vec![WriteRequest {
-                resource_name: name,
-                write_offset: 0,
-                finish_write: true,
-                data: Bytes::new(),
-            }]
+            vec![WriteRequest { resource_name: name, write_offset: 0, finish_write: true, data: Bytes::new() }]
         } else {
             (0..size)
                 .step_by(WRITE_CHUNK)
@@ -244,10 +264,9 @@ impl Client {
     /// Uploads a file through ByteStream, reading it in chunks so memory stays
     /// bounded whatever the file's size.
     pub async fn write_file(&self, d: &Digest, path: &Path) -> Result<()> {
-        let mut file = tokio::fs::File::open(path).await.map_err(|source| ClientError::Io {
-            context: format!("opening {}", path.display()),
-            source,
-        })?;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClientError::Io { context: format!("opening {}", path.display()), source })?;
         let name = self.upload_name(d);
         let size = d.size;
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
@@ -258,10 +277,9 @@ impl Client {
                 let want = (size - off).min(WRITE_CHUNK as u64) as usize;
                 let mut buf = vec![0u8; want];
                 if want > 0 {
-                    file.read_exact(&mut buf).await.map_err(|source| ClientError::Io {
-                        context: format!("reading {ctx}"),
-                        source,
-                    })?;
+                    file.read_exact(&mut buf)
+                        .await
+                        .map_err(|source| ClientError::Io { context: format!("reading {ctx}"), source })?;
                 }
                 let finish = off + want as u64 == size;
                 let msg = WriteRequest {
@@ -290,26 +308,14 @@ impl Client {
     /// when the server does not have it.
     pub async fn read_to_file(&self, d: &Digest, dest: &Path) -> Result<bool> {
         let resp = ByteStreamClient::new(self.channel.clone())
-            .read(ReadRequest {
-                resource_name: self.read_name(d),
-                read_offset: 0,
-                read_limit: 0,
-            })
+            .read(ReadRequest { resource_name: self.read_name(d), read_offset: 0, read_limit: 0 })
             .await;
         let mut stream = match resp {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::NotFound => return Ok(false),
-            Err(s) => {
-                return Err(ClientError::Rpc {
-                    rpc: "ByteStream.Read",
-                    status: s,
-                })
-            }
+            Err(s) => return Err(ClientError::Rpc { rpc: "ByteStream.Read", status: s }),
         };
-        let io = |source| ClientError::Io {
-            context: format!("writing {}", dest.display()),
-            source,
-        };
+        let io = |source| ClientError::Io { context: format!("writing {}", dest.display()), source };
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = d.function.hasher();
         let mut got = 0u64;
@@ -317,20 +323,14 @@ impl Client {
             while let Some(msg) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
                 got += msg.data.len() as u64;
                 if got > d.size {
-                    return Err(ClientError::Corrupt {
-                        digest: d.to_string(),
-                        why: "too many bytes".into(),
-                    });
+                    return Err(ClientError::Corrupt { digest: d.to_string(), why: "too many bytes".into() });
                 }
                 hasher.update(&msg.data);
                 file.write_all(&msg.data).await.map_err(io)?;
             }
             file.flush().await.map_err(io)?;
             if got != d.size || hasher.clone().finalize() != d.hash {
-                return Err(ClientError::Corrupt {
-                    digest: d.to_string(),
-                    why: format!("{got} bytes, wrong hash"),
-                });
+                return Err(ClientError::Corrupt { digest: d.to_string(), why: format!("{got} bytes, wrong hash") });
             }
             Ok(())
         }
@@ -384,21 +384,12 @@ impl Client {
     /// server for CPU).
     pub async fn read_blob(&self, d: &Digest, verify: bool) -> Result<Option<u64>> {
         let resp = ByteStreamClient::new(self.channel.clone())
-            .read(ReadRequest {
-                resource_name: self.read_name(d),
-                read_offset: 0,
-                read_limit: 0,
-            })
+            .read(ReadRequest { resource_name: self.read_name(d), read_offset: 0, read_limit: 0 })
             .await;
         let mut stream = match resp {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::NotFound => return Ok(None),
-            Err(s) => {
-                return Err(ClientError::Rpc {
-                    rpc: "ByteStream.Read",
-                    status: s,
-                })
-            }
+            Err(s) => return Err(ClientError::Rpc { rpc: "ByteStream.Read", status: s }),
         };
         let mut hasher = verify.then(|| d.function.hasher());
         let mut got = 0u64;
@@ -445,10 +436,7 @@ impl Client {
         match r {
             Ok(r) => Ok(Some(r.into_inner())),
             Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(ClientError::Rpc {
-                rpc: "GetActionResult",
-                status: s,
-            }),
+            Err(s) => Err(ClientError::Rpc { rpc: "GetActionResult", status: s }),
         }
     }
 
@@ -476,13 +464,7 @@ impl Client {
     }
 
     fn upload_name(&self, d: &Digest) -> String {
-        format!(
-            "{}uploads/{}/blobs/{}/{}",
-            self.prefix(),
-            uuid::Uuid::new_v4(),
-            d.hex(),
-            d.size
-        )
+        format!("{}uploads/{}/blobs/{}/{}", self.prefix(), uuid::Uuid::new_v4(), d.hex(), d.size)
     }
 
     fn read_name(&self, d: &Digest) -> String {
@@ -493,10 +475,7 @@ impl Client {
 /// Checks downloaded bytes against their digest.
 fn verify(d: &Digest, data: &[u8]) -> Result<()> {
     if data.len() as u64 != d.size || d.function.digest_of(data) != *d {
-        return Err(ClientError::Corrupt {
-            digest: d.to_string(),
-            why: format!("{} bytes, wrong hash", data.len()),
-        });
+        return Err(ClientError::Corrupt { digest: d.to_string(), why: format!("{} bytes, wrong hash", data.len()) });
     }
     Ok(())
 }
@@ -533,6 +512,19 @@ mod tests {
         assert_eq!(endpoint_uri("http://h:1").unwrap(), "http://h:1");
         assert!(endpoint_uri("127.0.0.1:9092").is_err());
         assert!(endpoint_uri("grpc://").is_err());
+    }
+
+    #[tokio::test]
+    async fn lazy_connect_does_no_io_and_checks_the_address() {
+        // Port 9 (discard) on a TEST-NET address: nothing answers, yet this
+        // returns at once because nothing is dialled until the first call.
+        let started = std::time::Instant::now();
+        assert!(Client::connect_lazy("grpc://192.0.2.1:9", "", Duration::from_secs(30)).is_ok());
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(matches!(
+            Client::connect_lazy("192.0.2.1:9", "", Duration::from_secs(1)),
+            Err(ClientError::BadAddress(_))
+        ));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use cairn::config::{self, Config};
 )]
 struct Cli {
     /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. `cairn=debug`)
-    /// [default: info; warn for gocacheprog, whose stderr is Go's].
+    /// [default: info; warn for gocacheprog, whose stderr is Go's, and for bench].
     #[arg(long, global = true, env = "CAIRN_LOG_LEVEL")]
     log_level: Option<String>,
     #[command(subcommand)]
@@ -35,7 +35,7 @@ enum Command {
     /// Print entries, bytes, hits, misses and evictions of a data dir (safe while a server runs).
     Stats(StatsArgs),
     /// Load a REAPI server (cairn or a peer) and report speed against this machine's limits.
-    Bench(cairn::bench::BenchArgs),
+    Bench(Box<cairn::bench::BenchArgs>),
 }
 
 #[derive(clap::Args)]
@@ -66,7 +66,7 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::GoCacheProg(_)) {
+    let default_level = if matches!(cli.command, Command::GoCacheProg(_) | Command::Bench(_)) {
         "warn"
     } else {
         "info"
@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Stats(args) => stats(args),
-        Command::Bench(args) => runtime.block_on(cairn::bench::run(args)),
+        Command::Bench(args) => runtime.block_on(cairn::bench::run(*args)),
         Command::GoCacheProg(args) => {
             let config = args.into_config()?;
             runtime.block_on(cairn::gocache::run(config))?;

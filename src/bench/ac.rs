@@ -37,9 +37,8 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let seed = ctx.seed(41);
     let mut rng = Rng::new(seed);
     // Small output blobs: completeness checks only need them present.
-    let blobs: Vec<Blob> = (0..STORED * 3)
-        .map(|_| Blob::new(data::bytes(rng.next_u64(), 100 + rng.below(2000) as usize)))
-        .collect();
+    let blobs: Vec<Blob> =
+        (0..STORED * 3).map(|_| Blob::new(data::bytes(rng.next_u64(), 100 + rng.below(2000) as usize))).collect();
     for chunk in blobs.chunks(500) {
         let batch: Vec<_> = chunk.iter().map(|b| (b.digest, b.data.clone())).collect();
         ctx.clients[0].batch_upload(&batch).await?;

@@ -69,10 +69,7 @@ pub struct Blob {
 
 impl Blob {
     pub fn new(data: Bytes) -> Blob {
-        Blob {
-            digest: DigestFunction::Sha256.digest_of(&data),
-            data,
-        }
+        Blob { digest: DigestFunction::Sha256.digest_of(&data), data }
     }
 
     /// A blob of `len` bytes determined by `seed`.
@@ -96,11 +93,7 @@ pub fn small_blobs(seed: u64, n: usize) -> Vec<Blob> {
 pub fn absent_digest(rng: &mut Rng) -> Digest {
     let mut hash = [0u8; 32];
     rng.fill(&mut hash);
-    Digest {
-        function: DigestFunction::Sha256,
-        hash,
-        size: 1 + rng.below(64 * 1024),
-    }
+    Digest { function: DigestFunction::Sha256, hash, size: 1 + rng.below(64 * 1024) }
 }
 
 /// Bytes per message when streaming a large blob.
@@ -117,9 +110,7 @@ impl BigBlobs {
     /// A source whose shared buffer is `base_len` bytes (rounded to chunks).
     pub fn new(seed: u64, base_len: usize) -> BigBlobs {
         let len = base_len.max(STREAM_CHUNK).div_ceil(STREAM_CHUNK) * STREAM_CHUNK;
-        BigBlobs {
-            base: bytes(seed, len + 8),
-        }
+        BigBlobs { base: bytes(seed, len + 8) }
     }
 
     /// The chunks of blob `k` (`size` bytes), as cheap slices of the buffer.
@@ -153,11 +144,7 @@ impl BigBlobs {
         for c in self.chunks(k, size) {
             h.update(&c);
         }
-        Digest {
-            function: DigestFunction::Sha256,
-            hash: h.finalize(),
-            size,
-        }
+        Digest { function: DigestFunction::Sha256, hash: h.finalize(), size }
     }
 }
 

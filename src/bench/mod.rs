@@ -15,6 +15,7 @@
 //! - [`replay`]: the RPC sequence of a Bazel build and of `go build` through GOCACHEPROG.
 //! - [`startup`]: start-up time and RSS of `cairn serve` over a big data dir.
 //! - [`lru`]: the store's eviction against exact LRU on a replayed access trace.
+//! - [`merge`]: medians of repeated runs (`--merge`) and servers side by side (`--compare`).
 //!
 //! Every workload talks through [`crate::client::Client`], the one REAPI
 //! client, and counts every failed or wrong answer as an error.
@@ -25,6 +26,7 @@ mod cas;
 mod data;
 mod limits;
 mod lru;
+mod merge;
 mod replay;
 mod report;
 mod server;
@@ -41,16 +43,7 @@ use crate::config::parse_size;
 use report::{Goal, Report, Samples};
 
 /// Workload families, in the order a run measures them.
-const FAMILIES: [&str; 8] = [
-    "limits",
-    "find-missing",
-    "ac",
-    "batch",
-    "bytestream",
-    "replay",
-    "startup",
-    "lru",
-];
+const FAMILIES: [&str; 8] = ["limits", "find-missing", "ac", "batch", "bytestream", "replay", "startup", "lru"];
 
 /// Flags of `cairn bench`.
 #[derive(clap::Args, Clone, Debug)]
@@ -119,15 +112,23 @@ pub struct BenchArgs {
     /// Keep the start-up data dir here and reuse it when it already matches.
     #[arg(long)]
     pub startup_dir: Option<PathBuf>,
-    /// Wall-clock seconds of the LRU trace replay through the real store (0 skips it).
-    #[arg(long, default_value_t = 20.0)]
-    pub lru_seconds: f64,
+    /// Accesses in the LRU trace replayed through the real store (0 skips it).
+    #[arg(long, default_value_t = 200_000)]
+    pub lru_accesses: u64,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Write the results as Markdown here (stdout always gets them).
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Instead of loading a server: merge these JSON reports of repeated runs
+    /// against one server (median of each figure) and print, --json, --markdown.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["target", "start_cairn", "compare"])]
+    pub merge: Vec<PathBuf>,
+    /// Instead of loading a server: print merged JSON reports side by side
+    /// (the first is the reference, e.g. cairn, then the peers).
+    #[arg(long, num_args = 1.., conflicts_with_all = ["target", "start_cairn"])]
+    pub compare: Vec<PathBuf>,
 }
 
 /// What every workload needs: the connections, the flags, the results so far.
@@ -163,7 +164,13 @@ impl Ctx {
 /// Runs `op` from `concurrency` tasks until `duration` passes or `max_ops`
 /// operations have started; `op` gets a client and the operation's index and
 /// returns the payload bytes it moved. Returns the samples and the wall time.
-pub async fn timed<F, Fut>(ctx: &Ctx, concurrency: usize, duration: Duration, max_ops: u64, op: F) -> (Samples, Duration)
+pub async fn timed<F, Fut>(
+    ctx: &Ctx,
+    concurrency: usize,
+    duration: Duration,
+    max_ops: u64,
+    op: F,
+) -> (Samples, Duration)
 where
     F: Fn(Client, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<u64, String>> + Send,
@@ -212,6 +219,14 @@ where
 /// `cairn bench`: runs the selected workloads and prints the report.
 /// Fails when any operation failed, after printing everything.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.compare.is_empty() {
+        print!("{}", merge::compare(&args.compare)?);
+        return Ok(());
+    }
+    if !args.merge.is_empty() {
+        let report = merge::merge(&args.merge)?;
+        return output(&args, &report);
+    }
     for f in &args.only {
         anyhow::ensure!(FAMILIES.contains(&f.as_str()), "unknown workload family {f:?}; pick from {FAMILIES:?}");
     }
@@ -219,11 +234,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
-    let child = if args.start_cairn {
-        Some(server::CairnChild::start(&bin, None, &[])?)
-    } else {
-        None
-    };
+    let child = if args.start_cairn { Some(server::CairnChild::start(&bin, None, &[])?) } else { None };
     let url = match (&child, &args.target) {
         (Some(c), _) => c.url.clone(),
         (None, Some(t)) => t.clone(),
@@ -236,15 +247,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         clients.push(c);
     }
     let server_pid = child.as_ref().map(|c| c.pid()).or(args.server_pid);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
     let mut ctx = Ctx {
-        report: Report {
-            target: format!("{} at {url}", args.name),
-            ..Report::default()
-        },
+        report: Report { target: format!("{} at {url}", args.name), ..Report::default() },
         args,
         clients,
         server_pid,
@@ -284,27 +290,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if w_startup && ctx.args.startup_entries > 0 {
         startup::run(&mut ctx, &bin).await?;
     }
-    if w_lru && ctx.args.lru_seconds > 0.0 {
+    if w_lru && ctx.args.lru_accesses > 0 {
         lru::run(&mut ctx).await?;
     }
     if let Some(c) = child {
         tokio::task::spawn_blocking(move || c.stop()).await?;
     }
     goals(&mut ctx.report);
-    let md = format!(
-        "### {}\n\n{}\n#### Goals\n\n{}",
-        ctx.report.target,
-        ctx.report.markdown(),
-        ctx.report.goals_markdown()
-    );
+    output(&ctx.args, &ctx.report)
+}
+
+/// Prints the report as Markdown (and writes it and the JSON where asked);
+/// fails when any operation failed, after printing everything.
+fn output(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
+    let md = format!("### {}\n\n{}\n#### Goals\n\n{}", report.target, report.markdown(), report.goals_markdown());
     println!("{md}");
-    if let Some(p) = &ctx.args.markdown {
+    if let Some(p) = &args.markdown {
         std::fs::write(p, &md)?;
     }
-    if let Some(p) = &ctx.args.json {
-        std::fs::write(p, serde_json::to_string_pretty(&ctx.report)?)?;
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(report)?)?;
     }
-    let errors = ctx.report.errors();
+    let errors = report.errors();
     anyhow::ensure!(errors == 0, "{errors} operations failed; see the errors column");
     Ok(())
 }
@@ -356,11 +363,19 @@ fn goals(report: &mut Report) {
         None => unmeasured("start-up < 1 s at 1M entries"),
     });
     goals.push(match report.limits.get("upload_peak_rss_bytes") {
-        Some(&rss) => Goal {
-            goal: "RSS < 150 MB + configured caches during any upload".into(),
-            measured: format!("peak {:.0} MB during ByteStream uploads", rss / 1e6),
-            met: Some(rss < 150e6 + report.limits.get("configured_cache_bytes").copied().unwrap_or(0.0)),
-        },
+        Some(&rss) => {
+            let caches = report.limits.get("configured_cache_bytes").copied().unwrap_or(0.0);
+            Goal {
+                goal: "RSS < 150 MB + configured caches during any upload".into(),
+                measured: format!(
+                    "peak {:.0} MB during ByteStream uploads (bound {:.0} MB: 150 + {:.0} MB of RocksDB caches)",
+                    rss / 1e6,
+                    (150e6 + caches) / 1e6,
+                    caches / 1e6
+                ),
+                met: Some(rss < 150e6 + caches),
+            }
+        }
         None => unmeasured("RSS < 150 MB + configured caches during any upload"),
     });
     goals.push(match report.limits.get("lru_hit_rate_gap") {
@@ -375,11 +390,7 @@ fn goals(report: &mut Report) {
 }
 
 fn unmeasured(goal: &str) -> Goal {
-    Goal {
-        goal: goal.into(),
-        measured: "not measured in this run".into(),
-        met: None,
-    }
+    Goal { goal: goal.into(), measured: "not measured in this run".into(), met: None }
 }
 
 /// Turns a client error into the text kept with a failed operation.

@@ -18,12 +18,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use prost::Message;
 
 use super::ac::action_result;
 use super::data::{self, Blob, Rng};
 use super::{each, err, Ctx};
 use crate::client::{Client, BATCH_BLOB_MAX};
 use crate::digest::{Digest, DigestFunction};
+use crate::proto::reapi;
 
 /// One action of the replayed Bazel build.
 struct Action {
@@ -55,17 +57,51 @@ fn bazel_plan(seed: u64, n: usize) -> Vec<Action> {
                 })
                 .collect();
             earlier.extend(outputs.iter().filter(|b| b.data.len() < 1 << 20).cloned());
-            let action = Blob::new(data::bytes(rng.next_u64(), 150 + rng.below(200) as usize));
-            let command = Blob::new(data::bytes(rng.next_u64(), 300 + rng.below(1500) as usize));
-            let stdout = (rng.below(10) < 3).then(|| Blob::new(data::bytes(rng.next_u64(), 50 + rng.below(2000) as usize)));
-            Action {
-                digest: action.digest,
-                protos: [action, command],
-                outputs,
-                stdout,
-            }
+            let (action, command) = action_protos(&mut rng, &outputs);
+            let stdout =
+                (rng.below(10) < 3).then(|| Blob::new(data::bytes(rng.next_u64(), 50 + rng.below(2000) as usize)));
+            Action { digest: action.digest, protos: [action, command], outputs, stdout }
         })
         .collect()
+}
+
+/// The fields of REAPI's Command that a compile action sets (cairn's trimmed
+/// protos leave Command out: the cache never reads it).
+#[derive(Clone, PartialEq, prost::Message)]
+struct CommandProto {
+    #[prost(string, repeated, tag = "1")]
+    arguments: Vec<String>,
+    #[prost(string, repeated, tag = "7")]
+    output_paths: Vec<String>,
+}
+
+/// The fields of REAPI's Action that every action sets.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ActionProto {
+    #[prost(message, optional, tag = "1")]
+    command_digest: Option<reapi::Digest>,
+    #[prost(message, optional, tag = "2")]
+    input_root_digest: Option<reapi::Digest>,
+}
+
+/// A real Command (a compiler call) and the Action naming it, encoded as
+/// Bazel uploads them: servers may decode the Action on GetActionResult.
+fn action_protos(rng: &mut Rng, outputs: &[Blob]) -> (Blob, Blob) {
+    let n = rng.next_u64();
+    let command = CommandProto {
+        arguments: ["/usr/bin/gcc", "-O2", "-c", "-o"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("bazel-out/k8-fastbuild/bin/pkg/f{n:x}.o"), format!("pkg/f{n:x}.c")])
+            .collect(),
+        output_paths: (0..outputs.len()).map(|i| format!("bazel-out/k8-fastbuild/bin/pkg/f{n:x}_{i}.o")).collect(),
+    };
+    let command = Blob::new(Bytes::from(command.encode_to_vec()));
+    let action = ActionProto {
+        command_digest: Some(command.digest.to_proto()),
+        input_root_digest: Some(DigestFunction::Sha256.empty().to_proto()),
+    };
+    (Blob::new(Bytes::from(action.encode_to_vec())), command)
 }
 
 /// Uploads what the server lacks of `blobs` the way Bazel does; returns bytes sent.
@@ -138,8 +174,7 @@ pub async fn bazel(ctx: &mut Ctx) -> anyhow::Result<()> {
         }
     })
     .await;
-    ctx.report
-        .push(s.into_row("replay: Bazel cold build", &setting, wall).with_note("ops = actions; MB/s uploaded"));
+    ctx.report.push(s.into_row("replay: Bazel cold build", &setting, wall).with_note("ops = actions; MB/s uploaded"));
 
     for (minimal, what) in [(false, "download all"), (true, "download minimal")] {
         let p = Arc::clone(&plan);
@@ -162,10 +197,8 @@ pub async fn bazel(ctx: &mut Ctx) -> anyhow::Result<()> {
             }
         })
         .await;
-        ctx.report.push(
-            s.into_row(&format!("replay: Bazel warm build, {what}"), &setting, wall)
-                .with_note("ops = actions"),
-        );
+        ctx.report
+            .push(s.into_row(&format!("replay: Bazel warm build, {what}"), &setting, wall).with_note("ops = actions"));
     }
     Ok(())
 }
@@ -235,11 +268,7 @@ pub async fn go(ctx: &mut Ctx) -> anyhow::Result<()> {
             if get_first && client.get_action_result(action).await.map_err(err)?.is_some() {
                 return Err(format!("cold go action {action} reported as a hit"));
             }
-            let sent = if output.digest.is_empty_blob() {
-                0
-            } else {
-                upload_missing(&client, &[output]).await?
-            };
+            let sent = if output.digest.is_empty_blob() { 0 } else { upload_missing(&client, &[output]).await? };
             let result = action_result(&[output], None);
             client.update_action_result(action, result).await.map_err(err)?;
             Ok(sent)

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latencies and outcomes gathered by the tasks of one measurement.
 #[derive(Default)]
@@ -72,7 +72,7 @@ impl Samples {
 }
 
 /// One line of the results.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub workload: String,
     pub setting: String,
@@ -125,7 +125,7 @@ impl Row {
 }
 
 /// A goal from issue 6 and whether this run met it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Goal {
     pub goal: String,
     pub measured: String,
@@ -134,7 +134,7 @@ pub struct Goal {
 }
 
 /// Everything one `cairn bench` run found.
-#[derive(Default, Serialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Report {
     pub target: String,
     /// Limits by name (e.g. `sha256_mb_s`), for ratios and goals.
@@ -157,7 +157,9 @@ impl Report {
     /// The rows as a Markdown table.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        s.push_str("| workload | setting | ops | ops/s | MB/s | p50 ms | p99 ms | max ms | errors | vs limit | note |\n");
+        s.push_str(
+            "| workload | setting | ops | ops/s | MB/s | p50 ms | p99 ms | max ms | errors | vs limit | note |\n",
+        );
         s.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|\n");
         for r in &self.rows {
             let op_cols = if r.ops == 0 {
@@ -173,11 +175,7 @@ impl Report {
                     ms(r.max_ms),
                 )
             };
-            let limit = r
-                .limit
-                .as_ref()
-                .map(|(f, name)| format!("{:.0}% of {name}", f * 100.0))
-                .unwrap_or_default();
+            let limit = r.limit.as_ref().map(|(f, name)| format!("{:.0}% of {name}", f * 100.0)).unwrap_or_default();
             let mut note = r.note.clone().unwrap_or_default();
             if let Some(e) = &r.first_error {
                 note = format!("{note} first error: {e}");

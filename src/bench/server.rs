@@ -63,13 +63,7 @@ impl CairnChild {
                 anyhow::bail!("cairn serve did not report its address within 60 s");
             }
         };
-        Ok(CairnChild {
-            child,
-            url: format!("grpc://{addr}"),
-            spawned: started,
-            startup: at - started,
-            _dir: temp,
-        })
+        Ok(CairnChild { child, url: format!("grpc://{addr}"), spawned: started, startup: at - started, _dir: temp })
     }
 
     pub fn pid(&self) -> u32 {
@@ -128,9 +122,7 @@ impl Drop for ScratchDir {
 /// Where the bench puts its scratch data: `$CAIRN_BENCH_TMP`, else
 /// `/var/tmp` (on disk, unlike a tmpfs `/tmp`, so blob writes are real).
 pub fn bench_tmp() -> PathBuf {
-    std::env::var_os("CAIRN_BENCH_TMP")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+    std::env::var_os("CAIRN_BENCH_TMP").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"))
 }
 
 /// Resident and peak resident memory of a process, in bytes.
@@ -148,10 +140,7 @@ pub fn memory(pid: u32) -> Option<Memory> {
         let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb * 1024)
     };
-    Some(Memory {
-        rss: field("VmRSS:")?,
-        hwm: field("VmHWM:")?,
-    })
+    Some(Memory { rss: field("VmRSS:")?, hwm: field("VmHWM:")? })
 }
 
 /// Resets a process's VmHWM to its current RSS (Linux `clear_refs` 5), so

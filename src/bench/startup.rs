@@ -34,10 +34,7 @@ fn generate(dir: &Path, entries: u64, bytes: u64) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let store = Store::open_with(
         dir,
-        Limits {
-            max_size: u64::MAX / 4,
-            min_age: Duration::from_secs(12 * 3600),
-        },
+        Limits { max_size: u64::MAX / 4, min_age: Duration::from_secs(12 * 3600), ..Limits::default() },
     )?;
     let big = bytes.div_ceil(1 << 30);
     let small = entries.saturating_sub(big);
@@ -115,19 +112,12 @@ pub async fn run(ctx: &mut Ctx, bin: &Path) -> anyhow::Result<()> {
         ctx.report.push(Row::value(
             "start-up data dir",
             &format!("generated {entries} entries + {}", human_size(bytes)),
-            format!(
-                "{:.1} s through Store ({:.0} entries/s)",
-                took.as_secs_f64(),
-                entries as f64 / took.as_secs_f64()
-            ),
+            format!("{:.1} s through Store ({:.0} entries/s)", took.as_secs_f64(), entries as f64 / took.as_secs_f64()),
         ));
     }
     let stats = crate::store::read_stats(&dir)?;
-    let held = format!(
-        "{} entries, {}",
-        stats.cas_count + stats.ac_count,
-        human_size(stats.total_bytes().max(0) as u64)
-    );
+    let held =
+        format!("{} entries, {}", stats.cas_count + stats.ac_count, human_size(stats.total_bytes().max(0) as u64));
     // Present blobs to read after start-up.
     let probe: Vec<Digest> = (0..READS * 5)
         .filter(|i| i % 5 != 4 && *i < entries)
@@ -174,21 +164,22 @@ pub async fn run(ctx: &mut Ctx, bin: &Path) -> anyhow::Result<()> {
     );
     let row = listen.into_row("start-up", &format!("time to listen, {held}"), Duration::from_secs(1));
     let p50 = row.p50_ms;
-    ctx.report
-        .push(Row::value("start-up", &row.setting, format!("p50 {p50:.0} ms, max {:.0} ms; {note}", row.max_ms)).tap(|r| {
+    ctx.report.push(
+        Row::value("start-up", &row.setting, format!("p50 {p50:.0} ms, max {:.0} ms; {note}", row.max_ms)).tap(|r| {
             r.p50_ms = p50;
             r.max_ms = row.max_ms;
-        }));
+        }),
+    );
     let a = answer.into_row("start-up", "spawn to first FindMissing answer", Duration::from_secs(1));
     let (p50, max, errors, first_error) = (a.p50_ms, a.max_ms, a.errors, a.first_error.clone());
-    ctx.report.push(
-        Row::value("start-up", &a.setting, format!("p50 {p50:.0} ms, max {max:.0} ms ({held})")).tap(|r| {
+    ctx.report.push(Row::value("start-up", &a.setting, format!("p50 {p50:.0} ms, max {max:.0} ms ({held})")).tap(
+        |r| {
             r.p50_ms = p50;
             r.max_ms = max;
             r.errors = errors;
             r.first_error = first_error;
-        }),
-    );
+        },
+    ));
     Ok(())
 }
 

@@ -108,6 +108,11 @@ impl LocalStore {
         &self.root
     }
 
+    /// The trim target, in bytes.
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
     /// Where the output with this ID lives (whether or not it exists).
     pub fn object_path(&self, output: &OutputId) -> PathBuf {
         let hex = output.to_hex();

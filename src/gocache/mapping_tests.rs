@@ -4,6 +4,7 @@
 use prost::Message;
 
 use super::*;
+use prost_types::Timestamp;
 
 fn entry(n: u8) -> RemoteEntry {
     RemoteEntry {
@@ -17,7 +18,10 @@ fn entry(n: u8) -> RemoteEntry {
 fn action_key_is_the_digest_of_prefix_and_id() {
     let key = action_key(&ActionId([0; 32]));
     // python3: hashlib.sha256(b'cairn-gocache-v1\0' + bytes(32)).hexdigest()
-    assert_eq!(key.hex(), "4d147bc50aba94b40481eb1bbc165d2bb0eb698ff92883c82218dca756386d57");
+    assert_eq!(
+        key.hex(),
+        "4d147bc50aba94b40481eb1bbc165d2bb0eb698ff92883c82218dca756386d57"
+    );
     assert_eq!(key.size, 49);
     assert_eq!(key.function, DigestFunction::Sha256);
     assert_ne!(action_key(&ActionId([1; 32])), key);
@@ -29,24 +33,26 @@ fn action_key_is_the_digest_of_prefix_and_id() {
 
 #[test]
 fn keys_cannot_be_serialized_actions() {
-    // The preimage starts with a group tag (field 12, wire type 3) that the
-    // Action message doesn't have, so no Bazel action serializes to it.
-    assert_eq!(ACTION_KEY_PREFIX[0] & 7, 3);
-    assert_eq!(PREFETCH_KEY_PREFIX[0] & 7, 3);
-    let mut preimage = ACTION_KEY_PREFIX.to_vec();
-    preimage.extend_from_slice(&[7; 32]);
-    let parsed = reapi::Action::decode(preimage.as_slice());
-    assert!(
-        parsed.is_err() || parsed.unwrap().encode_to_vec() != preimage,
-        "an Action that encodes to our key's preimage"
-    );
+    // A serialized message starts with a field tag: (field << 3) | wire type.
+    // Ours start with 'c' = 0x63: field 12, wire type 3 (a proto2 group),
+    // which no proto3 message, Action included, ever writes.
+    for prefix in [ACTION_KEY_PREFIX, PREFETCH_KEY_PREFIX] {
+        assert_eq!(prefix[0], b'c');
+        assert_eq!((prefix[0] >> 3, prefix[0] & 7), (12, 3));
+    }
 }
 
 #[test]
 fn prefetch_key_is_the_digest_of_prefix_and_description() {
     let key = prefetch_key("module=example.com/m");
-    assert_eq!(key.hex(), "eeb3a9089761aae0b51ed51ea9a3172b63992f12c5ceb951eded5fef024e12cd");
-    assert_eq!(key.size as usize, PREFETCH_KEY_PREFIX.len() + "module=example.com/m".len());
+    assert_eq!(
+        key.hex(),
+        "eeb3a9089761aae0b51ed51ea9a3172b63992f12c5ceb951eded5fef024e12cd"
+    );
+    assert_eq!(
+        key.size as usize,
+        PREFETCH_KEY_PREFIX.len() + "module=example.com/m".len()
+    );
     assert_ne!(prefetch_key("module=example.com/n"), key);
 }
 
@@ -81,20 +87,23 @@ fn times_before_1970_and_missing_times() {
     r.execution_metadata = None;
     assert_eq!(read_entry(&r, 42).map(|e| e.time_nanos), Some(42), "no time: now");
     let mut r = entry_result(&e);
-    r.execution_metadata.as_mut().unwrap().worker_completed_timestamp = Some(Timestamp {
-        seconds: 1,
-        nanos: -5,
-    });
+    r.execution_metadata.as_mut().unwrap().worker_completed_timestamp = Some(Timestamp { seconds: 1, nanos: -5 });
     assert_eq!(read_entry(&r, 42).map(|e| e.time_nanos), Some(42), "bad time: now");
 }
 
 #[test]
 fn foreign_results_are_misses() {
-    let good = entry_result(&entry(2));
+    let good = entry_result(&entry(0xab)); // hex with letters, for the case test
     let cases: Vec<(&str, Box<dyn Fn(&mut reapi::ActionResult)>)> = vec![
         ("no output", Box::new(|r| r.output_files.clear())),
-        ("two outputs", Box::new(|r| r.output_files.push(r.output_files[0].clone()))),
-        ("other path", Box::new(|r| r.output_files[0].path = "bazel-out/x".into())),
+        (
+            "two outputs",
+            Box::new(|r| r.output_files.push(r.output_files[0].clone())),
+        ),
+        (
+            "other path",
+            Box::new(|r| r.output_files[0].path = "bazel-out/x".into()),
+        ),
         ("no digest", Box::new(|r| r.output_files[0].digest = None)),
         (
             "upper-case hash",
@@ -115,7 +124,10 @@ fn foreign_results_are_misses() {
             "a directory too",
             Box::new(|r| r.output_directories.push(Default::default())),
         ),
-        ("a symlink too", Box::new(|r| r.output_symlinks.push(Default::default()))),
+        (
+            "a symlink too",
+            Box::new(|r| r.output_symlinks.push(Default::default())),
+        ),
     ];
     assert!(read_entry(&good, 0).is_some());
     for (what, edit) in cases {
@@ -146,7 +158,10 @@ fn bad_manifests_are_rejected() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", Vec::new()),
         ("no magic", blob[MANIFEST_MAGIC.len()..].to_vec()),
-        ("other version", [b"cairn-gocache-prefetch-v2\n".as_slice(), &blob[MANIFEST_MAGIC.len()..]].concat()),
+        (
+            "other version",
+            [b"cairn-gocache-prefetch-v2\n".as_slice(), &blob[MANIFEST_MAGIC.len()..]].concat(),
+        ),
         ("partial record", blob[..blob.len() - 1].to_vec()),
         ("extra byte", [blob.as_slice(), b"x"].concat()),
     ];
@@ -157,9 +172,15 @@ fn bad_manifests_are_rejected() {
 
 #[test]
 fn manifests_are_capped() {
-    let many: Vec<(ActionId, RemoteEntry)> = (0..MANIFEST_MAX_ENTRIES + 3).map(|_| (ActionId([9; 32]), entry(9))).collect();
+    let many: Vec<(ActionId, RemoteEntry)> = (0..MANIFEST_MAX_ENTRIES + 3)
+        .map(|_| (ActionId([9; 32]), entry(9)))
+        .collect();
     let blob = encode_manifest(&many);
     assert_eq!(decode_manifest(&blob).map(|m| m.len()), Some(MANIFEST_MAX_ENTRIES));
-    let too_long = [blob.as_slice(), &blob[MANIFEST_MAGIC.len()..MANIFEST_MAGIC.len() + MANIFEST_RECORD]].concat();
+    let too_long = [
+        blob.as_slice(),
+        &blob[MANIFEST_MAGIC.len()..MANIFEST_MAGIC.len() + MANIFEST_RECORD],
+    ]
+    .concat();
     assert_eq!(decode_manifest(&too_long), None);
 }

@@ -1,13 +1,18 @@
 //! `cairn gocacheprog`: the program go (1.24+) runs as `GOCACHEPROG`, serving
-//! go's build and test cache from a local disk tier (and, in phase 2, from
-//! the same REAPI server Bazel uses).
+//! go's build and test cache from a local disk tier and from the same REAPI
+//! server Bazel uses.
 //!
 //! # Layout
 //! - [`protocol`]: request/response types and the framing codec (put bodies
 //!   are streamed: decoded, hashed and written to disk as they arrive).
 //! - [`local`]: the local disk tier under `$GOCACHE/cairn`; every hit and put
 //!   is answered with a path in it.
-//! - [`remote`]: the boundary of the remote tier (phase 2; absent in phase 1).
+//! - [`remote`]: the remote tier's boundary (connect, get, upload, finish)
+//!   and its get path; [`health`]: one warning, then back-off, when the
+//!   server fails; `upload`: the background uploader.
+//! - [`mapping`]: how entries are keyed and stored on a REAPI server (pure).
+//! - `prefetch` and [`context`]: remembering which entries a build used, and
+//!   fetching them in bulk before go asks the next time.
 //! - this file: flags and config, and the run loop, [`serve`].
 //!
 //! # The run loop
@@ -20,7 +25,7 @@
 //! - one writer task owns stdout; replies go out in completion order, which
 //!   go allows (it matches them by ID).
 //!
-//! A get is: local → (remote, phase 2) → miss. A put is stored locally and
+//! A get is: local → remote → miss. A put is stored locally and
 //! answered before any upload. Input that breaks the framing is fatal (an
 //! error on stderr and a non-zero exit; go reports the helper died), since
 //! there is no way to find the next request; anything else fails only its
@@ -37,10 +42,15 @@
 //! `spawn_blocking`, ~75 µs with pipes, ~25 µs with pipes and inline I/O.
 //! Only the trim, which scans the whole store, goes to a blocking thread.
 
+pub mod context;
+pub mod health;
 pub mod local;
+pub mod mapping;
+mod prefetch;
 pub mod protocol;
 pub mod remote;
 mod stdio;
+mod upload;
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -72,10 +82,6 @@ const READ_BUFFER: usize = 1 << 20;
 /// back-pressure if go stops reading.
 const RESPONSE_QUEUE: usize = 1024;
 
-/// How long work left after go is released (a trim, phase 2's uploads) may
-/// keep the process alive.
-const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
-
 /// `cairn gocacheprog` flags. Every flag has an environment variable, since
 /// go users configure through the environment (`GOCACHEPROG` is a command
 /// line, but CI sets variables).
@@ -86,8 +92,8 @@ pub struct GoCacheArgs {
     /// that is not, which costs later hits.
     #[arg(long, env = "CAIRN_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Remote cache to share results through, e.g. grpc://cache:9092
-    /// (not used yet: phase 1 is local-only).
+    /// Remote cache to share results through, e.g. grpc://cache:9092 (any
+    /// REAPI v2 server). Unset: local-only.
     #[arg(long, env = "CAIRN_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
     /// REAPI instance name on the remote.
@@ -98,10 +104,31 @@ pub struct GoCacheArgs {
     #[arg(long, env = "CAIRN_LOCAL_MAX_SIZE", value_name = "SIZE", default_value = "10GiB",
           value_parser = crate::config::parse_size)]
     pub max_local_size: u64,
-    /// Bound on each remote lookup, e.g. 500ms or 2s; past it, a get is a miss.
+    /// Bound on each remote lookup, e.g. 500ms or 2s; past it, a get is a
+    /// miss (downloads get 1 s per 10 MiB on top).
     #[arg(long, env = "CAIRN_REMOTE_TIMEOUT", value_name = "DURATION", default_value = "1s",
           value_parser = parse_timeout)]
     pub remote_timeout: Duration,
+    /// Fetch the entries the last run of the same go command used, in bulk,
+    /// before go asks for them (and record this run's for the next one).
+    #[arg(long, env = "CAIRN_PREFETCH", value_name = "BOOL", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub prefetch: bool,
+    /// Names the project in the prefetch key instead of the go module and
+    /// directory (the go command, version, GOOS/GOARCH, ... still apply).
+    #[arg(long, env = "CAIRN_PREFETCH_KEY", value_name = "TEXT")]
+    pub prefetch_key: Option<String>,
+    /// How long uploads may go on after go is released (or, with
+    /// --wait-for-uploads, delay go's exit); the rest are dropped.
+    #[arg(long, env = "CAIRN_FINISH_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_timeout)]
+    pub finish_timeout: Duration,
+    /// Finish uploads before answering go's close, so go exits only once its
+    /// results are on the server (for CI machines torn down right after the
+    /// build). Default: go exits at once and uploads finish in the background.
+    #[arg(long, env = "CAIRN_WAIT_FOR_UPLOADS", value_name = "BOOL", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub wait_for_uploads: bool,
 }
 
 /// Validated settings for [`run`] / [`serve`].
@@ -114,6 +141,8 @@ pub struct GoCacheConfig {
     pub max_local_size: u64,
     /// None: local-only.
     pub remote: Option<RemoteConfig>,
+    /// Bound on work after go is released (uploads, a trim).
+    pub finish_timeout: Duration,
 }
 
 impl GoCacheArgs {
@@ -158,11 +187,15 @@ impl GoCacheArgs {
             url,
             instance: self.instance,
             timeout: self.remote_timeout,
+            prefetch: self.prefetch,
+            prefetch_key: self.prefetch_key.filter(|k| !k.is_empty()),
+            wait_for_uploads: self.wait_for_uploads,
         });
         Ok(GoCacheConfig {
             dir,
             max_local_size: self.max_local_size,
             remote,
+            finish_timeout: self.finish_timeout,
         })
     }
 }
@@ -213,9 +246,10 @@ pub enum Error {
 /// then releases go (which waits for our stdout to close) and lets left-over
 /// work finish for a bounded time.
 pub async fn run(config: GoCacheConfig) -> Result<(), Error> {
+    let bound = config.finish_timeout;
     let background = serve(config, stdio::input(), stdio::output()).await?;
     stdio::release();
-    background.finish(BACKGROUND_GRACE).await;
+    background.finish(bound).await;
     Ok(())
 }
 
@@ -240,9 +274,10 @@ where
         context: format!("opening local cache dir {}", config.dir.display()),
         source,
     })?;
+    let local = Arc::new(local);
     let tiers = Arc::new(Tiers {
-        local: Arc::new(local),
-        remote: config.remote.as_ref().and_then(Remote::connect),
+        remote: config.remote.as_ref().and_then(|r| Remote::connect(r, &local)),
+        local,
     });
     let mut background = Background::start_trim(&tiers);
 
@@ -278,6 +313,9 @@ where
     // a request without one).
     work.drain().await;
     if let Some(id) = close_id {
+        if let Some(remote) = tiers.remote.as_ref().filter(|r| r.waits_for_uploads()) {
+            remote.finish(config.finish_timeout).await;
+        }
         let _ = work.responses.send(Response::ok(id)).await;
     }
     drop(work);
@@ -294,7 +332,7 @@ where
 /// The cache tiers, shared by every request's task.
 struct Tiers {
     local: Arc<LocalStore>,
-    /// Always None in phase 1.
+    /// None: local-only.
     remote: Option<Remote>,
 }
 
@@ -337,13 +375,18 @@ impl Dispatcher {
 
 async fn get(tiers: Arc<Tiers>, id: i64, action: ActionId) -> Response {
     match tiers.local.get(&action) {
-        Ok(Some(entry)) => return hit(id, &entry),
+        Ok(Some(entry)) => {
+            if let Some(remote) = &tiers.remote {
+                remote.saw(&action, &entry);
+            }
+            return hit(id, &entry);
+        }
         Ok(None) => {}
         // Don't fail go over it: an Err on a get is a (silent) miss for go anyway.
         Err(e) => tracing::warn!(%action, "cairn gocacheprog: reading the local cache: {e}; treating as a miss"),
     }
     if let Some(remote) = &tiers.remote {
-        if let Some(entry) = remote.get(&action, &tiers.local).await {
+        if let Some(entry) = remote.get(&action).await {
             return hit(id, &entry);
         }
     }
@@ -471,8 +514,8 @@ fn writer_stopped(done: Option<Result<io::Result<()>, tokio::task::JoinError>>) 
     }
 }
 
-/// Work that may continue after go has been released: a local trim now,
-/// queued uploads in phase 2. Dropping it cancels what can be cancelled.
+/// Work that may continue after go has been released: a local trim, and
+/// queued uploads. Dropping it cancels what can be cancelled.
 pub struct Background {
     tiers: Option<Arc<Tiers>>,
     trim: Option<JoinHandle<()>>,

@@ -27,6 +27,7 @@ fn config(dir: &Path) -> GoCacheConfig {
         dir: dir.join("cairn"),
         max_local_size: 1 << 30,
         remote: None,
+        finish_timeout: Duration::from_secs(10),
     }
 }
 
@@ -346,6 +347,7 @@ async fn unusable_dir_is_a_clear_error() {
         dir: file.join("cairn"),
         max_local_size: 1,
         remote: None,
+        finish_timeout: Duration::from_secs(1),
     });
     let err = go.result().await.err().expect("error");
     assert!(err.to_string().contains("opening local cache dir"), "{err}");
@@ -397,9 +399,29 @@ fn config_flags() {
         Some(RemoteConfig {
             url: "grpc://cache:9092".into(),
             instance: "go".into(),
-            timeout: Duration::from_millis(250)
+            timeout: Duration::from_millis(250),
+            prefetch: true,
+            prefetch_key: None,
+            wait_for_uploads: false,
         })
     );
+    assert_eq!(c.finish_timeout, Duration::from_secs(10));
+    let c = parse(&[
+        "--remote",
+        "grpc://c:1",
+        "--prefetch=false",
+        "--prefetch-key",
+        "team/app",
+        "--wait-for-uploads",
+        "--finish-timeout",
+        "3s",
+    ])
+    .resolve(Some("/g".into()), Ok("/".into()))
+    .unwrap();
+    let r = c.remote.unwrap();
+    assert!(!r.prefetch && r.wait_for_uploads);
+    assert_eq!(r.prefetch_key.as_deref(), Some("team/app"));
+    assert_eq!(c.finish_timeout, Duration::from_secs(3));
 }
 
 #[test]

@@ -1,0 +1,490 @@
+//! Prefetching: hiding the remote's latency from go.
+//!
+//! go keeps only `-p`+1 requests in flight, so a remote round trip per get
+//! is paid almost serially: a warm `go build std` asks ~1,100 gets, which at
+//! 10 ms per round trip (two per remote hit: lookup, then blob) is several
+//! seconds on top of a 0.3 s build. Asking faster is not possible, so cairn
+//! asks earlier: it remembers which entries a build used and fetches them in
+//! bulk the next time, before go asks.
+//!
+//! - **Recording** ([`Recorder`]): every get (hit or miss) and every put of
+//!   this go command, in the order go asked, with the entry it ended with.
+//! - **Storing**: at exit ([`Prefetch::store_manifest`], inside the finish
+//!   bound), the recorded entries become a *manifest* blob in the CAS,
+//!   named by an ActionCache entry under a key describing the build
+//!   ([`super::context::BuildContext`]: module, directory, go subcommand, go
+//!   version, GOOS/GOARCH, ...). Skipped when nothing changed since the
+//!   manifest this run started from. See `mapping` for the format.
+//! - **Prefetching** (this file's task, started with the process): fetch the
+//!   manifest (one lookup and one read), then, in the manifest's order,
+//!   every output not already local: small ones [`BATCH_BYTES`] per
+//!   BatchReadBlobs, large ones by ByteStream, [`CONCURRENCY`] calls at a
+//!   time, each verified by the client and committed to the local tier
+//!   together with the entries naming it. A get for an entry the manifest
+//!   names needs no lookup: it waits for the prefetcher's download of that
+//!   output if it is in flight, or fetches just that output itself.
+//!
+//! The manifest records (action → output, size, time), not just action IDs:
+//! that saves one ActionCache lookup per entry, and it is safe, since an
+//! output is verified against its digest like any other, and go accepts any
+//! output once stored for an action (entries are results, not promises).
+//! A stale manifest costs only wasted downloads; a get falls back to the
+//! ActionCache when the manifest's output is gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout_at, Instant};
+
+use super::context::BuildContext;
+use super::local::{now_nanos, Entry, LocalStore};
+use super::mapping::{self, RemoteEntry, MANIFEST_MAX_ENTRIES, MANIFEST_PATH};
+use super::protocol::{ActionId, OutputId};
+use super::remote::{download_allowance, lock, remote_entry, RemoteConfig, Shared};
+use crate::client::{self, ClientError};
+use crate::digest::{Digest, DigestFunction};
+
+/// Bytes per BatchReadBlobs call. Smaller calls let the first entries land
+/// sooner; larger ones mean fewer calls.
+pub const BATCH_BYTES: u64 = 2 << 20;
+
+/// Prefetch calls in flight. Enough to cover a 10 ms round trip at a few
+/// hundred MB/s, few enough not to flood a shared server.
+pub const CONCURRENCY: usize = 8;
+
+/// Least time a prefetch call is given (plus [`download_allowance`]): it is
+/// background work, and a timeout stops all prefetching.
+const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest manifest fetched: [`MANIFEST_MAX_ENTRIES`] records.
+const MAX_MANIFEST_BYTES: u64 =
+    (mapping::MANIFEST_MAGIC.len() + MANIFEST_MAX_ENTRIES * mapping::MANIFEST_RECORD) as u64;
+
+/// The prefetch state of one process.
+pub(super) struct Prefetch {
+    pub recorder: Recorder,
+    /// ActionCache key of this build's manifest; `None` when prefetching is off.
+    key: Option<Digest>,
+    /// The manifest this run started from, once the start-up fetch is done.
+    manifest: watch::Receiver<Loaded>,
+}
+
+#[derive(Clone)]
+enum Loaded {
+    Pending,
+    /// `None`: there is none, or it could not be fetched.
+    Done(Option<Arc<Plan>>),
+}
+
+/// A fetched manifest.
+struct Plan {
+    order: Vec<(ActionId, RemoteEntry)>,
+    by_action: HashMap<ActionId, RemoteEntry>,
+}
+
+impl Plan {
+    fn new(order: Vec<(ActionId, RemoteEntry)>) -> Plan {
+        let by_action = order.iter().copied().collect();
+        Plan { order, by_action }
+    }
+
+    /// True if `entries` are exactly this manifest's (action, output) pairs.
+    fn same_as(&self, entries: &[(ActionId, RemoteEntry)]) -> bool {
+        entries.len() == self.by_action.len()
+            && entries
+                .iter()
+                .all(|(a, e)| self.by_action.get(a).is_some_and(|p| p.output == e.output))
+    }
+}
+
+/// Starts prefetching (unless `--prefetch=false`): works out the key, then
+/// fetches the manifest and its outputs in a task.
+pub(super) fn start(config: &RemoteConfig, shared: Arc<Shared>) -> (Arc<Prefetch>, Option<JoinHandle<()>>) {
+    if !config.prefetch {
+        let (_, manifest) = watch::channel(Loaded::Done(None));
+        let off = Prefetch {
+            recorder: Recorder::new(false),
+            key: None,
+            manifest,
+        };
+        return (Arc::new(off), None);
+    }
+    let context = BuildContext::of_this_process(config.prefetch_key.as_deref());
+    let key = mapping::prefetch_key(&context.description());
+    tracing::debug!(%key, ?context, "prefetch key");
+    let (tx, manifest) = watch::channel(Loaded::Pending);
+    let prefetch = Prefetch {
+        recorder: Recorder::new(true),
+        key: Some(key),
+        manifest,
+    };
+    (Arc::new(prefetch), Some(tokio::spawn(run(shared, key, tx))))
+}
+
+impl Prefetch {
+    /// The manifest's entry for `action`, waiting (until `deadline`) for the
+    /// manifest if it is still being fetched.
+    pub async fn planned(&self, action: &ActionId, deadline: Instant) -> Option<RemoteEntry> {
+        self.key?;
+        let mut rx = self.manifest.clone();
+        let plan = {
+            let loaded = timeout_at(deadline, rx.wait_for(|l| matches!(l, Loaded::Done(_))))
+                .await
+                .ok()?
+                .ok()?;
+            match &*loaded {
+                Loaded::Done(Some(plan)) => plan.clone(),
+                _ => return None,
+            }
+        };
+        plan.by_action.get(action).copied()
+    }
+
+    /// Stores what this run used as the manifest for the next one, unless
+    /// it is what this run started from. Called by `finish`, which bounds it.
+    pub async fn store_manifest(&self, shared: &Shared) {
+        let Some(key) = self.key else { return };
+        let entries = self.recorder.snapshot();
+        if entries.is_empty() || !shared.health.usable() {
+            return;
+        }
+        let unchanged = matches!(&*self.manifest.borrow(), Loaded::Done(Some(p)) if p.same_as(&entries));
+        if unchanged {
+            tracing::debug!(entries = entries.len(), "prefetch manifest unchanged");
+            return;
+        }
+        let blob = Bytes::from(mapping::encode_manifest(&entries));
+        let digest = DigestFunction::Sha256.digest_of(&blob);
+        let stored = if digest.size <= client::BATCH_BLOB_MAX {
+            shared.client.batch_upload(&[(digest, blob)]).await
+        } else {
+            shared.client.write_bytes(&digest, blob).await
+        };
+        let result = mapping::action_result(MANIFEST_PATH, &digest, now_nanos());
+        let stored = match stored {
+            Ok(()) => shared.client.update_action_result(&key, result).await,
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) => tracing::debug!(entries = entries.len(), %digest, "stored prefetch manifest"),
+            Err(e) => shared.failed("storing the prefetch manifest", &e),
+        }
+    }
+}
+
+/// The prefetch task: the manifest, then its outputs.
+async fn run(shared: Arc<Shared>, key: Digest, tx: watch::Sender<Loaded>) {
+    let started = Instant::now();
+    let plan = load(&shared, &key).await.map(Arc::new);
+    let _ = tx.send(Loaded::Done(plan.clone()));
+    let Some(plan) = plan else { return };
+    let (s, p) = (shared.clone(), plan.clone());
+    let wanted = tokio::task::spawn_blocking(move || sort_out(&s.local, &p.order))
+        .await
+        .unwrap_or_default();
+    let (count, bytes) = (wanted.len(), wanted.iter().map(|w| w.size).sum::<u64>());
+    let calls = group(wanted).into_iter().map(|g| fetch_group(&shared, g));
+    let mut calls = futures::stream::iter(calls).buffer_unordered(CONCURRENCY);
+    let mut complete = true;
+    while let Some(ok) = calls.next().await {
+        if !ok {
+            complete = false;
+            break; // the remote is failing: leave the rest to go's own gets
+        }
+    }
+    tracing::debug!(
+        entries = plan.order.len(),
+        outputs = count,
+        bytes,
+        complete,
+        elapsed = ?started.elapsed(),
+        "prefetch done"
+    );
+}
+
+/// Fetches and parses the manifest; `None` if there is none (or trouble).
+async fn load(shared: &Shared, key: &Digest) -> Option<Plan> {
+    let what = "GetActionResult (prefetch manifest)";
+    let deadline = Instant::now() + shared.timeout;
+    let result = match timeout_at(deadline, shared.client.get_action_result(key)).await {
+        Ok(Ok(r)) => {
+            shared.health.ok();
+            r?
+        }
+        Ok(Err(e)) => {
+            shared.failed(what, &e);
+            return None;
+        }
+        Err(_) => {
+            shared.timed_out(what);
+            return None;
+        }
+    };
+    let (digest, _) = mapping::read_result(&result, MANIFEST_PATH, 0)?;
+    if digest.size > MAX_MANIFEST_BYTES {
+        return None;
+    }
+    let read = async {
+        if digest.size <= client::BATCH_BLOB_MAX {
+            return Ok(shared.client.batch_read(&[digest]).await?.pop().flatten());
+        }
+        let local_err = |source| ClientError::Io {
+            context: "reading the prefetch manifest".into(),
+            source,
+        };
+        let mut temp = shared.local.temp_file().map_err(local_err)?;
+        drop(temp.take_file());
+        if !shared.client.read_to_file(&digest, temp.path()).await? {
+            return Ok(None);
+        }
+        std::fs::read(temp.path())
+            .map(|d| Some(Bytes::from(d)))
+            .map_err(local_err)
+    };
+    let data = match timeout_at(deadline + download_allowance(digest.size), read).await {
+        Ok(Ok(data)) => data?,
+        Ok(Err(e)) => {
+            shared.failed("reading the prefetch manifest", &e);
+            return None;
+        }
+        Err(_) => {
+            shared.timed_out("reading the prefetch manifest");
+            return None;
+        }
+    };
+    match mapping::decode_manifest(&data) {
+        Some(entries) => Some(Plan::new(entries)),
+        None => {
+            tracing::debug!(%digest, "ignoring a malformed prefetch manifest");
+            None
+        }
+    }
+}
+
+/// An output to fetch, and the entries that name it.
+#[derive(Debug)]
+struct Wanted {
+    output: OutputId,
+    size: u64,
+    actions: Vec<(ActionId, i64)>,
+}
+
+/// Links the manifest's entries whose outputs are already local, and lists
+/// the outputs to fetch, in first-use order. One or two `stat`s per entry.
+fn sort_out(local: &LocalStore, order: &[(ActionId, RemoteEntry)]) -> Vec<Wanted> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut index: HashMap<OutputId, usize> = HashMap::new();
+    for (action, e) in order {
+        if e.size > local.max_size() || local.has_action(action) {
+            continue;
+        }
+        if let Some(&i) = index.get(&e.output) {
+            wanted[i].actions.push((*action, e.time_nanos));
+        } else if e.size == 0 && e.output == OutputId::EMPTY {
+            // Nothing to fetch: every CAS holds the empty blob implicitly.
+            if local.install_bytes(&e.output, b"").is_ok() {
+                let _ = local.link(action, &e.output, 0, e.time_nanos);
+            }
+        } else if local.has_object(&e.output, e.size) {
+            let _ = local.link(action, &e.output, e.size, e.time_nanos);
+        } else {
+            index.insert(e.output, wanted.len());
+            wanted.push(Wanted {
+                output: e.output,
+                size: e.size,
+                actions: vec![(*action, e.time_nanos)],
+            });
+        }
+    }
+    wanted
+}
+
+/// Splits the outputs into calls: small ones together up to [`BATCH_BYTES`],
+/// large ones alone, keeping the order.
+fn group(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
+    let mut groups = Vec::new();
+    let mut small: Vec<Wanted> = Vec::new();
+    let mut small_bytes = 0;
+    for w in wanted {
+        if w.size > client::BATCH_BLOB_MAX {
+            groups.push(vec![w]);
+            continue;
+        }
+        if !small.is_empty() && small_bytes + w.size > BATCH_BYTES {
+            groups.push(std::mem::take(&mut small));
+            small_bytes = 0;
+        }
+        small_bytes += w.size;
+        small.push(w);
+    }
+    if !small.is_empty() {
+        groups.push(small);
+    }
+    groups
+}
+
+/// Fetches one group's outputs (those no get is fetching already) and
+/// commits them with their entries. False if the remote failed.
+async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
+    let local = &shared.local;
+    let mut claims = Vec::new();
+    let mut mine = Vec::new();
+    for w in group {
+        let Ok(claim) = shared.downloads.claim(w.output) else {
+            continue; // a get is on it; go's gets link the other entries
+        };
+        if local.has_object(&w.output, w.size) {
+            link_all(local, &w);
+        } else {
+            claims.push(claim);
+            mine.push(w);
+        }
+    }
+    if mine.is_empty() {
+        return true;
+    }
+    if !shared.health.usable() {
+        return false;
+    }
+    let bytes: u64 = mine.iter().map(|w| w.size).sum();
+    let deadline = Instant::now() + shared.timeout.max(MIN_CALL_TIMEOUT) + download_allowance(bytes);
+    let fetched = fetch_outputs(shared, mine, deadline).await;
+    drop(claims); // wakes gets waiting for these outputs
+    match fetched {
+        Ok(()) => {
+            shared.health.ok();
+            true
+        }
+        Err(Some(e)) => {
+            shared.failed("prefetching", &e);
+            !matches!(e, ClientError::Rpc { .. } | ClientError::Connect { .. })
+        }
+        Err(None) => {
+            shared.timed_out("prefetching");
+            false
+        }
+    }
+}
+
+/// Downloads `mine` and commits it. The deadline bounds the network calls,
+/// not the local writes (a slow disk is not the server's fault). `Err(None)`:
+/// timed out.
+async fn fetch_outputs(shared: &Shared, mine: Vec<Wanted>, deadline: Instant) -> Result<(), Option<ClientError>> {
+    let local_err = |source| {
+        Some(ClientError::Io {
+            context: format!("prefetching into {}", shared.local.root().display()),
+            source,
+        })
+    };
+    if let [w] = mine.as_slice() {
+        if w.size > client::BATCH_BLOB_MAX {
+            let mut temp = shared.local.temp_file().map_err(local_err)?;
+            drop(temp.take_file());
+            let digest = mapping::output_digest(&w.output, w.size);
+            let read = timeout_at(deadline, shared.client.read_to_file(&digest, temp.path())).await;
+            if read.map_err(|_| None)?.map_err(Some)? {
+                shared
+                    .local
+                    .install_object(&w.output, w.size, temp)
+                    .map_err(local_err)?;
+                link_all(&shared.local, w);
+            }
+            return Ok(());
+        }
+    }
+    let digests: Vec<Digest> = mine.iter().map(|w| mapping::output_digest(&w.output, w.size)).collect();
+    let blobs = timeout_at(deadline, shared.client.batch_read(&digests))
+        .await
+        .map_err(|_| None)?
+        .map_err(Some)?;
+    // Many small files and entries: off the async threads.
+    let local = shared.local.clone();
+    tokio::task::spawn_blocking(move || {
+        for (w, blob) in mine.iter().zip(blobs) {
+            if let Some(data) = blob {
+                local.install_bytes(&w.output, &data)?;
+                link_all(&local, w);
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| local_err(std::io::Error::other(e)))?
+    .map_err(local_err)
+}
+
+fn link_all(local: &LocalStore, w: &Wanted) {
+    for (action, time) in &w.actions {
+        let _ = local.link(action, &w.output, w.size, *time);
+    }
+}
+
+/// Records which entries this go command used, in first-use order.
+pub(super) struct Recorder {
+    enabled: bool,
+    inner: Mutex<Recorded>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    order: Vec<ActionId>,
+    /// `None` until the entry is known (a get that missed, until its put).
+    entries: HashMap<ActionId, Option<RemoteEntry>>,
+}
+
+impl Recorder {
+    fn new(enabled: bool) -> Recorder {
+        Recorder {
+            enabled,
+            inner: Mutex::new(Recorded::default()),
+        }
+    }
+
+    /// go asked for `action`.
+    pub fn asked(&self, action: &ActionId) {
+        self.note(action, None);
+    }
+
+    /// `action` has `entry` (a hit, or a put).
+    pub fn known(&self, action: &ActionId, entry: &Entry) {
+        self.note(action, Some(remote_entry(entry)));
+    }
+
+    fn note(&self, action: &ActionId, entry: Option<RemoteEntry>) {
+        if !self.enabled {
+            return;
+        }
+        let mut r = lock(&self.inner);
+        let Recorded { order, entries } = &mut *r;
+        match entries.get_mut(action) {
+            Some(slot) => {
+                if entry.is_some() {
+                    *slot = entry;
+                }
+            }
+            None if order.len() < MANIFEST_MAX_ENTRIES => {
+                order.push(*action);
+                entries.insert(*action, entry);
+            }
+            None => {}
+        }
+    }
+
+    /// The known entries, in first-use order.
+    pub fn snapshot(&self) -> Vec<(ActionId, RemoteEntry)> {
+        let r = lock(&self.inner);
+        r.order
+            .iter()
+            .filter_map(|a| r.entries.get(a).copied().flatten().map(|e| (*a, e)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "prefetch_tests.rs"]
+mod tests;

@@ -1,0 +1,124 @@
+//! The prefetch bookkeeping, without a server: what gets recorded, what
+//! needs fetching, and how it is grouped into calls.
+
+use super::*;
+
+fn aid(n: u8) -> ActionId {
+    ActionId([n; 32])
+}
+
+fn entry_of(data: &[u8], time: i64) -> RemoteEntry {
+    RemoteEntry {
+        output: OutputId::of(data),
+        size: data.len() as u64,
+        time_nanos: time,
+    }
+}
+
+fn local_entry(e: &RemoteEntry) -> Entry {
+    Entry {
+        output: e.output,
+        size: e.size,
+        time_nanos: e.time_nanos,
+        path: "/x".into(),
+    }
+}
+
+#[test]
+fn recorder_keeps_first_use_order_and_known_entries_only() {
+    let r = Recorder::new(true);
+    let (a, b) = (entry_of(b"a", 1), entry_of(b"b", 2));
+    r.asked(&aid(3)); // a miss never put: left out
+    r.asked(&aid(1));
+    r.known(&aid(2), &local_entry(&b)); // a put without a get
+    r.known(&aid(1), &local_entry(&a)); // the miss's put
+    r.asked(&aid(1)); // asked again: keeps its place and entry
+    assert_eq!(r.snapshot(), vec![(aid(1), a), (aid(2), b)]);
+
+    let off = Recorder::new(false);
+    off.known(&aid(1), &local_entry(&a));
+    assert!(off.snapshot().is_empty());
+}
+
+#[test]
+fn plan_comparison_looks_at_actions_and_outputs() {
+    let (a, b) = (entry_of(b"a", 1), entry_of(b"b", 2));
+    let plan = Plan::new(vec![(aid(1), a), (aid(2), b)]);
+    assert!(plan.same_as(&[(aid(2), b), (aid(1), a)]), "order does not matter");
+    assert!(!plan.same_as(&[(aid(1), a)]));
+    assert!(!plan.same_as(&[(aid(1), a), (aid(2), b), (aid(3), b)]));
+    assert!(!plan.same_as(&[(aid(1), a), (aid(2), a)]), "another output");
+    let retimed = RemoteEntry { time_nanos: 9, ..a };
+    assert!(
+        plan.same_as(&[(aid(1), retimed), (aid(2), b)]),
+        "time alone is not a change"
+    );
+}
+
+#[test]
+fn sort_out_links_what_is_local_and_lists_the_rest_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalStore::open(dir.path(), 1 << 30).unwrap();
+    let here = b"already here".as_slice();
+    let known = entry_of(here, 5);
+    local.put_bytes(&aid(50), here).unwrap(); // the output is local, under another action
+    local.put_bytes(&aid(1), b"mine already").unwrap();
+    let shared = entry_of(b"shared output", 7);
+    let other = entry_of(b"other", 8);
+    let huge = RemoteEntry {
+        size: 2 << 30,
+        ..entry_of(b"huge", 9)
+    };
+    let order = vec![
+        (aid(1), entry_of(b"something else", 1)), // local entry wins
+        (aid(2), known),                          // output local: linked now
+        (aid(3), shared),
+        (aid(4), other),
+        (aid(5), shared), // same output as aid(3): one download, two entries
+        (aid(6), huge),   // bigger than the whole local cache: skipped
+    ];
+    let wanted = sort_out(&local, &order);
+    let got: Vec<(OutputId, Vec<ActionId>)> = wanted
+        .iter()
+        .map(|w| (w.output, w.actions.iter().map(|(a, _)| *a).collect()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(shared.output, vec![aid(3), aid(5)]), (other.output, vec![aid(4)])]
+    );
+    let linked = local.get(&aid(2)).unwrap().expect("linked");
+    assert_eq!(
+        (linked.output, linked.time_nanos),
+        (known.output, 5),
+        "keeps the remote time"
+    );
+    assert_eq!(
+        local.get(&aid(1)).unwrap().unwrap().output,
+        OutputId::of(b"mine already")
+    );
+}
+
+#[test]
+fn groups_batch_small_outputs_and_send_large_ones_alone() {
+    let w = |n: u8, size: u64| Wanted {
+        output: OutputId([n; 32]),
+        size,
+        actions: Vec::new(),
+    };
+    let (max, big) = (client::BATCH_BLOB_MAX, client::BATCH_BLOB_MAX + 1);
+    assert_eq!(2 * max, BATCH_BYTES);
+    let groups = group(vec![
+        w(1, max),
+        w(2, max),
+        w(3, big),
+        w(4, 10),
+        w(5, 20),
+        w(6, max - 30),
+    ]);
+    let ids: Vec<Vec<u8>> = groups
+        .iter()
+        .map(|g| g.iter().map(|w| w.output.0[0]).collect())
+        .collect();
+    // A large output goes out when it is reached, ahead of a part-filled batch.
+    assert_eq!(ids, vec![vec![3], vec![1, 2], vec![4, 5, 6]]);
+}

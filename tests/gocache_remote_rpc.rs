@@ -1,0 +1,439 @@
+//! The remote tier without Go: `cairn::gocache::serve` driven over in-memory
+//! pipes exactly as go drives it, against the in-process server (and against
+//! servers that are down, silent, or serve corrupt data). Two "machines" are
+//! two local dirs sharing one server.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use cairn::client::Client;
+use cairn::gocache::local::LocalStore;
+use cairn::gocache::mapping;
+use cairn::gocache::protocol::{ActionId, OutputId};
+use cairn::gocache::remote::RemoteConfig;
+use cairn::gocache::{serve, Background, Error, GoCacheConfig};
+use cairn::proto::reapi;
+use common::TestServer;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines};
+use tokio::task::JoinHandle;
+
+/// Bound on anything that should be quick; a hang fails the test.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn aid(n: u32) -> ActionId {
+    let mut a = [0u8; 32];
+    a[..4].copy_from_slice(&n.to_be_bytes());
+    a[31] = 0x60; // keep these apart from other tests' IDs on a shared server
+    ActionId(a)
+}
+
+fn remote(url: &str, key: &str) -> RemoteConfig {
+    RemoteConfig {
+        url: url.to_string(),
+        instance: String::new(),
+        timeout: Duration::from_secs(2),
+        prefetch: true,
+        prefetch_key: Some(key.to_string()),
+        wait_for_uploads: false,
+    }
+}
+
+fn config(dir: &Path, remote: RemoteConfig) -> GoCacheConfig {
+    GoCacheConfig {
+        dir: dir.to_path_buf(),
+        max_local_size: 1 << 30,
+        remote: Some(remote),
+        finish_timeout: Duration::from_secs(10),
+    }
+}
+
+/// go's side of one session, one request at a time.
+struct Go {
+    stdin: Option<DuplexStream>,
+    stdout: Lines<BufReader<DuplexStream>>,
+    server: JoinHandle<Result<Background, Error>>,
+    next_id: i64,
+}
+
+impl Go {
+    async fn start(config: GoCacheConfig) -> Go {
+        let (stdin, their_in) = tokio::io::duplex(1 << 20);
+        let (their_out, stdout) = tokio::io::duplex(1 << 20);
+        let mut go = Go {
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout).lines(),
+            server: tokio::spawn(serve(config, their_in, their_out)),
+            next_id: 1,
+        };
+        assert_eq!(go.recv().await["ID"], 0, "handshake");
+        go
+    }
+
+    async fn recv(&mut self) -> Value {
+        let line = tokio::time::timeout(LIMIT, self.stdout.next_line())
+            .await
+            .expect("reply in time")
+            .unwrap()
+            .expect("a reply, not EOF");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn request(&mut self, wire: String) -> Value {
+        self.stdin.as_mut().unwrap().write_all(wire.as_bytes()).await.unwrap();
+        let reply = self.recv().await;
+        assert_eq!(reply["ID"], self.next_id, "one request at a time");
+        self.next_id += 1;
+        reply
+    }
+
+    async fn put(&mut self, action: ActionId, body: &[u8]) -> Value {
+        let id = self.next_id;
+        let mut w = format!(
+            "{{\"ID\":{id},\"Command\":\"put\",\"ActionID\":\"{}\",\"OutputID\":\"{}\"",
+            action.to_base64(),
+            OutputId::of(body).to_base64()
+        );
+        if body.is_empty() {
+            w.push_str("}\n\n");
+        } else {
+            w.push_str(&format!(
+                ",\"BodySize\":{}}}\n\n\"{}\"\n",
+                body.len(),
+                STANDARD.encode(body)
+            ));
+        }
+        let reply = self.request(w).await;
+        assert!(reply["DiskPath"].is_string(), "put stored: {reply}");
+        reply
+    }
+
+    async fn get(&mut self, action: ActionId) -> Value {
+        let id = self.next_id;
+        self.request(format!(
+            "{{\"ID\":{id},\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n",
+            action.to_base64()
+        ))
+        .await
+    }
+
+    /// Sends close, then finishes the background work within `bound`.
+    async fn close(mut self, bound: Duration) {
+        let id = self.next_id;
+        let reply = self.request(format!("{{\"ID\":{id},\"Command\":\"close\"}}\n\n")).await;
+        assert!(reply.get("Err").is_none(), "{reply}");
+        self.stdin = None;
+        let background = tokio::time::timeout(LIMIT, self.server)
+            .await
+            .expect("serve returns")
+            .unwrap()
+            .expect("serve succeeds");
+        tokio::time::timeout(bound + Duration::from_secs(5), background.finish(bound))
+            .await
+            .expect("finish keeps its bound");
+    }
+}
+
+/// Asserts a get hit whose file holds `body`; returns the reply.
+fn assert_hit(reply: &Value, body: &[u8]) -> PathBuf {
+    assert!(reply.get("Miss").is_none(), "expected a hit: {reply}");
+    assert_eq!(reply["OutputID"], OutputId::of(body).to_base64(), "{reply}");
+    assert_eq!(reply["Size"].as_u64().unwrap_or(0), body.len() as u64, "{reply}");
+    let path = PathBuf::from(reply["DiskPath"].as_str().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), body, "content of {}", path.display());
+    path
+}
+
+fn big_body() -> Vec<u8> {
+    // > 1 MiB: goes through ByteStream both ways.
+    (0..3 * 1024 * 1024 + 17).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn entries_travel_through_the_server() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (small, big) = (b"export data of package a".to_vec(), big_body());
+    let mut r = remote(&server.grpc_url(), "travel");
+    r.prefetch = false; // the plain ActionCache path
+    r.wait_for_uploads = true;
+
+    // Machine A puts, and learns each entry's time from a local get.
+    let mut a = Go::start(config(&tmp.path().join("a"), r.clone())).await;
+    a.put(aid(1), &small).await;
+    a.put(aid(2), &big).await;
+    a.put(aid(3), b"").await;
+    a.put(aid(4), &small).await; // another action, same output
+    let times: Vec<Value> = [a.get(aid(1)).await, a.get(aid(2)).await, a.get(aid(3)).await]
+        .iter()
+        .map(|r| r["Time"].clone())
+        .collect();
+    a.close(Duration::from_secs(10)).await;
+
+    // The server holds the mapping the README documents.
+    let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let result = client
+        .get_action_result(&mapping::action_key(&aid(2)))
+        .await
+        .unwrap()
+        .expect("entry in the ActionCache");
+    let entry = mapping::read_entry(&result, 0).expect("a go entry");
+    assert_eq!((entry.output, entry.size), (OutputId::of(&big), big.len() as u64));
+    assert!(
+        client.find_missing(&[entry.digest()]).await.unwrap().is_empty(),
+        "blob in the CAS"
+    );
+
+    // Machine B (another dir) gets them all, with A's times.
+    let mut b = Go::start(config(&tmp.path().join("b"), r)).await;
+    let hit = b.get(aid(1)).await;
+    let path = assert_hit(&hit, &small);
+    assert!(path.starts_with(tmp.path().join("b")), "served from B's own dir");
+    assert_eq!(hit["Time"], times[0]);
+    assert_eq!(b.get(aid(2)).await["Time"], times[1]);
+    assert_hit(&b.get(aid(2)).await, &big); // now a local hit
+    let empty = b.get(aid(3)).await;
+    assert_eq!(empty["Time"], times[2]);
+    assert_hit(&empty, b"");
+    assert_hit(&b.get(aid(4)).await, &small);
+    assert_eq!(b.get(aid(99)).await["Miss"], true, "unknown action");
+    b.close(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn prefetch_fills_the_local_tier_before_go_asks() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let r = RemoteConfig {
+        wait_for_uploads: true,
+        ..remote(&server.grpc_url(), "prefetch-test")
+    };
+    let bodies: Vec<Vec<u8>> = (0..40u32)
+        .map(|n| format!("output {n} ").repeat(n as usize * 50).into_bytes())
+        .chain([big_body(), Vec::new()])
+        .collect();
+
+    // Machine A: a cold build (gets miss, then puts).
+    let mut a = Go::start(config(&tmp.path().join("a"), r.clone())).await;
+    for (n, body) in bodies.iter().enumerate() {
+        assert_eq!(a.get(aid(n as u32)).await["Miss"], true);
+        a.put(aid(n as u32), body).await;
+    }
+    a.close(Duration::from_secs(10)).await;
+
+    // Machine B: without a single get, the entries arrive.
+    let b_dir = tmp.path().join("b");
+    let b = Go::start(config(&b_dir, r.clone())).await;
+    let local = LocalStore::open(&b_dir, 1 << 30).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    for (n, body) in bodies.iter().enumerate() {
+        loop {
+            if let Some(e) = local.get(&aid(n as u32)).unwrap() {
+                assert_eq!(std::fs::read(&e.path).unwrap(), *body);
+                break;
+            }
+            assert!(Instant::now() < deadline, "entry {n} was not prefetched");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut b = b;
+    for (n, body) in bodies.iter().enumerate() {
+        assert_hit(&b.get(aid(n as u32)).await, body);
+    }
+    b.close(Duration::from_secs(10)).await;
+
+    // Another key sees nothing: machine C starts cold for it.
+    let c_dir = tmp.path().join("c");
+    let mut c = Go::start(config(&c_dir, remote(&server.grpc_url(), "another build"))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(LocalStore::open(&c_dir, 1 << 30)
+        .unwrap()
+        .get(&aid(5))
+        .unwrap()
+        .is_none());
+    assert_hit(&c.get(aid(5)).await, &bodies[5]); // through the ActionCache
+    c.close(Duration::from_secs(10)).await;
+}
+
+/// A port nothing listens on.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn a_server_that_is_down_costs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("grpc://{}", closed_port());
+    let mut go = Go::start(config(tmp.path(), remote(&url, "down"))).await;
+    let started = Instant::now();
+    go.put(aid(1), b"still stored locally").await;
+    assert_hit(&go.get(aid(1)).await, b"still stored locally");
+    for n in 2..50 {
+        assert_eq!(go.get(aid(n)).await["Miss"], true);
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let closing = Instant::now();
+    go.close(Duration::from_secs(10)).await;
+    assert!(
+        closing.elapsed() < Duration::from_secs(3),
+        "uploads to a dead server are dropped at exit, not waited for: {:?}",
+        closing.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_costs_a_bounded_time() {
+    // Accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("grpc://{}", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_millis(300);
+    let r = RemoteConfig {
+        timeout,
+        ..remote(&url, "silent")
+    };
+    let mut go = Go::start(config(tmp.path(), r)).await;
+
+    let first = Instant::now();
+    assert_eq!(go.get(aid(1)).await["Miss"], true);
+    let first = first.elapsed();
+    assert!(first < timeout * 3, "first get: {first:?}");
+    // Now the remote is known to be down: misses are immediate.
+    let rest = Instant::now();
+    for n in 2..200 {
+        assert_eq!(go.get(aid(n)).await["Miss"], true);
+    }
+    go.put(aid(1), b"local").await;
+    assert!(
+        rest.elapsed() < Duration::from_secs(1),
+        "later gets: {:?}",
+        rest.elapsed()
+    );
+    let closing = Instant::now();
+    go.close(Duration::from_secs(2)).await;
+    assert!(closing.elapsed() < Duration::from_secs(4), "{:?}", closing.elapsed());
+    silent.abort();
+}
+
+/// A server whose ActionCache names a blob for every key, and whose CAS
+/// returns the wrong bytes (of the right length) for it.
+mod lying {
+    use super::*;
+    use reapi::action_cache_server::{ActionCache, ActionCacheServer};
+    use reapi::content_addressable_storage_server::{ContentAddressableStorage, ContentAddressableStorageServer};
+    use tonic::{Request, Response, Status};
+
+    pub const GOOD: &[u8] = b"the bytes go put";
+    pub const EVIL: &[u8] = b"the bytes we got";
+
+    pub struct Liar;
+
+    #[tonic::async_trait]
+    impl ActionCache for Liar {
+        async fn get_action_result(
+            &self,
+            _: Request<reapi::GetActionResultRequest>,
+        ) -> Result<Response<reapi::ActionResult>, Status> {
+            let e = mapping::RemoteEntry {
+                output: OutputId::of(GOOD),
+                size: GOOD.len() as u64,
+                time_nanos: 1,
+            };
+            Ok(Response::new(mapping::entry_result(&e)))
+        }
+
+        async fn update_action_result(
+            &self,
+            r: Request<reapi::UpdateActionResultRequest>,
+        ) -> Result<Response<reapi::ActionResult>, Status> {
+            Ok(Response::new(r.into_inner().action_result.unwrap_or_default()))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl ContentAddressableStorage for Liar {
+        async fn find_missing_blobs(
+            &self,
+            _: Request<reapi::FindMissingBlobsRequest>,
+        ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn batch_update_blobs(
+            &self,
+            _: Request<reapi::BatchUpdateBlobsRequest>,
+        ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+            Err(Status::unimplemented("read-only liar"))
+        }
+
+        async fn batch_read_blobs(
+            &self,
+            r: Request<reapi::BatchReadBlobsRequest>,
+        ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+            let responses = r
+                .into_inner()
+                .digests
+                .into_iter()
+                .map(|d| reapi::batch_read_blobs_response::Response {
+                    digest: Some(d),
+                    data: EVIL.to_vec().into(),
+                    ..Default::default()
+                })
+                .collect();
+            Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
+        }
+
+        type GetTreeStream = Pin<Box<dyn futures::Stream<Item = Result<reapi::GetTreeResponse, Status>> + Send>>;
+
+        async fn get_tree(&self, _: Request<reapi::GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+            Err(Status::unimplemented("no trees"))
+        }
+    }
+
+    /// Serves the liar on an ephemeral port; returns its grpc:// URL.
+    pub async fn start() -> (String, JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("grpc://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(ActionCacheServer::new(Liar))
+                .add_service(ContentAddressableStorageServer::new(Liar))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        (url, task)
+    }
+}
+
+#[tokio::test]
+async fn corrupt_remote_data_is_never_handed_to_go() {
+    let (url, liar) = lying::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut go = Go::start(config(tmp.path(), remote(&url, "liar"))).await;
+    for n in 0..3 {
+        assert_eq!(go.get(aid(n)).await["Miss"], true, "corrupt data is a miss");
+    }
+    let local = LocalStore::open(tmp.path(), 1 << 30).unwrap();
+    assert!(!local.has_object(&OutputId::of(lying::GOOD), lying::GOOD.len() as u64));
+    assert!(!local.has_object(&OutputId::of(lying::EVIL), lying::EVIL.len() as u64));
+    // Bad data is not the server being down: a correct put and get still work.
+    go.put(aid(7), lying::GOOD).await;
+    assert_hit(&go.get(aid(7)).await, lying::GOOD);
+    go.close(Duration::from_secs(2)).await;
+    liar.abort();
+}
