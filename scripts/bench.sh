@@ -121,7 +121,7 @@ fi
     echo "- Disk: the data dirs live under $CAIRN_BENCH_TMP ($(df -h "$CAIRN_BENCH_TMP" | awk 'NR==2 {print $1", "$2}'))"
     echo "- Client and server share the same $(nproc) cores, and other jobs (Bazel, Go, rustc) ran on them"
     echo "  during the run: figures are medians of $REPEATS runs for the light workloads and single runs"
-    echo "  for the heavy ones; expect ±20%."
+    echo "  for the heavy ones; expect ±30%."
     echo
     echo "## Commands"
     echo

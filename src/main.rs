@@ -80,6 +80,9 @@ fn main() -> anyhow::Result<()> {
         // Colour codes only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if matches!(cli.command, Command::Serve(_)) {
+        limit_malloc_arenas();
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
@@ -115,6 +118,17 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
         println!("min-age overruns  {}", s.min_age_overruns);
     }
     Ok(())
+}
+
+/// glibc gives each thread that allocates its own malloc arena and keeps freed
+/// memory there; with tokio's blocking pool that grew the server's RSS to
+/// 400+ MB under load (BENCHMARKS.md). Two arenas keep it near the live set.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
