@@ -11,11 +11,7 @@ use tracing_subscriber::EnvFilter;
 use cairn::config::{self, Config};
 
 #[derive(Parser)]
-#[command(
-    name = "cairn",
-    version,
-    about = "A remote build cache for Bazel (REAPI v2) and Go (GOCACHEPROG)"
-)]
+#[command(name = "cairn", version, about = "A remote build cache for Bazel (REAPI v2) and Go (GOCACHEPROG)")]
 struct Cli {
     /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. `cairn=debug`)
     /// [default: info; warn for gocacheprog, whose stderr is Go's, and for bench].
@@ -66,11 +62,8 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::GoCacheProg(_) | Command::Bench(_)) {
-        "warn"
-    } else {
-        "info"
-    };
+    let default_level =
+        if matches!(cli.command, Command::GoCacheProg(_) | Command::Bench(_)) { "warn" } else { "info" };
     let level = cli.log_level.as_deref().unwrap_or(default_level);
     let filter =
         EnvFilter::try_new(level).with_context(|| format!("--log-level {level:?} is not a level or tracing filter"))?;
@@ -103,16 +96,8 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         println!("data dir          {}", dir.display());
-        println!(
-            "CAS               {} blobs, {}",
-            s.cas_count,
-            config::human_size(s.cas_bytes.max(0) as u64)
-        );
-        println!(
-            "ActionCache       {} results, {}",
-            s.ac_count,
-            config::human_size(s.ac_bytes.max(0) as u64)
-        );
+        println!("CAS               {} blobs, {}", s.cas_count, config::human_size(s.cas_bytes.max(0) as u64));
+        println!("ActionCache       {} results, {}", s.ac_count, config::human_size(s.ac_bytes.max(0) as u64));
         println!("AC hits / misses  {} / {}", s.ac_hits, s.ac_misses);
         println!("evictions         {}", s.evictions);
         println!("min-age overruns  {}", s.min_age_overruns);

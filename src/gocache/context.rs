@@ -63,16 +63,8 @@ impl BuildContext {
             },
         };
         let command = parent_args().map(|a| go_subcommand(&a)).unwrap_or_default();
-        let env = KEY_ENV
-            .iter()
-            .filter_map(|&k| std::env::var(k).ok().map(|v| (k, v)))
-            .collect();
-        BuildContext {
-            project,
-            dir,
-            command,
-            env,
-        }
+        let env = KEY_ENV.iter().filter_map(|&k| std::env::var(k).ok().map(|v| (k, v))).collect();
+        BuildContext { project, dir, command, env }
     }
 
     /// The text hashed into the prefetch key: one `name=value` line each.
@@ -114,20 +106,15 @@ pub fn module_path(go_mod: &str) -> Option<String> {
 }
 
 fn relative(dir: &Path, root: &Path) -> String {
-    dir.strip_prefix(root)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    dir.strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// The parent process's arguments, if it is go (Linux only).
 fn parent_args() -> Option<Vec<String>> {
     let ppid = std::os::unix::process::parent_id();
     let raw = std::fs::read(format!("/proc/{ppid}/cmdline")).ok()?;
-    let args: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args: Vec<String> =
+        raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     let prog = Path::new(args.first()?).file_name()?.to_string_lossy().into_owned();
     (prog == "go" || prog == "go.exe").then_some(args)
 }
@@ -154,10 +141,7 @@ mod tests {
     fn module_paths() {
         let cases = [
             ("module example.com/m\n\ngo 1.24\n", Some("example.com/m")),
-            (
-                "// comment\nmodule \"example.com/q\" // trailing\n",
-                Some("example.com/q"),
-            ),
+            ("// comment\nmodule \"example.com/q\" // trailing\n", Some("example.com/q")),
             ("go 1.22\nmodule\texample.com/t\n", Some("example.com/t")),
             ("modulex foo\n", None),
             ("go 1.22\n", None),
@@ -195,27 +179,12 @@ mod tests {
             command: "build".into(),
             env: vec![("GOOS", "linux".into()), ("GOARCH", "amd64".into())],
         };
-        assert_eq!(
-            base.description(),
-            "project=example.com/m\ndir=cmd\ncommand=build\nGOOS=linux\nGOARCH=amd64\n"
-        );
+        assert_eq!(base.description(), "project=example.com/m\ndir=cmd\ncommand=build\nGOOS=linux\nGOARCH=amd64\n");
         let variants = [
-            BuildContext {
-                project: "example.com/n".into(),
-                ..base.clone()
-            },
-            BuildContext {
-                dir: "".into(),
-                ..base.clone()
-            },
-            BuildContext {
-                command: "test".into(),
-                ..base.clone()
-            },
-            BuildContext {
-                env: vec![("GOOS", "darwin".into()), ("GOARCH", "amd64".into())],
-                ..base.clone()
-            },
+            BuildContext { project: "example.com/n".into(), ..base.clone() },
+            BuildContext { dir: "".into(), ..base.clone() },
+            BuildContext { command: "test".into(), ..base.clone() },
+            BuildContext { env: vec![("GOOS", "darwin".into()), ("GOARCH", "amd64".into())], ..base.clone() },
         ];
         for v in variants {
             assert_ne!(v.description(), base.description(), "{v:?}");

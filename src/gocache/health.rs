@@ -39,11 +39,7 @@ struct State {
 
 impl Health {
     pub fn new(url: &str) -> Health {
-        Health {
-            url: url.to_string(),
-            state: Mutex::new(State::default()),
-            warned: AtomicBool::new(false),
-        }
+        Health { url: url.to_string(), state: Mutex::new(State::default()), warned: AtomicBool::new(false) }
     }
 
     /// True unless the remote failed recently.

@@ -163,12 +163,7 @@ impl LocalStore {
                 }
             }
         }
-        Ok(Some(Entry {
-            output,
-            size,
-            time_nanos,
-            path,
-        }))
+        Ok(Some(Entry { output, size, time_nanos, path }))
     }
 
     /// A new empty temp file inside the store (same filesystem, so it can be
@@ -177,11 +172,7 @@ impl LocalStore {
         let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}-{seq}-{}", std::process::id(), now_nanos()));
         let file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile {
-            path,
-            file: Some(file),
-            keep: false,
-        })
+        Ok(TempFile { path, file: Some(file), keep: false })
     }
 
     /// Stores a fully written and verified body: moves `body` to its
@@ -264,12 +255,7 @@ impl LocalStore {
     fn write_meta(&self, action: &ActionId, output: &OutputId, size: u64, time_nanos: i64) -> io::Result<Entry> {
         let meta = format!("v1 {} {} {size} {time_nanos}\n", action.to_hex(), output.to_hex());
         self.write_atomic(&self.action_path(action), meta.as_bytes())?;
-        Ok(Entry {
-            output: *output,
-            size,
-            time_nanos,
-            path: self.object_path(output),
-        })
+        Ok(Entry { output: *output, size, time_nanos, path: self.object_path(output) })
     }
 
     /// Stores `data` under `action`, hashing it here (zero-length puts, and tests).
@@ -294,10 +280,7 @@ impl LocalStore {
     pub fn trim_if_due(&self, cancel: &AtomicBool) -> io::Result<Option<TrimStats>> {
         let stamp = self.root.join("trim.txt");
         if let Ok(mtime) = fs::metadata(&stamp).and_then(|m| m.modified()) {
-            if SystemTime::now()
-                .duration_since(mtime)
-                .is_ok_and(|age| age < TRIM_INTERVAL)
-            {
+            if SystemTime::now().duration_since(mtime).is_ok_and(|age| age < TRIM_INTERVAL) {
                 return Ok(None);
             }
         }
@@ -330,19 +313,13 @@ impl LocalStore {
             }
         }
         for entry in read_dir_if_exists(&self.tmp)? {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| age(t, now) > STALE_TEMP);
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| age(t, now) > STALE_TEMP);
             if old {
                 let _ = fs::remove_file(entry.path());
             }
         }
 
-        let mut stats = TrimStats {
-            before: total,
-            ..TrimStats::default()
-        };
+        let mut stats = TrimStats { before: total, ..TrimStats::default() };
         if total <= self.max_size {
             return Ok(stats);
         }
@@ -438,9 +415,7 @@ fn touch_if_stale(f: &fs::File, mtime: SystemTime, now: SystemTime) {
 
 /// Now, in Unix nanoseconds.
 pub fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 #[cfg(test)]

@@ -30,9 +30,7 @@ fn put_then_get_round_trips() {
     assert_eq!(put.size, 5);
     assert!(put.time_nanos >= before);
     assert!(put.path.is_absolute());
-    assert!(put
-        .path
-        .ends_with(format!("o/{}/{}", &put.output.to_hex()[..2], put.output.to_hex())));
+    assert!(put.path.ends_with(format!("o/{}/{}", &put.output.to_hex()[..2], put.output.to_hex())));
     assert_eq!(fs::read(&put.path).unwrap(), b"hello");
 
     assert_eq!(s.get(&aid(1)).unwrap(), Some(put));
@@ -57,10 +55,7 @@ fn shared_outputs_keep_the_existing_file() {
     let b = s.put_bytes(&aid(2), b"same").unwrap();
     assert_eq!(a.path, b.path);
     // A path handed to go is never replaced, even with identical bytes.
-    assert_eq!(
-        ino,
-        std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b.path).unwrap())
-    );
+    assert_eq!(ino, std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b.path).unwrap()));
     assert!(s.get(&aid(1)).unwrap().is_some() && s.get(&aid(2)).unwrap().is_some());
     assert!(tmp_is_empty(&s));
 }
@@ -130,11 +125,7 @@ fn hits_refresh_stale_mtimes() {
     s.get(&aid(1)).unwrap().unwrap();
     for p in [&e.path, &s.action_path(&aid(1))] {
         let mtime = fs::metadata(p).unwrap().modified().unwrap();
-        assert!(
-            age(mtime, SystemTime::now()) < Duration::from_secs(60),
-            "{}",
-            p.display()
-        );
+        assert!(age(mtime, SystemTime::now()) < Duration::from_secs(60), "{}", p.display());
     }
 }
 

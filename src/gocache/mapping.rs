@@ -80,11 +80,7 @@ impl RemoteEntry {
 /// The digest of the SHA-256 of `data` with its length: a REAPI key whose
 /// preimage is `data` itself.
 fn key_of(data: &[u8]) -> Digest {
-    Digest {
-        function: DigestFunction::Sha256,
-        hash: Sha256::digest(data).into(),
-        size: data.len() as u64,
-    }
+    Digest { function: DigestFunction::Sha256, hash: Sha256::digest(data).into(), size: data.len() as u64 }
 }
 
 /// The ActionCache key of go's `action`.
@@ -105,11 +101,7 @@ pub fn prefetch_key(description: &str) -> Digest {
 
 /// The CAS digest of a go output: the output ID is its SHA-256.
 pub fn output_digest(output: &OutputId, size: u64) -> Digest {
-    Digest {
-        function: DigestFunction::Sha256,
-        hash: output.0,
-        size,
-    }
+    Digest { function: DigestFunction::Sha256, hash: output.0, size }
 }
 
 /// The ActionResult recording one blob (an entry's output, or a manifest)
@@ -161,18 +153,11 @@ pub fn read_result(result: &reapi::ActionResult, path: &str, now_nanos: i64) -> 
 /// Reads an entry's ActionResult.
 pub fn read_entry(result: &reapi::ActionResult, now_nanos: i64) -> Option<RemoteEntry> {
     let (digest, time_nanos) = read_result(result, OUTPUT_PATH, now_nanos)?;
-    Some(RemoteEntry {
-        output: OutputId(digest.hash),
-        size: digest.size,
-        time_nanos,
-    })
+    Some(RemoteEntry { output: OutputId(digest.hash), size: digest.size, time_nanos })
 }
 
 fn timestamp(unix_nanos: i64) -> Timestamp {
-    Timestamp {
-        seconds: unix_nanos.div_euclid(1_000_000_000),
-        nanos: unix_nanos.rem_euclid(1_000_000_000) as i32,
-    }
+    Timestamp { seconds: unix_nanos.div_euclid(1_000_000_000), nanos: unix_nanos.rem_euclid(1_000_000_000) as i32 }
 }
 
 fn from_timestamp(t: &Timestamp) -> Option<i64> {

@@ -18,10 +18,7 @@ fn entry(n: u8) -> RemoteEntry {
 fn action_key_is_the_digest_of_prefix_and_id() {
     let key = action_key(&ActionId([0; 32]));
     // python3: hashlib.sha256(b'cairn-gocache-v1\0' + bytes(32)).hexdigest()
-    assert_eq!(
-        key.hex(),
-        "4d147bc50aba94b40481eb1bbc165d2bb0eb698ff92883c82218dca756386d57"
-    );
+    assert_eq!(key.hex(), "4d147bc50aba94b40481eb1bbc165d2bb0eb698ff92883c82218dca756386d57");
     assert_eq!(key.size, 49);
     assert_eq!(key.function, DigestFunction::Sha256);
     assert_ne!(action_key(&ActionId([1; 32])), key);
@@ -45,14 +42,8 @@ fn keys_cannot_be_serialized_actions() {
 #[test]
 fn prefetch_key_is_the_digest_of_prefix_and_description() {
     let key = prefetch_key("module=example.com/m");
-    assert_eq!(
-        key.hex(),
-        "eeb3a9089761aae0b51ed51ea9a3172b63992f12c5ceb951eded5fef024e12cd"
-    );
-    assert_eq!(
-        key.size as usize,
-        PREFETCH_KEY_PREFIX.len() + "module=example.com/m".len()
-    );
+    assert_eq!(key.hex(), "eeb3a9089761aae0b51ed51ea9a3172b63992f12c5ceb951eded5fef024e12cd");
+    assert_eq!(key.size as usize, PREFETCH_KEY_PREFIX.len() + "module=example.com/m".len());
     assert_ne!(prefetch_key("module=example.com/n"), key);
 }
 
@@ -78,10 +69,7 @@ fn entry_round_trips_through_an_action_result() {
 
 #[test]
 fn times_before_1970_and_missing_times() {
-    let e = RemoteEntry {
-        time_nanos: -1_500_000_000,
-        ..entry(1)
-    };
+    let e = RemoteEntry { time_nanos: -1_500_000_000, ..entry(1) };
     assert_eq!(read_entry(&entry_result(&e), 0), Some(e));
     let mut r = entry_result(&e);
     r.execution_metadata = None;
@@ -94,16 +82,11 @@ fn times_before_1970_and_missing_times() {
 #[test]
 fn foreign_results_are_misses() {
     let good = entry_result(&entry(0xab)); // hex with letters, for the case test
-    let cases: Vec<(&str, Box<dyn Fn(&mut reapi::ActionResult)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut reapi::ActionResult)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("no output", Box::new(|r| r.output_files.clear())),
-        (
-            "two outputs",
-            Box::new(|r| r.output_files.push(r.output_files[0].clone())),
-        ),
-        (
-            "other path",
-            Box::new(|r| r.output_files[0].path = "bazel-out/x".into()),
-        ),
+        ("two outputs", Box::new(|r| r.output_files.push(r.output_files[0].clone()))),
+        ("other path", Box::new(|r| r.output_files[0].path = "bazel-out/x".into())),
         ("no digest", Box::new(|r| r.output_files[0].digest = None)),
         (
             "upper-case hash",
@@ -112,22 +95,10 @@ fn foreign_results_are_misses() {
                 d.hash = d.hash.to_uppercase();
             }),
         ),
-        (
-            "short hash",
-            Box::new(|r| r.output_files[0].digest.as_mut().unwrap().hash.truncate(10)),
-        ),
-        (
-            "negative size",
-            Box::new(|r| r.output_files[0].digest.as_mut().unwrap().size_bytes = -1),
-        ),
-        (
-            "a directory too",
-            Box::new(|r| r.output_directories.push(Default::default())),
-        ),
-        (
-            "a symlink too",
-            Box::new(|r| r.output_symlinks.push(Default::default())),
-        ),
+        ("short hash", Box::new(|r| r.output_files[0].digest.as_mut().unwrap().hash.truncate(10))),
+        ("negative size", Box::new(|r| r.output_files[0].digest.as_mut().unwrap().size_bytes = -1)),
+        ("a directory too", Box::new(|r| r.output_directories.push(Default::default()))),
+        ("a symlink too", Box::new(|r| r.output_symlinks.push(Default::default()))),
     ];
     assert!(read_entry(&good, 0).is_some());
     for (what, edit) in cases {
@@ -158,10 +129,7 @@ fn bad_manifests_are_rejected() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", Vec::new()),
         ("no magic", blob[MANIFEST_MAGIC.len()..].to_vec()),
-        (
-            "other version",
-            [b"cairn-gocache-prefetch-v2\n".as_slice(), &blob[MANIFEST_MAGIC.len()..]].concat(),
-        ),
+        ("other version", [b"cairn-gocache-prefetch-v2\n".as_slice(), &blob[MANIFEST_MAGIC.len()..]].concat()),
         ("partial record", blob[..blob.len() - 1].to_vec()),
         ("extra byte", [blob.as_slice(), b"x"].concat()),
     ];
@@ -172,15 +140,10 @@ fn bad_manifests_are_rejected() {
 
 #[test]
 fn manifests_are_capped() {
-    let many: Vec<(ActionId, RemoteEntry)> = (0..MANIFEST_MAX_ENTRIES + 3)
-        .map(|_| (ActionId([9; 32]), entry(9)))
-        .collect();
+    let many: Vec<(ActionId, RemoteEntry)> =
+        (0..MANIFEST_MAX_ENTRIES + 3).map(|_| (ActionId([9; 32]), entry(9))).collect();
     let blob = encode_manifest(&many);
     assert_eq!(decode_manifest(&blob).map(|m| m.len()), Some(MANIFEST_MAX_ENTRIES));
-    let too_long = [
-        blob.as_slice(),
-        &blob[MANIFEST_MAGIC.len()..MANIFEST_MAGIC.len() + MANIFEST_RECORD],
-    ]
-    .concat();
+    let too_long = [blob.as_slice(), &blob[MANIFEST_MAGIC.len()..MANIFEST_MAGIC.len() + MANIFEST_RECORD]].concat();
     assert_eq!(decode_manifest(&too_long), None);
 }

@@ -168,11 +168,7 @@ impl GoCacheArgs {
         let dir = if dir.is_absolute() {
             dir
         } else {
-            cwd.map_err(|source| Error::Io {
-                context: "finding the current directory".into(),
-                source,
-            })?
-            .join(dir)
+            cwd.map_err(|source| Error::Io { context: "finding the current directory".into(), source })?.join(dir)
         };
         if dir.to_str().is_none() {
             return Err(Error::Config(format!(
@@ -191,12 +187,7 @@ impl GoCacheArgs {
             prefetch_key: self.prefetch_key.filter(|k| !k.is_empty()),
             wait_for_uploads: self.wait_for_uploads,
         });
-        Ok(GoCacheConfig {
-            dir,
-            max_local_size: self.max_local_size,
-            remote,
-            finish_timeout: self.finish_timeout,
-        })
+        Ok(GoCacheConfig { dir, max_local_size: self.max_local_size, remote, finish_timeout: self.finish_timeout })
     }
 }
 
@@ -207,9 +198,7 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?} is not a number with a unit, e.g. 500ms or 2s"))?;
+    let n: f64 = num.parse().map_err(|_| format!("duration {s:?} is not a number with a unit, e.g. 500ms or 2s"))?;
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => n / 1e3,
@@ -270,23 +259,14 @@ where
     // go waits (forever, with no timeout) for this before sending anything.
     let _ = responses.send(Response::handshake()).await;
 
-    let local = LocalStore::open(&config.dir, config.max_local_size).map_err(|source| Error::Io {
-        context: format!("opening local cache dir {}", config.dir.display()),
-        source,
-    })?;
+    let local = LocalStore::open(&config.dir, config.max_local_size)
+        .map_err(|source| Error::Io { context: format!("opening local cache dir {}", config.dir.display()), source })?;
     let local = Arc::new(local);
-    let tiers = Arc::new(Tiers {
-        remote: config.remote.as_ref().and_then(|r| Remote::connect(r, &local)),
-        local,
-    });
+    let tiers = Arc::new(Tiers { remote: config.remote.as_ref().and_then(|r| Remote::connect(r, &local)), local });
     let mut background = Background::start_trim(&tiers);
 
     let mut reader = RequestReader::new(BufReader::with_capacity(READ_BUFFER, input));
-    let mut work = Dispatcher {
-        tasks: JoinSet::new(),
-        slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        responses,
-    };
+    let mut work = Dispatcher { tasks: JoinSet::new(), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), responses };
     let close_id = loop {
         let request = tokio::select! {
             biased;
@@ -298,11 +278,7 @@ where
         match request.command {
             Command::Get { action } => work.spawn(id, get(tiers.clone(), id, action)).await,
             Command::Put { action, output, size } => {
-                let body = if size > 0 {
-                    Some(read_put_body(&mut reader, &tiers.local).await?)
-                } else {
-                    None
-                };
+                let body = if size > 0 { Some(read_put_body(&mut reader, &tiers.local).await?) } else { None };
                 work.spawn(id, put(tiers.clone(), id, action, output, size, body)).await
             }
             Command::Close => break Some(id),
@@ -348,12 +324,7 @@ impl Dispatcher {
     /// Runs `handler` as a task and sends its reply. A panicking handler is
     /// answered with an error, since go would wait forever for a reply.
     async fn spawn(&mut self, id: i64, handler: impl Future<Output = Response> + Send + 'static) {
-        let slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
+        let slot = self.slots.clone().acquire_owned().await.expect("semaphore is never closed");
         let responses = self.responses.clone();
         self.tasks.spawn(async move {
             let response = AssertUnwindSafe(handler).catch_unwind().await.unwrap_or_else(|_| {
@@ -419,29 +390,18 @@ async fn put(
     let local = &tiers.local;
     let stored = match body {
         None if output != OutputId::EMPTY => {
-            return Response::error(
-                id,
-                format!("zero-length put with OutputID {output}, which is not sha256(\"\")"),
-            );
+            return Response::error(id, format!("zero-length put with OutputID {output}, which is not sha256(\"\")"));
         }
         None => local.put_bytes(&action, b""),
         Some(Err(e)) => Err(e),
-        Some(Ok((
-            _,
-            Body {
-                write_error: Some(e), ..
-            },
-        ))) => Err(e),
+        Some(Ok((_, Body { write_error: Some(e), .. }))) => Err(e),
         Some(Ok((_, body))) if body.size != size => {
             return Response::error(id, format!("put body has {} bytes but BodySize is {size}", body.size));
         }
         Some(Ok((_, body))) if body.output != output => {
             return Response::error(
                 id,
-                format!(
-                    "put body has sha256 {} but OutputID is {output}: corrupted on the way",
-                    body.output
-                ),
+                format!("put body has sha256 {} but OutputID is {output}: corrupted on the way", body.output),
             );
         }
         Some(Ok((temp, _))) => local.commit(&action, &output, size, temp),
@@ -485,9 +445,7 @@ async fn read_put_body<R: tokio::io::AsyncBufRead + Unpin>(
 
 fn disk_path(path: &Path) -> Result<String, String> {
     // The root was checked to be UTF-8 and the rest is hex.
-    path.to_str()
-        .map(str::to_owned)
-        .ok_or_else(|| format!("cache path {} is not UTF-8", path.display()))
+    path.to_str().map(str::to_owned).ok_or_else(|| format!("cache path {} is not UTF-8", path.display()))
 }
 
 /// Owns the output: writes replies as they come, flushing whenever the queue
@@ -533,11 +491,7 @@ impl Background {
             Ok(None) => {}
             Err(e) => tracing::warn!("cairn gocacheprog: trimming {}: {e}", local.root().display()),
         });
-        Background {
-            tiers: None,
-            trim: Some(trim),
-            cancel,
-        }
+        Background { tiers: None, trim: Some(trim), cancel }
     }
 
     /// Lets the work finish for at most `bound`, then cancels what is left.

@@ -96,9 +96,7 @@ impl Plan {
     /// True if `entries` are exactly this manifest's (action, output) pairs.
     fn same_as(&self, entries: &[(ActionId, RemoteEntry)]) -> bool {
         entries.len() == self.by_action.len()
-            && entries
-                .iter()
-                .all(|(a, e)| self.by_action.get(a).is_some_and(|p| p.output == e.output))
+            && entries.iter().all(|(a, e)| self.by_action.get(a).is_some_and(|p| p.output == e.output))
     }
 }
 
@@ -107,22 +105,14 @@ impl Plan {
 pub(super) fn start(config: &RemoteConfig, shared: Arc<Shared>) -> (Arc<Prefetch>, Option<JoinHandle<()>>) {
     if !config.prefetch {
         let (_, manifest) = watch::channel(Loaded::Done(None));
-        let off = Prefetch {
-            recorder: Recorder::new(false),
-            key: None,
-            manifest,
-        };
+        let off = Prefetch { recorder: Recorder::new(false), key: None, manifest };
         return (Arc::new(off), None);
     }
     let context = BuildContext::of_this_process(config.prefetch_key.as_deref());
     let key = mapping::prefetch_key(&context.description());
     tracing::debug!(%key, ?context, "prefetch key");
     let (tx, manifest) = watch::channel(Loaded::Pending);
-    let prefetch = Prefetch {
-        recorder: Recorder::new(true),
-        key: Some(key),
-        manifest,
-    };
+    let prefetch = Prefetch { recorder: Recorder::new(true), key: Some(key), manifest };
     (Arc::new(prefetch), Some(tokio::spawn(run(shared, key, tx))))
 }
 
@@ -133,10 +123,7 @@ impl Prefetch {
         self.key?;
         let mut rx = self.manifest.clone();
         let plan = {
-            let loaded = timeout_at(deadline, rx.wait_for(|l| matches!(l, Loaded::Done(_))))
-                .await
-                .ok()?
-                .ok()?;
+            let loaded = timeout_at(deadline, rx.wait_for(|l| matches!(l, Loaded::Done(_)))).await.ok()?.ok()?;
             match &*loaded {
                 Loaded::Done(Some(plan)) => plan.clone(),
                 _ => return None,
@@ -184,9 +171,7 @@ async fn run(shared: Arc<Shared>, key: Digest, tx: watch::Sender<Loaded>) {
     let _ = tx.send(Loaded::Done(plan.clone()));
     let Some(plan) = plan else { return };
     let (s, p) = (shared.clone(), plan.clone());
-    let wanted = tokio::task::spawn_blocking(move || sort_out(&s.local, &p.order))
-        .await
-        .unwrap_or_default();
+    let wanted = tokio::task::spawn_blocking(move || sort_out(&s.local, &p.order)).await.unwrap_or_default();
     let (count, bytes) = (wanted.len(), wanted.iter().map(|w| w.size).sum::<u64>());
     let calls = group(wanted).into_iter().map(|g| fetch_group(&shared, g));
     let mut calls = futures::stream::iter(calls).buffer_unordered(CONCURRENCY);
@@ -233,18 +218,13 @@ async fn load(shared: &Shared, key: &Digest) -> Option<Plan> {
         if digest.size <= client::BATCH_BLOB_MAX {
             return Ok(shared.client.batch_read(&[digest]).await?.pop().flatten());
         }
-        let local_err = |source| ClientError::Io {
-            context: "reading the prefetch manifest".into(),
-            source,
-        };
+        let local_err = |source| ClientError::Io { context: "reading the prefetch manifest".into(), source };
         let mut temp = shared.local.temp_file().map_err(local_err)?;
         drop(temp.take_file());
         if !shared.client.read_to_file(&digest, temp.path()).await? {
             return Ok(None);
         }
-        std::fs::read(temp.path())
-            .map(|d| Some(Bytes::from(d)))
-            .map_err(local_err)
+        std::fs::read(temp.path()).map(|d| Some(Bytes::from(d))).map_err(local_err)
     };
     let data = match timeout_at(deadline + download_allowance(digest.size), read).await {
         Ok(Ok(data)) => data?,
@@ -294,11 +274,7 @@ fn sort_out(local: &LocalStore, order: &[(ActionId, RemoteEntry)]) -> Vec<Wanted
             let _ = local.link(action, &e.output, e.size, e.time_nanos);
         } else {
             index.insert(e.output, wanted.len());
-            wanted.push(Wanted {
-                output: e.output,
-                size: e.size,
-                actions: vec![(*action, e.time_nanos)],
-            });
+            wanted.push(Wanted { output: e.output, size: e.size, actions: vec![(*action, e.time_nanos)] });
         }
     }
     wanted
@@ -376,10 +352,7 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
 /// timed out.
 async fn fetch_outputs(shared: &Shared, mine: Vec<Wanted>, deadline: Instant) -> Result<(), Option<ClientError>> {
     let local_err = |source| {
-        Some(ClientError::Io {
-            context: format!("prefetching into {}", shared.local.root().display()),
-            source,
-        })
+        Some(ClientError::Io { context: format!("prefetching into {}", shared.local.root().display()), source })
     };
     if let [w] = mine.as_slice() {
         if w.size > client::BATCH_BLOB_MAX {
@@ -388,20 +361,14 @@ async fn fetch_outputs(shared: &Shared, mine: Vec<Wanted>, deadline: Instant) ->
             let digest = mapping::output_digest(&w.output, w.size);
             let read = timeout_at(deadline, shared.client.read_to_file(&digest, temp.path())).await;
             if read.map_err(|_| None)?.map_err(Some)? {
-                shared
-                    .local
-                    .install_object(&w.output, w.size, temp)
-                    .map_err(local_err)?;
+                shared.local.install_object(&w.output, w.size, temp).map_err(local_err)?;
                 link_all(&shared.local, w);
             }
             return Ok(());
         }
     }
     let digests: Vec<Digest> = mine.iter().map(|w| mapping::output_digest(&w.output, w.size)).collect();
-    let blobs = timeout_at(deadline, shared.client.batch_read(&digests))
-        .await
-        .map_err(|_| None)?
-        .map_err(Some)?;
+    let blobs = timeout_at(deadline, shared.client.batch_read(&digests)).await.map_err(|_| None)?.map_err(Some)?;
     // Many small files and entries: off the async threads.
     let local = shared.local.clone();
     tokio::task::spawn_blocking(move || {
@@ -439,10 +406,7 @@ struct Recorded {
 
 impl Recorder {
     fn new(enabled: bool) -> Recorder {
-        Recorder {
-            enabled,
-            inner: Mutex::new(Recorded::default()),
-        }
+        Recorder { enabled, inner: Mutex::new(Recorded::default()) }
     }
 
     /// go asked for `action`.
@@ -462,11 +426,8 @@ impl Recorder {
         let mut r = lock(&self.inner);
         let Recorded { order, entries } = &mut *r;
         match entries.get_mut(action) {
-            Some(slot) => {
-                if entry.is_some() {
-                    *slot = entry;
-                }
-            }
+            Some(slot) if entry.is_some() => *slot = entry,
+            Some(_) => {}
             None if order.len() < MANIFEST_MAX_ENTRIES => {
                 order.push(*action);
                 entries.insert(*action, entry);
@@ -478,10 +439,7 @@ impl Recorder {
     /// The known entries, in first-use order.
     pub fn snapshot(&self) -> Vec<(ActionId, RemoteEntry)> {
         let r = lock(&self.inner);
-        r.order
-            .iter()
-            .filter_map(|a| r.entries.get(a).copied().flatten().map(|e| (*a, e)))
-            .collect()
+        r.order.iter().filter_map(|a| r.entries.get(a).copied().flatten().map(|e| (*a, e))).collect()
     }
 }
 

@@ -8,20 +8,11 @@ fn aid(n: u8) -> ActionId {
 }
 
 fn entry_of(data: &[u8], time: i64) -> RemoteEntry {
-    RemoteEntry {
-        output: OutputId::of(data),
-        size: data.len() as u64,
-        time_nanos: time,
-    }
+    RemoteEntry { output: OutputId::of(data), size: data.len() as u64, time_nanos: time }
 }
 
 fn local_entry(e: &RemoteEntry) -> Entry {
-    Entry {
-        output: e.output,
-        size: e.size,
-        time_nanos: e.time_nanos,
-        path: "/x".into(),
-    }
+    Entry { output: e.output, size: e.size, time_nanos: e.time_nanos, path: "/x".into() }
 }
 
 #[test]
@@ -49,10 +40,7 @@ fn plan_comparison_looks_at_actions_and_outputs() {
     assert!(!plan.same_as(&[(aid(1), a), (aid(2), b), (aid(3), b)]));
     assert!(!plan.same_as(&[(aid(1), a), (aid(2), a)]), "another output");
     let retimed = RemoteEntry { time_nanos: 9, ..a };
-    assert!(
-        plan.same_as(&[(aid(1), retimed), (aid(2), b)]),
-        "time alone is not a change"
-    );
+    assert!(plan.same_as(&[(aid(1), retimed), (aid(2), b)]), "time alone is not a change");
 }
 
 #[test]
@@ -65,10 +53,7 @@ fn sort_out_links_what_is_local_and_lists_the_rest_once() {
     local.put_bytes(&aid(1), b"mine already").unwrap();
     let shared = entry_of(b"shared output", 7);
     let other = entry_of(b"other", 8);
-    let huge = RemoteEntry {
-        size: 2 << 30,
-        ..entry_of(b"huge", 9)
-    };
+    let huge = RemoteEntry { size: 2 << 30, ..entry_of(b"huge", 9) };
     let order = vec![
         (aid(1), entry_of(b"something else", 1)), // local entry wins
         (aid(2), known),                          // output local: linked now
@@ -78,47 +63,21 @@ fn sort_out_links_what_is_local_and_lists_the_rest_once() {
         (aid(6), huge),   // bigger than the whole local cache: skipped
     ];
     let wanted = sort_out(&local, &order);
-    let got: Vec<(OutputId, Vec<ActionId>)> = wanted
-        .iter()
-        .map(|w| (w.output, w.actions.iter().map(|(a, _)| *a).collect()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![(shared.output, vec![aid(3), aid(5)]), (other.output, vec![aid(4)])]
-    );
+    let got: Vec<(OutputId, Vec<ActionId>)> =
+        wanted.iter().map(|w| (w.output, w.actions.iter().map(|(a, _)| *a).collect())).collect();
+    assert_eq!(got, vec![(shared.output, vec![aid(3), aid(5)]), (other.output, vec![aid(4)])]);
     let linked = local.get(&aid(2)).unwrap().expect("linked");
-    assert_eq!(
-        (linked.output, linked.time_nanos),
-        (known.output, 5),
-        "keeps the remote time"
-    );
-    assert_eq!(
-        local.get(&aid(1)).unwrap().unwrap().output,
-        OutputId::of(b"mine already")
-    );
+    assert_eq!((linked.output, linked.time_nanos), (known.output, 5), "keeps the remote time");
+    assert_eq!(local.get(&aid(1)).unwrap().unwrap().output, OutputId::of(b"mine already"));
 }
 
 #[test]
 fn groups_batch_small_outputs_and_send_large_ones_alone() {
-    let w = |n: u8, size: u64| Wanted {
-        output: OutputId([n; 32]),
-        size,
-        actions: Vec::new(),
-    };
+    let w = |n: u8, size: u64| Wanted { output: OutputId([n; 32]), size, actions: Vec::new() };
     let (max, big) = (client::BATCH_BLOB_MAX, client::BATCH_BLOB_MAX + 1);
     assert_eq!(2 * max, BATCH_BYTES);
-    let groups = group(vec![
-        w(1, max),
-        w(2, max),
-        w(3, big),
-        w(4, 10),
-        w(5, 20),
-        w(6, max - 30),
-    ]);
-    let ids: Vec<Vec<u8>> = groups
-        .iter()
-        .map(|g| g.iter().map(|w| w.output.0[0]).collect())
-        .collect();
+    let groups = group(vec![w(1, max), w(2, max), w(3, big), w(4, 10), w(5, 20), w(6, max - 30)]);
+    let ids: Vec<Vec<u8>> = groups.iter().map(|g| g.iter().map(|w| w.output.0[0]).collect()).collect();
     // A large output goes out when it is reached, ahead of a part-filled batch.
     assert_eq!(ids, vec![vec![3], vec![1, 2], vec![4, 5, 6]]);
 }

@@ -119,11 +119,7 @@ pub enum Command {
     /// Store `size` bytes whose SHA-256 is `output` under `action`. When
     /// `size > 0` the body follows on the input and must be consumed with
     /// [`RequestReader::read_body`] before the next request is read.
-    Put {
-        action: ActionId,
-        output: OutputId,
-        size: u64,
-    },
+    Put { action: ActionId, output: OutputId, size: u64 },
     /// go is done: reply, then exit.
     Close,
 }
@@ -185,16 +181,11 @@ impl RawRequest {
         let command = match self.command.as_str() {
             "get" => {
                 let action = self.action_id.ok_or_else(|| invalid("get without ActionID".into()))?;
-                Command::Get {
-                    action: ActionId::from_base64("ActionID", &action).map_err(invalid)?,
-                }
+                Command::Get { action: ActionId::from_base64("ActionID", &action).map_err(invalid)? }
             }
             "put" => {
                 let action = self.action_id.ok_or_else(|| invalid("put without ActionID".into()))?;
-                let output = self
-                    .output_id
-                    .or(self.object_id)
-                    .ok_or_else(|| invalid("put without OutputID".into()))?;
+                let output = self.output_id.or(self.object_id).ok_or_else(|| invalid("put without OutputID".into()))?;
                 let size = u64::try_from(self.body_size)
                     .map_err(|_| invalid(format!("negative BodySize {}", self.body_size)))?;
                 Command::Put {
@@ -206,11 +197,7 @@ impl RawRequest {
             "close" => Command::Close,
             // go only sends commands we advertised, so anything else means we
             // are not talking to the go we think we are.
-            other => {
-                return Err(invalid(format!(
-                    "unknown command {other:?}; cairn knows {KNOWN_COMMANDS:?}"
-                )))
-            }
+            other => return Err(invalid(format!("unknown command {other:?}; cairn knows {KNOWN_COMMANDS:?}"))),
         };
         Ok(Request { id, command })
     }
@@ -241,11 +228,7 @@ impl<R: AsyncBufRead + Unpin> RequestReader<R> {
     /// Wraps a buffered reader; give it a large buffer (say 1 MiB), since put
     /// bodies are decoded one buffer-full at a time.
     pub fn new(input: R) -> Self {
-        RequestReader {
-            input,
-            line: Vec::new(),
-            decoded: Vec::new(),
-        }
+        RequestReader { input, line: Vec::new(), decoded: Vec::new() }
     }
 
     /// The next request, or `None` at a clean end of input (go exited or, as
@@ -313,11 +296,7 @@ impl<R: AsyncBufRead + Unpin> RequestReader<R> {
             }
         }
         decoder.finish().map_err(ProtocolError::Body)?;
-        Ok(Body {
-            size,
-            output: OutputId(hasher.finalize().into()),
-            write_error,
-        })
+        Ok(Body { size, output: OutputId(hasher.finalize().into()), write_error })
     }
 
     /// Skips ASCII whitespace (the blank line after each request, newlines,
@@ -437,11 +416,7 @@ pub struct Response {
     pub known_commands: Vec<&'static str>,
     #[serde(rename = "Miss", skip_serializing_if = "is_false")]
     pub miss: bool,
-    #[serde(
-        rename = "OutputID",
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_output_id"
-    )]
+    #[serde(rename = "OutputID", skip_serializing_if = "Option::is_none", serialize_with = "ser_output_id")]
     pub output_id: Option<OutputId>,
     #[serde(rename = "Size", skip_serializing_if = "is_zero")]
     pub size: u64,
@@ -471,19 +446,12 @@ fn ser_output_id<S: Serializer>(id: &Option<OutputId>, s: S) -> Result<S::Ok, S:
 impl Response {
     /// The unprompted first message: ID 0 and the commands we support.
     pub fn handshake() -> Response {
-        Response {
-            known_commands: KNOWN_COMMANDS.to_vec(),
-            ..Response::default()
-        }
+        Response { known_commands: KNOWN_COMMANDS.to_vec(), ..Response::default() }
     }
 
     /// A get that found nothing.
     pub fn miss(id: i64) -> Response {
-        Response {
-            id,
-            miss: true,
-            ..Response::default()
-        }
+        Response { id, miss: true, ..Response::default() }
     }
 
     /// A get hit; `time_nanos` is when the entry was stored (Unix nanoseconds).
@@ -500,28 +468,17 @@ impl Response {
 
     /// A stored put.
     pub fn stored(id: i64, disk_path: String) -> Response {
-        Response {
-            id,
-            disk_path: Some(disk_path),
-            ..Response::default()
-        }
+        Response { id, disk_path: Some(disk_path), ..Response::default() }
     }
 
     /// A plain acknowledgement (the close reply).
     pub fn ok(id: i64) -> Response {
-        Response {
-            id,
-            ..Response::default()
-        }
+        Response { id, ..Response::default() }
     }
 
     /// A failed request.
     pub fn error(id: i64, msg: impl Into<String>) -> Response {
-        Response {
-            id,
-            err: Some(msg.into()),
-            ..Response::default()
-        }
+        Response { id, err: Some(msg.into()), ..Response::default() }
     }
 
     /// The response as one line of JSON, newline included.
@@ -541,12 +498,7 @@ pub fn format_rfc3339(unix_nanos: i64) -> String {
     let days = secs.div_euclid(86_400);
     let day_secs = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", day_secs / 3600, day_secs % 3600 / 60, day_secs % 60)
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard

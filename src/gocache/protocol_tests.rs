@@ -32,10 +32,7 @@ fn put_wire(id: i64, action: ActionId, body: &[u8]) -> String {
 }
 
 fn get_wire(id: i64, action: ActionId) -> String {
-    format!(
-        "{{\"ID\":{id},\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n",
-        action.to_base64()
-    )
+    format!("{{\"ID\":{id},\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n", action.to_base64())
 }
 
 /// A reader over `wire` with a deliberately tiny buffer, so every chunk
@@ -58,20 +55,8 @@ async fn get_then_eof_with_blank_lines() {
     let wire = get_wire(1, aid(7)) + &get_wire(2, aid(8));
     for cap in [1, 3, 64, 8192] {
         let mut r = reader(wire.as_bytes(), cap);
-        assert_eq!(
-            r.next_request().await.unwrap(),
-            Some(Request {
-                id: 1,
-                command: Command::Get { action: aid(7) }
-            })
-        );
-        assert_eq!(
-            r.next_request().await.unwrap(),
-            Some(Request {
-                id: 2,
-                command: Command::Get { action: aid(8) }
-            })
-        );
+        assert_eq!(r.next_request().await.unwrap(), Some(Request { id: 1, command: Command::Get { action: aid(7) } }));
+        assert_eq!(r.next_request().await.unwrap(), Some(Request { id: 2, command: Command::Get { action: aid(8) } }));
         assert_eq!(r.next_request().await.unwrap(), None);
     }
 }
@@ -82,14 +67,7 @@ async fn zero_length_put_has_no_body_size_and_no_body_line() {
     let mut r = reader(wire.as_bytes(), 16);
     assert_eq!(
         r.next_request().await.unwrap(),
-        Some(Request {
-            id: 3,
-            command: Command::Put {
-                action: aid(1),
-                output: OutputId::EMPTY,
-                size: 0
-            }
-        })
+        Some(Request { id: 3, command: Command::Put { action: aid(1), output: OutputId::EMPTY, size: 0 } })
     );
     // The next thing on the wire is the get, not a body.
     assert_eq!(r.next_request().await.unwrap().unwrap().id, 4);
@@ -102,14 +80,7 @@ async fn put_bodies_of_every_padding_and_chunking() {
         let wire = put_wire(9, aid(2), &body);
         for cap in [1, 2, 3, 5, 7, 64, 1 << 20] {
             let (req, got, sink) = read_put_body(&wire, cap).await.unwrap();
-            assert_eq!(
-                req.command,
-                Command::Put {
-                    action: aid(2),
-                    output: OutputId::of(&body),
-                    size: len as u64
-                }
-            );
+            assert_eq!(req.command, Command::Put { action: aid(2), output: OutputId::of(&body), size: len as u64 });
             assert_eq!(got.size, len as u64, "len {len} cap {cap}");
             assert_eq!(got.output, OutputId::of(&body));
             assert!(got.write_error.is_none());
@@ -146,27 +117,16 @@ async fn request_fields_are_read_as_go_writes_them() {
     let cases: Vec<(String, Command)> = vec![
         (r#"{"ID":1,"Command":"close"}"#.to_string(), Command::Close),
         // Unknown fields are ignored, for newer go versions.
-        (
-            format!(r#"{{"ID":1,"Command":"get","ActionID":"{a}","Future":[1,2]}}"#),
-            Command::Get { action: aid(5) },
-        ),
+        (format!(r#"{{"ID":1,"Command":"get","ActionID":"{a}","Future":[1,2]}}"#), Command::Get { action: aid(5) }),
         // Pre-1.24 spelling of OutputID.
         (
             format!(r#"{{"ID":1,"Command":"put","ActionID":"{a}","ObjectID":"{o}","BodySize":1}}"#),
-            Command::Put {
-                action: aid(5),
-                output: OutputId::of(b"x"),
-                size: 1,
-            },
+            Command::Put { action: aid(5), output: OutputId::of(b"x"), size: 1 },
         ),
         // Go 1.24 experimental builds send both.
         (
             format!(r#"{{"ID":1,"Command":"put","ActionID":"{a}","OutputID":"{o}","BodySize":1,"ObjectID":"{o}"}}"#),
-            Command::Put {
-                action: aid(5),
-                output: OutputId::of(b"x"),
-                size: 1,
-            },
+            Command::Put { action: aid(5), output: OutputId::of(b"x"), size: 1 },
         ),
     ];
     for (line, want) in cases {
@@ -184,30 +144,15 @@ async fn malformed_requests_are_fatal_with_a_clear_message() {
         ("not json at all\n\n".into(), "not a valid JSON request"),
         (r#"{"ID":1}"#.to_string() + "\n\n", "not a valid JSON request"),
         (r#"{"Command":"get"}"#.to_string() + "\n\n", "not a valid JSON request"),
-        (
-            r#"{"ID":1,"Command":"get"}"#.to_string() + "\n\n",
-            "get without ActionID",
-        ),
-        (
-            format!("{{\"ID\":1,\"Command\":\"get\",\"ActionID\":\"{short}\"}}\n\n"),
-            "31 bytes, want 32",
-        ),
-        (
-            format!("{{\"ID\":1,\"Command\":\"get\",\"ActionID\":\"{a}!\"}}\n\n"),
-            "not base64",
-        ),
-        (
-            format!("{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{a}\"}}\n\n"),
-            "put without OutputID",
-        ),
+        (r#"{"ID":1,"Command":"get"}"#.to_string() + "\n\n", "get without ActionID"),
+        (format!("{{\"ID\":1,\"Command\":\"get\",\"ActionID\":\"{short}\"}}\n\n"), "31 bytes, want 32"),
+        (format!("{{\"ID\":1,\"Command\":\"get\",\"ActionID\":\"{a}!\"}}\n\n"), "not base64"),
+        (format!("{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{a}\"}}\n\n"), "put without OutputID"),
         (
             format!("{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{a}\",\"OutputID\":\"{a}\",\"BodySize\":-1}}\n\n"),
             "negative BodySize",
         ),
-        (
-            r#"{"ID":1,"Command":"trim"}"#.to_string() + "\n\n",
-            "unknown command \"trim\"",
-        ),
+        (r#"{"ID":1,"Command":"trim"}"#.to_string() + "\n\n", "unknown command \"trim\""),
         ("x".repeat(MAX_REQUEST_LINE + 1), "longer than"),
     ];
     for (wire, want) in cases {
@@ -240,10 +185,7 @@ async fn malformed_bodies_are_fatal() {
             let mut r = reader(wire.as_bytes(), cap);
             r.next_request().await.unwrap();
             let err = r.read_body(None).await.unwrap_err();
-            assert!(
-                err.to_string().contains(want),
-                "{wire:?} cap {cap}: got {err}, want {want}"
-            );
+            assert!(err.to_string().contains(want), "{wire:?} cap {cap}: got {err}, want {want}");
         }
     }
 }
@@ -252,13 +194,7 @@ async fn malformed_bodies_are_fatal() {
 async fn last_request_without_trailing_newline_is_read() {
     let wire = r#"{"ID":7,"Command":"close"}"#;
     let mut r = reader(wire.as_bytes(), 4);
-    assert_eq!(
-        r.next_request().await.unwrap(),
-        Some(Request {
-            id: 7,
-            command: Command::Close
-        })
-    );
+    assert_eq!(r.next_request().await.unwrap(), Some(Request { id: 7, command: Command::Close }));
     assert_eq!(r.next_request().await.unwrap(), None);
 }
 
@@ -295,10 +231,7 @@ fn responses_use_go_field_names_and_omit_empty_ones() {
 #[test]
 fn empty_output_id_is_sha256_of_nothing() {
     assert_eq!(OutputId::EMPTY, OutputId::of(b""));
-    assert_eq!(
-        OutputId::EMPTY.to_base64(),
-        "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
-    );
+    assert_eq!(OutputId::EMPTY.to_base64(), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
 }
 
 #[test]
@@ -315,10 +248,7 @@ fn rfc3339_formatting() {
         (0i64, "1970-01-01T00:00:00.000000000Z"),
         (951_782_400 * 1_000_000_000, "2000-02-29T00:00:00.000000000Z"),
         (1_700_000_000_123_456_789, "2023-11-14T22:13:20.123456789Z"),
-        (
-            4_102_444_799 * 1_000_000_000 + 999_999_999,
-            "2099-12-31T23:59:59.999999999Z",
-        ),
+        (4_102_444_799 * 1_000_000_000 + 999_999_999, "2099-12-31T23:59:59.999999999Z"),
         (-1, "1969-12-31T23:59:59.999999999Z"),
     ];
     for (nanos, want) in cases {

@@ -189,11 +189,7 @@ impl Remote {
     /// on; the server just misses this entry).
     pub fn upload(&self, action: &ActionId, entry: &Entry) {
         self.prefetch.recorder.known(action, entry);
-        let job = upload::Job {
-            action: *action,
-            entry: remote_entry(entry),
-            path: entry.path.clone(),
-        };
+        let job = upload::Job { action: *action, entry: remote_entry(entry), path: entry.path.clone() };
         if let Some(tx) = lock(&self.uploads).as_ref() {
             if tx.try_send(job).is_err() {
                 tracing::debug!(%action, "upload queue full; not uploading this entry");
@@ -224,10 +220,7 @@ impl Remote {
             }
         };
         let manifest = async {
-            if timeout_at(deadline, self.prefetch.store_manifest(&self.shared))
-                .await
-                .is_err()
-            {
+            if timeout_at(deadline, self.prefetch.store_manifest(&self.shared)).await.is_err() {
                 tracing::debug!("storing the prefetch manifest did not finish within {bound:?}");
             }
         };
@@ -329,10 +322,7 @@ impl Shared {
     async fn download(&self, output: &OutputId, size: u64, deadline: Instant) -> Result<bool, Option<ClientError>> {
         let digest = mapping::output_digest(output, size);
         let local_err = |source| {
-            Some(ClientError::Io {
-                context: format!("storing {digest} in {}", self.local.root().display()),
-                source,
-            })
+            Some(ClientError::Io { context: format!("storing {digest} in {}", self.local.root().display()), source })
         };
         if size == 0 {
             // The empty blob: every CAS has it implicitly. (An entry claiming
@@ -386,11 +376,7 @@ pub fn download_allowance(size: u64) -> Duration {
 }
 
 pub(super) fn remote_entry(e: &Entry) -> RemoteEntry {
-    RemoteEntry {
-        output: e.output,
-        size: e.size,
-        time_nanos: e.time_nanos,
-    }
+    RemoteEntry { output: e.output, size: e.size, time_nanos: e.time_nanos }
 }
 
 /// Downloads in progress, by output, so that a get and the prefetcher (or
@@ -418,11 +404,7 @@ impl Downloads {
         }
         let (done, rx) = watch::channel(false);
         active.insert(output, rx);
-        Ok(Claim {
-            active: self.active.clone(),
-            output,
-            done,
-        })
+        Ok(Claim { active: self.active.clone(), output, done })
     }
 }
 
@@ -446,7 +428,7 @@ mod tests {
     async fn a_second_download_waits_for_the_first() {
         let d = Downloads::default();
         let out = OutputId([5; 32]);
-        let claim = d.claim(out).ok().expect("free");
+        let Ok(claim) = d.claim(out) else { panic!("the first claim must be free") };
         let mut busy = d.claim(out).err().expect("taken");
         assert!(d.claim(OutputId([6; 32])).is_ok(), "other outputs are independent");
         assert!(!*busy.borrow());

@@ -43,11 +43,7 @@ impl Go {
         let (stdin, their_in) = tokio::io::duplex(64 * 1024);
         let (their_out, stdout) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(serve(config, their_in, their_out));
-        Go {
-            stdin: Some(stdin),
-            stdout: BufReader::new(stdout).lines(),
-            server,
-        }
+        Go { stdin: Some(stdin), stdout: BufReader::new(stdout).lines(), server }
     }
 
     async fn send(&mut self, wire: &[u8]) {
@@ -55,9 +51,7 @@ impl Go {
     }
 
     async fn recv(&mut self) -> Value {
-        let line = tokio::time::timeout(LIMIT, self.stdout.next_line())
-            .await
-            .expect("reply in time");
+        let line = tokio::time::timeout(LIMIT, self.stdout.next_line()).await.expect("reply in time");
         let line = line.unwrap().expect("a reply line, not EOF");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
     }
@@ -68,26 +62,17 @@ impl Go {
     }
 
     async fn expect_eof(&mut self) {
-        let next = tokio::time::timeout(LIMIT, self.stdout.next_line())
-            .await
-            .expect("EOF in time");
+        let next = tokio::time::timeout(LIMIT, self.stdout.next_line()).await.expect("EOF in time");
         assert_eq!(next.unwrap(), None, "stdout should be closed");
     }
 
     async fn result(self) -> Result<Background, Error> {
-        tokio::time::timeout(LIMIT, self.server)
-            .await
-            .expect("serve returns in time")
-            .unwrap()
+        tokio::time::timeout(LIMIT, self.server).await.expect("serve returns in time").unwrap()
     }
 }
 
 fn get_wire(id: i64, action: ActionId) -> Vec<u8> {
-    format!(
-        "{{\"ID\":{id},\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n",
-        action.to_base64()
-    )
-    .into_bytes()
+    format!("{{\"ID\":{id},\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n", action.to_base64()).into_bytes()
 }
 
 fn put_wire(id: i64, action: ActionId, output: OutputId, body: &[u8]) -> Vec<u8> {
@@ -99,11 +84,7 @@ fn put_wire(id: i64, action: ActionId, output: OutputId, body: &[u8]) -> Vec<u8>
     if body.is_empty() {
         w.push_str("}\n\n");
     } else {
-        w.push_str(&format!(
-            ",\"BodySize\":{}}}\n\n\"{}\"\n",
-            body.len(),
-            STANDARD.encode(body)
-        ));
+        w.push_str(&format!(",\"BodySize\":{}}}\n\n\"{}\"\n", body.len(), STANDARD.encode(body)));
     }
     w.into_bytes()
 }
@@ -116,10 +97,7 @@ fn close_wire(id: i64) -> Vec<u8> {
 async fn handshake_comes_first_unprompted() {
     let dir = tempfile::tempdir().unwrap();
     let mut go = Go::start(config(dir.path()));
-    assert_eq!(
-        go.recv().await,
-        serde_json::json!({"ID": 0, "KnownCommands": ["get", "put", "close"]})
-    );
+    assert_eq!(go.recv().await, serde_json::json!({"ID": 0, "KnownCommands": ["get", "put", "close"]}));
     go.close_stdin();
     go.expect_eof().await;
     go.result().await.unwrap();
@@ -182,10 +160,7 @@ async fn corrupt_bodies_fail_only_their_put() {
     let mut go = Go::start(config(dir.path()));
     go.recv().await;
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (
-            put_wire(1, aid(1), OutputId::of(b"something else"), b"body"),
-            "corrupted on the way",
-        ),
+        (put_wire(1, aid(1), OutputId::of(b"something else"), b"body"), "corrupted on the way"),
         (put_wire(2, aid(2), OutputId::of(b"x"), b""), "not sha256(\"\")"),
         (
             format!(
@@ -207,13 +182,7 @@ async fn corrupt_bodies_fail_only_their_put() {
     // Nothing was stored, and the session goes on.
     go.send(&get_wire(4, aid(1))).await;
     assert_eq!(go.recv().await["Miss"], true);
-    assert!(
-        std::fs::read_dir(dir.path().join("cairn/tmp"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "temp files cleaned up"
-    );
+    assert!(std::fs::read_dir(dir.path().join("cairn/tmp")).unwrap().next().is_none(), "temp files cleaned up");
 }
 
 /// Writes `wire` from another task, as go's goroutines do, while replies are read.
@@ -281,9 +250,7 @@ async fn large_body_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let mut go = Go::start(config(dir.path()));
     go.recv().await;
-    let body: Vec<u8> = (0..20u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let body: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let writer = send_in_background(&mut go, put_wire(1, aid(1), OutputId::of(&body), &body));
     let put = go.recv().await;
     assert!(std::fs::read(put["DiskPath"].as_str().unwrap()).unwrap() == body);
@@ -361,16 +328,12 @@ struct Cli {
 }
 
 fn parse(flags: &[&str]) -> GoCacheArgs {
-    Cli::try_parse_from(std::iter::once("gocacheprog").chain(flags.iter().copied()))
-        .unwrap()
-        .args
+    Cli::try_parse_from(std::iter::once("gocacheprog").chain(flags.iter().copied())).unwrap().args
 }
 
 #[test]
 fn config_defaults_to_a_dir_under_gocache() {
-    let c = parse(&[])
-        .resolve(Some("/home/u/.cache/go-build".into()), Ok("/x".into()))
-        .unwrap();
+    let c = parse(&[]).resolve(Some("/home/u/.cache/go-build".into()), Ok("/x".into())).unwrap();
     assert_eq!(c.dir, PathBuf::from("/home/u/.cache/go-build/cairn"));
     assert_eq!(c.max_local_size, 10 << 30);
     assert_eq!(c.remote, None);
@@ -430,15 +393,11 @@ fn config_errors() {
     assert!(no_gocache.to_string().contains("GOCACHE is not set"), "{no_gocache}");
     let off = parse(&[]).resolve(Some("off".into()), Ok("/".into())).unwrap_err();
     assert!(off.to_string().contains("GOCACHE"), "{off}");
-    assert!(parse(&["--max-local-size", "0"])
-        .resolve(Some("/g".into()), Ok("/".into()))
-        .is_err());
+    assert!(parse(&["--max-local-size", "0"]).resolve(Some("/g".into()), Ok("/".into())).is_err());
     assert!(Cli::try_parse_from(["x", "--max-local-size", "lots"]).is_err());
     assert!(Cli::try_parse_from(["x", "--remote-timeout", "soon"]).is_err());
     // An empty remote means local-only.
-    let c = parse(&["--remote", ""])
-        .resolve(Some("/g".into()), Ok("/".into()))
-        .unwrap();
+    let c = parse(&["--remote", ""]).resolve(Some("/g".into()), Ok("/".into())).unwrap();
     assert_eq!(c.remote, None);
 }
 

@@ -161,11 +161,7 @@ async fn check_capabilities(client: &mut Client, shared: &Shared) -> Option<bool
     if !updates || !hashes {
         tracing::warn!(
             "cairn gocacheprog: the remote cache does not accept {}; using it read-only",
-            if hashes {
-                "ActionCache updates"
-            } else {
-                "SHA-256 digests"
-            }
+            if hashes { "ActionCache updates" } else { "SHA-256 digests" }
         );
         return Some(false);
     }
@@ -225,10 +221,7 @@ async fn upload_round(
         small_bytes += d.size;
         small.last_mut().expect("just pushed").push((d, job.path.clone()));
     }
-    let uploads = small
-        .into_iter()
-        .map(Upload::Batch)
-        .chain(large.into_iter().map(|(d, p)| Upload::Stream(d, p)));
+    let uploads = small.into_iter().map(Upload::Batch).chain(large.into_iter().map(|(d, p)| Upload::Stream(d, p)));
     let mut failed_blobs = HashSet::new();
     let mut failures = 0;
     let mut done = futures::stream::iter(uploads.map(|u| u.run(client, shared))).buffer_unordered(BLOB_CONCURRENCY);
