@@ -2,10 +2,8 @@
 //! protobuf parser), so building cairn needs no protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/build/bazel/remote/execution/v2/remote_execution.proto",
-        "proto/google/bytestream/bytestream.proto",
-    ];
+    let files =
+        ["proto/build/bazel/remote/execution/v2/remote_execution.proto", "proto/google/bytestream/bytestream.proto"];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -19,29 +19,16 @@ async fn round_trips_of_every_size_class() {
     let server = TestServer::start().await;
     let ch = server.channel().await;
     let (mut bs, mut cas) = (bs(&ch), cas(&ch));
-    for (seed, size) in [
-        (0, 0usize),
-        (1, 1000),
-        (2, 256 << 10),
-        (3, (256 << 10) + 1),
-        (4, 1 << 20),
-    ] {
+    for (seed, size) in [(0, 0usize), (1, 1000), (2, 256 << 10), (3, (256 << 10) + 1), (4, 1 << 20)] {
         let data = gen_blob(seed, size);
         let d = sha256(&data);
-        assert_eq!(
-            write(&mut bs, &fresh_upload_name(&d), &data).await.expect("Write"),
-            size as i64,
-            "{size} bytes"
-        );
+        assert_eq!(write(&mut bs, &fresh_upload_name(&d), &data).await.expect("Write"), size as i64, "{size} bytes");
         assert!(is_present(&mut cas, &d).await, "{size} bytes present after Write");
         let back = read(&mut bs, &read_name("", &d), 0, 0).await.expect("Read");
         assert_eq!(back.len(), size);
         assert!(back == data, "{size} bytes read back differ");
     }
-    assert!(
-        dir_entries(&server.data_dir().join("tmp")).is_empty(),
-        "no temp files left behind"
-    );
+    assert!(dir_entries(&server.data_dir().join("tmp")).is_empty(), "no temp files left behind");
 }
 
 /// Instance names prefix resource names; the CAS is shared by all instances,
@@ -53,44 +40,20 @@ async fn instances_and_blake3_resource_names() {
     let mut bs = bs(&ch);
     let data = b"written under an instance".to_vec();
     let d = sha256(&data);
-    assert_eq!(
-        write(&mut bs, &upload_name("team/a", "u1", &d), &data).await.unwrap(),
-        data.len() as i64
-    );
+    assert_eq!(write(&mut bs, &upload_name("team/a", "u1", &d), &data).await.unwrap(), data.len() as i64);
     assert_eq!(read(&mut bs, &read_name("team/a", &d), 0, 0).await.unwrap(), data);
-    assert_eq!(
-        read(&mut bs, &read_name("other", &d), 0, 0).await.unwrap(),
-        data,
-        "CAS is shared across instances"
-    );
+    assert_eq!(read(&mut bs, &read_name("other", &d), 0, 0).await.unwrap(), data, "CAS is shared across instances");
 
     // REAPI 2.3 names with an explicit digest function, trailing metadata allowed on writes.
     let b = blake3(&data);
     let wname = format!("uploads/u2/blobs/blake3/{}/{}/some/metadata", b.hash, b.size_bytes);
     assert_eq!(write(&mut bs, &wname, &data).await.unwrap(), data.len() as i64);
-    assert_eq!(
-        read(&mut bs, &format!("blobs/blake3/{}/{}", b.hash, b.size_bytes), 0, 0)
-            .await
-            .unwrap(),
-        data
-    );
-    assert!(find_missing(&mut cas(&ch), "", BLAKE3, std::slice::from_ref(&b))
-        .await
-        .is_empty());
+    assert_eq!(read(&mut bs, &format!("blobs/blake3/{}/{}", b.hash, b.size_bytes), 0, 0).await.unwrap(), data);
+    assert!(find_missing(&mut cas(&ch), "", BLAKE3, std::slice::from_ref(&b)).await.is_empty());
     // Explicit sha256 segment reads the same blob as the plain name.
-    assert_eq!(
-        read(&mut bs, &format!("blobs/sha256/{}/{}", d.hash, d.size_bytes), 0, 0)
-            .await
-            .unwrap(),
-        data
-    );
+    assert_eq!(read(&mut bs, &format!("blobs/sha256/{}/{}", d.hash, d.size_bytes), 0, 0).await.unwrap(), data);
     // A BLAKE3 hash read as SHA-256 is a different (absent) blob.
-    assert_status(
-        read(&mut bs, &read_name("", &b), 0, 0).await,
-        Code::NotFound,
-        &[&b.hash],
-        "blake3 hash as sha256",
-    );
+    assert_status(read(&mut bs, &read_name("", &b), 0, 0).await, Code::NotFound, &[&b.hash], "blake3 hash as sha256");
 }
 
 /// read_offset / read_limit select a range, for an inline and a file blob;
@@ -121,31 +84,13 @@ async fn ranged_reads() {
             let got = read(&mut bs, &name, offset, limit)
                 .await
                 .unwrap_or_else(|e| panic!("{size}: read {offset}+{limit}: {e:?}"));
-            assert!(
-                got == data[start..end],
-                "{size}: read {offset}+{limit} returned the wrong bytes"
-            );
+            assert!(got == data[start..end], "{size}: read {offset}+{limit} returned the wrong bytes");
         }
         // Out of range: past the end, negative offset, negative limit.
         let past = (n + 1).to_string();
-        assert_status(
-            read(&mut bs, &name, n + 1, 0).await,
-            Code::OutOfRange,
-            &["offset", &past],
-            "offset past end",
-        );
-        assert_status(
-            read(&mut bs, &name, -1, 0).await,
-            Code::OutOfRange,
-            &["read_offset", "-1"],
-            "negative offset",
-        );
-        assert_status(
-            read(&mut bs, &name, 0, -1).await,
-            Code::OutOfRange,
-            &["read_limit", "-1"],
-            "negative limit",
-        );
+        assert_status(read(&mut bs, &name, n + 1, 0).await, Code::OutOfRange, &["offset", &past], "offset past end");
+        assert_status(read(&mut bs, &name, -1, 0).await, Code::OutOfRange, &["read_offset", "-1"], "negative offset");
+        assert_status(read(&mut bs, &name, 0, -1).await, Code::OutOfRange, &["read_limit", "-1"], "negative limit");
     }
 }
 
@@ -155,29 +100,14 @@ async fn read_of_absent_blob_is_not_found() {
     let server = TestServer::start().await;
     let mut bs = bs(&server.channel().await);
     let absent = sha256(b"absent");
-    assert_status(
-        read(&mut bs, &read_name("", &absent), 0, 0).await,
-        Code::NotFound,
-        &[&absent.hash],
-        "absent",
-    );
+    assert_status(read(&mut bs, &read_name("", &absent), 0, 0).await, Code::NotFound, &[&absent.hash], "absent");
     let data = b"stored".to_vec();
     let d = sha256(&data);
     write(&mut bs, &fresh_upload_name(&d), &data).await.unwrap();
     let wrong = digest(&d.hash, d.size_bytes + 1);
-    assert_status(
-        read(&mut bs, &read_name("", &wrong), 0, 0).await,
-        Code::NotFound,
-        &[&d.hash],
-        "wrong size",
-    );
+    assert_status(read(&mut bs, &read_name("", &wrong), 0, 0).await, Code::NotFound, &[&d.hash], "wrong size");
     // The empty blob is always readable.
-    assert_eq!(
-        read(&mut bs, &read_name("", &digest(EMPTY_SHA256, 0)), 0, 0)
-            .await
-            .unwrap(),
-        Vec::<u8>::new()
-    );
+    assert_eq!(read(&mut bs, &read_name("", &digest(EMPTY_SHA256, 0)), 0, 0).await.unwrap(), Vec::<u8>::new());
 }
 
 /// Malformed resource names are INVALID_ARGUMENT for Read, Write and
@@ -210,58 +140,19 @@ async fn malformed_resource_names_are_rejected() {
         (format!("things/{h}/{s}"), "blobs"),
     ];
     for (part, needle) in &blob_parts {
-        assert_status(
-            read(&mut bs, part, 0, 0).await,
-            Code::InvalidArgument,
-            &[needle],
-            &format!("read {part}"),
-        );
+        assert_status(read(&mut bs, part, 0, 0).await, Code::InvalidArgument, &[needle], &format!("read {part}"));
         let wname = format!("uploads/u/{part}");
-        assert_status(
-            write(&mut bs, &wname, &data).await,
-            Code::InvalidArgument,
-            &[needle],
-            &format!("write {wname}"),
-        );
-        assert_status(
-            query(&mut bs, &wname).await,
-            Code::InvalidArgument,
-            &[needle],
-            &format!("query {wname}"),
-        );
+        assert_status(write(&mut bs, &wname, &data).await, Code::InvalidArgument, &[needle], &format!("write {wname}"));
+        assert_status(query(&mut bs, &wname).await, Code::InvalidArgument, &[needle], &format!("query {wname}"));
     }
 
     // Instance names: path traversal, empty and reserved segments.
-    for instance in [
-        "../../etc",
-        "..",
-        "a//b",
-        "a/./b",
-        "/abs",
-        "trail/",
-        "actionResults",
-        "operations",
-    ] {
+    for instance in ["../../etc", "..", "a//b", "a/./b", "/abs", "trail/", "actionResults", "operations"] {
         let rname = read_name(instance, &d);
-        assert_status(
-            read(&mut bs, &rname, 0, 0).await,
-            Code::InvalidArgument,
-            &["instance name", instance],
-            &rname,
-        );
+        assert_status(read(&mut bs, &rname, 0, 0).await, Code::InvalidArgument, &["instance name", instance], &rname);
         let wname = upload_name(instance, "u", &d);
-        assert_status(
-            write(&mut bs, &wname, &data).await,
-            Code::InvalidArgument,
-            &["instance name", instance],
-            &wname,
-        );
-        assert_status(
-            query(&mut bs, &wname).await,
-            Code::InvalidArgument,
-            &["instance name", instance],
-            &wname,
-        );
+        assert_status(write(&mut bs, &wname, &data).await, Code::InvalidArgument, &["instance name", instance], &wname);
+        assert_status(query(&mut bs, &wname).await, Code::InvalidArgument, &["instance name", instance], &wname);
     }
 
     // Names of the wrong kind or shape for the call.
@@ -283,42 +174,19 @@ async fn malformed_resource_names_are_rejected() {
     for (call, name, needle) in cases {
         let what = format!("{call} {name:?}");
         match call {
-            "read" => drop(assert_status(
-                read(&mut bs, &name, 0, 0).await,
-                Code::InvalidArgument,
-                &[needle],
-                &what,
-            )),
-            "write" => drop(assert_status(
-                write(&mut bs, &name, &data).await,
-                Code::InvalidArgument,
-                &[needle],
-                &what,
-            )),
-            _ => drop(assert_status(
-                query(&mut bs, &name).await,
-                Code::InvalidArgument,
-                &[needle],
-                &what,
-            )),
+            "read" => drop(assert_status(read(&mut bs, &name, 0, 0).await, Code::InvalidArgument, &[needle], &what)),
+            "write" => drop(assert_status(write(&mut bs, &name, &data).await, Code::InvalidArgument, &[needle], &what)),
+            _ => drop(assert_status(query(&mut bs, &name).await, Code::InvalidArgument, &[needle], &what)),
         }
     }
 
     // Nothing was stored, and the server still serves a good write.
     assert!(!is_present(&mut cas(&server.channel().await), &d).await);
-    assert_eq!(
-        write(&mut bs, &fresh_upload_name(&d), &data).await.unwrap(),
-        data.len() as i64
-    );
+    assert_eq!(write(&mut bs, &fresh_upload_name(&d), &data).await.unwrap(), data.len() as i64);
 }
 
 fn req(name: &str, offset: i64, data: &[u8], finish: bool) -> WriteRequest {
-    WriteRequest {
-        resource_name: name.into(),
-        write_offset: offset,
-        finish_write: finish,
-        data: data.to_vec().into(),
-    }
+    WriteRequest { resource_name: name.into(), write_offset: offset, finish_write: finish, data: data.to_vec().into() }
 }
 
 /// Writes whose bytes don't match their name are INVALID_ARGUMENT, naming the
@@ -397,19 +265,11 @@ async fn bad_writes_are_rejected_and_store_nothing() {
                 vec![req(&n(&d_restart), 4, &g(12)[4..], true)],
                 vec!["write_offset 4".into()],
             ),
-            (
-                "negative offset",
-                d_neg.clone(),
-                vec![req(&n(&d_neg), -1, &g(13), true)],
-                vec!["write_offset -1".into()],
-            ),
+            ("negative offset", d_neg.clone(), vec![req(&n(&d_neg), -1, &g(13), true)], vec!["write_offset -1".into()]),
             (
                 "name changes mid-stream",
                 d_rename.clone(),
-                vec![
-                    req(&n(&d_rename), 0, &g(14)[..4], false),
-                    req(&n(&d_rename), 4, &g(14)[4..], true),
-                ],
+                vec![req(&n(&d_rename), 0, &g(14)[..4], false), req(&n(&d_rename), 4, &g(14)[4..], true)],
                 vec!["changed mid-stream".into()],
             ),
         ]
@@ -418,31 +278,15 @@ async fn bad_writes_are_rejected_and_store_nothing() {
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
         assert_status(send(&mut bs, reqs).await, Code::InvalidArgument, &needles, what);
         assert!(!is_present(&mut cas, &declared).await, "{what}: blob must stay absent");
-        assert_status(
-            read(&mut bs, &read_name("", &declared), 0, 0).await,
-            Code::NotFound,
-            &[],
-            what,
-        );
-        assert!(
-            dir_entries(&server.data_dir().join("tmp")).is_empty(),
-            "{what}: temp file left behind"
-        );
+        assert_status(read(&mut bs, &read_name("", &declared), 0, 0).await, Code::NotFound, &[], what);
+        assert!(dir_entries(&server.data_dir().join("tmp")).is_empty(), "{what}: temp file left behind");
     }
 
     // A stream with no message at all.
-    assert_status(
-        send(&mut bs, vec![]).await,
-        Code::InvalidArgument,
-        &["first message"],
-        "empty stream",
-    );
+    assert_status(send(&mut bs, vec![]).await, Code::InvalidArgument, &["first message"], "empty stream");
 
     // The real contents still upload fine afterwards.
-    assert_eq!(
-        write(&mut bs, &fresh_upload_name(&ds), &small).await.unwrap(),
-        small.len() as i64
-    );
+    assert_eq!(write(&mut bs, &fresh_upload_name(&ds), &small).await.unwrap(), small.len() as i64);
     assert_eq!(read(&mut bs, &read_name("", &ds), 0, 0).await.unwrap(), small);
 }
 
@@ -456,15 +300,11 @@ async fn reupload_completes_early() {
     for size in [100usize, 2 << 20] {
         let data = gen_blob(20 + size as u64, size);
         let d = sha256(&data);
-        write(&mut bs, &fresh_upload_name(&d), &data)
-            .await
-            .expect("first upload");
+        write(&mut bs, &fresh_upload_name(&d), &data).await.expect("first upload");
 
         // Send only the first message and keep the stream open: the reply must still come.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(req(&fresh_upload_name(&d), 0, &data[..64], false))
-            .await
-            .unwrap();
+        tx.send(req(&fresh_upload_name(&d), 0, &data[..64], false)).await.unwrap();
         let call = bs.write(tokio_stream::wrappers::ReceiverStream::new(rx));
         let resp = tokio::time::timeout(std::time::Duration::from_secs(10), call)
             .await
@@ -480,12 +320,7 @@ async fn reupload_completes_early() {
     }
     // Writing the empty blob is also instant.
     let empty = digest(EMPTY_SHA256, 0);
-    assert_eq!(
-        send(&mut bs, vec![req(&fresh_upload_name(&empty), 0, b"", true)])
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(send(&mut bs, vec![req(&fresh_upload_name(&empty), 0, b"", true)]).await.unwrap(), 0);
 }
 
 /// QueryWriteStatus: an upload the server never saw is NOT_FOUND, naming it.
@@ -495,8 +330,6 @@ async fn query_write_status_of_unknown_upload() {
     let mut bs = bs(&server.channel().await);
     let name = fresh_upload_name(&sha256(b"never sent"));
     assert_status(query(&mut bs, &name).await, Code::NotFound, &[&name], "unknown upload");
-    let q = query(&mut bs, &fresh_upload_name(&digest(EMPTY_SHA256, 0)))
-        .await
-        .expect("empty blob");
+    let q = query(&mut bs, &fresh_upload_name(&digest(EMPTY_SHA256, 0))).await.expect("empty blob");
     assert!(q.complete, "the empty blob is always complete");
 }

@@ -55,32 +55,20 @@ async fn hundred_mib_round_trip() {
             data: gen_chunk(seed, i as u64, len).into(),
         }
     });
-    let committed = bs
-        .write(requests)
-        .await
-        .expect("100 MiB Write")
-        .into_inner()
-        .committed_size;
+    let committed = bs.write(requests).await.expect("100 MiB Write").into_inner().committed_size;
     assert_eq!(committed, LARGE as i64);
     assert!(is_present(&mut cas(&ch), &d).await);
 
     // Read back, hashing as the chunks arrive.
     let mut stream = bs
-        .read(ReadRequest {
-            resource_name: read_name("", &d),
-            read_offset: 0,
-            read_limit: 0,
-        })
+        .read(ReadRequest { resource_name: read_name("", &d), read_offset: 0, read_limit: 0 })
         .await
         .expect("Read")
         .into_inner();
     let (mut h, mut total) = (sha2::Sha256::new(), 0usize);
     while let Some(msg) = stream.next().await {
         let data = msg.expect("Read chunk").data;
-        assert!(
-            data.len() <= 4 * MIB,
-            "a read message stays under gRPC's default 4 MiB limit"
-        );
+        assert!(data.len() <= 4 * MIB, "a read message stays under gRPC's default 4 MiB limit");
         total += data.len();
         h.update(&data);
     }
@@ -88,15 +76,10 @@ async fn hundred_mib_round_trip() {
     assert_eq!(hex::encode(h.finalize()), d.hash, "100 MiB read back differs");
 
     // A ranged read deep into the file: the last 100 bytes.
-    let tail = read(&mut bs, &read_name("", &d), (LARGE - 100) as i64, 0)
-        .await
-        .expect("tail read");
+    let tail = read(&mut bs, &read_name("", &d), (LARGE - 100) as i64, 0).await.expect("tail read");
     let last_chunk = gen_chunk(seed, (chunks - 1) as u64, LARGE - (chunks - 1) * MIB);
     assert_eq!(tail, last_chunk[last_chunk.len() - 100..]);
-    assert!(
-        dir_entries(&server.data_dir().join("tmp")).is_empty(),
-        "no temp files left behind"
-    );
+    assert!(dir_entries(&server.data_dir().join("tmp")).is_empty(), "no temp files left behind");
 }
 
 /// Eight clients upload the same 3 MiB blob at once under different upload
@@ -140,15 +123,9 @@ async fn concurrent_uploads_of_one_blob() {
     }
     drop(finals);
     let mut bs = bs(&ch);
-    assert!(
-        read(&mut bs, &read_name("", &d), 0, 0).await.unwrap() == *data,
-        "blob reads back intact"
-    );
+    assert!(read(&mut bs, &read_name("", &d), 0, 0).await.unwrap() == *data, "blob reads back intact");
     let leftovers = dir_entries(&server.data_dir().join("tmp"));
-    assert!(
-        leftovers.is_empty(),
-        "temp files of the losing uploads were leaked: {leftovers:?}"
-    );
+    assert!(leftovers.is_empty(), "temp files of the losing uploads were leaked: {leftovers:?}");
 }
 
 /// Starts a Write of `d` under `name`, sends `data` in 1 MiB messages without
@@ -194,45 +171,24 @@ async fn disconnect_mid_write_then_resume() {
     assert!(!q.complete);
     assert_eq!(q.committed_size, sent as i64, "committed_size is the bytes received");
     assert!(!is_present(&mut cas, &d).await, "a partial upload is not in the CAS");
-    assert_status(
-        read(&mut bs, &read_name("", &d), 0, 0).await,
-        Code::NotFound,
-        &[],
-        "partial upload read",
-    );
+    assert_status(read(&mut bs, &read_name("", &d), 0, 0).await, Code::NotFound, &[], "partial upload read");
 
     // Resuming at the wrong offset is refused, naming the offset and what is held...
     for bad in [sent as i64 + 1, 1] {
         let r = send(&mut bs, write_requests(&name, &data[bad as usize..], bad as usize, MIB)).await;
-        assert_status(
-            r,
-            Code::InvalidArgument,
-            &[&format!("write_offset {bad}"), &sent.to_string()],
-            "bad resume",
-        );
+        assert_status(r, Code::InvalidArgument, &[&format!("write_offset {bad}"), &sent.to_string()], "bad resume");
     }
     // ...and keeps the bytes received.
-    assert_eq!(
-        query(&mut bs, &name).await.expect("still parked").committed_size,
-        sent as i64
-    );
+    assert_eq!(query(&mut bs, &name).await.expect("still parked").committed_size, sent as i64);
 
     // Resume from committed_size.
-    let committed = send(&mut bs, write_requests(&name, &data[sent..], sent, MIB))
-        .await
-        .expect("resumed Write");
+    let committed = send(&mut bs, write_requests(&name, &data[sent..], sent, MIB)).await.expect("resumed Write");
     assert_eq!(committed, d.size_bytes);
-    assert!(
-        read(&mut bs, &read_name("", &d), 0, 0).await.unwrap() == data,
-        "resumed blob reads back intact"
-    );
+    assert!(read(&mut bs, &read_name("", &d), 0, 0).await.unwrap() == data, "resumed blob reads back intact");
     let q = query(&mut bs, &name).await.expect("QueryWriteStatus after completion");
     assert!(q.complete);
     assert_eq!(q.committed_size, d.size_bytes);
-    assert!(
-        dir_entries(&server.data_dir().join("tmp")).is_empty(),
-        "no temp files left behind"
-    );
+    assert!(dir_entries(&server.data_dir().join("tmp")).is_empty(), "no temp files left behind");
 }
 
 /// A client that half-closes without finish_write gets committed_size for
@@ -281,38 +237,20 @@ async fn restart_cleans_interrupted_uploads_and_keeps_blobs() {
         assert_eq!(wait_parked(&mut bs, &pname).await.committed_size, (2 * MIB) as i64);
     }
     let tmp = path.join("tmp");
-    assert!(
-        !dir_entries(&tmp).is_empty(),
-        "the interrupted upload holds a temp file before the restart"
-    );
+    assert!(!dir_entries(&tmp).is_empty(), "the interrupted upload holds a temp file before the restart");
     drop(ch);
-    let config = tokio::time::timeout(Duration::from_secs(30), server.stop())
-        .await
-        .expect("graceful stop");
+    let config = tokio::time::timeout(Duration::from_secs(30), server.stop()).await.expect("graceful stop");
 
     let server = TestServer::start_with(config).await;
     let ch = server.channel().await;
     let (mut bs, mut cas) = (bs(&ch), cas(&ch));
     // Serving again (the store reopened) before looking at the disk.
     let missing = find_missing(&mut cas, "", SHA256, &[ds.clone(), dl.clone(), dp.clone()]).await;
-    assert_eq!(
-        missing,
-        vec![dp.clone()],
-        "completed blobs survive, the partial one is absent"
-    );
-    assert!(
-        dir_entries(&tmp).is_empty(),
-        "tmp/ still holds {:?} after the restart",
-        dir_entries(&tmp)
-    );
+    assert_eq!(missing, vec![dp.clone()], "completed blobs survive, the partial one is absent");
+    assert!(dir_entries(&tmp).is_empty(), "tmp/ still holds {:?} after the restart", dir_entries(&tmp));
     assert_eq!(read(&mut bs, &read_name("", &ds), 0, 0).await.unwrap(), small);
     assert!(read(&mut bs, &read_name("", &dl), 0, 0).await.unwrap() == large);
-    assert_status(
-        query(&mut bs, &pname).await,
-        Code::NotFound,
-        &[],
-        "interrupted upload forgotten",
-    );
+    assert_status(query(&mut bs, &pname).await, Code::NotFound, &[], "interrupted upload forgotten");
     // And the blob can be uploaded from scratch.
     assert_eq!(write(&mut bs, &pname, &partial).await.unwrap(), dp.size_bytes);
 }

@@ -23,39 +23,18 @@ async fn capabilities_describe_the_cache() {
     let ch = server.channel().await;
     for instance in ["", "some/instance"] {
         let caps = caps(&ch)
-            .get_capabilities(GetCapabilitiesRequest {
-                instance_name: instance.into(),
-            })
+            .get_capabilities(GetCapabilitiesRequest { instance_name: instance.into() })
             .await
             .expect("GetCapabilities")
             .into_inner();
         let cache = caps.cache_capabilities.as_ref().expect("cache_capabilities");
-        for f in [
-            reapi::digest_function::Value::Sha256,
-            reapi::digest_function::Value::Blake3,
-        ] {
-            assert!(
-                cache.digest_functions.contains(&(f as i32)),
-                "{f:?} missing from {:?}",
-                cache.digest_functions
-            );
+        for f in [reapi::digest_function::Value::Sha256, reapi::digest_function::Value::Blake3] {
+            assert!(cache.digest_functions.contains(&(f as i32)), "{f:?} missing from {:?}", cache.digest_functions);
         }
-        let update = cache
-            .action_cache_update_capabilities
-            .as_ref()
-            .expect("action_cache_update_capabilities");
-        assert!(
-            update.update_enabled,
-            "Bazel refuses a cache whose AC updates are disabled"
-        );
-        assert!(
-            cache.max_batch_total_size_bytes > 0,
-            "max_batch_total_size_bytes must be set"
-        );
-        assert_eq!(
-            cache.max_batch_total_size_bytes as u64,
-            server.config.max_batch_total_size
-        );
+        let update = cache.action_cache_update_capabilities.as_ref().expect("action_cache_update_capabilities");
+        assert!(update.update_enabled, "Bazel refuses a cache whose AC updates are disabled");
+        assert!(cache.max_batch_total_size_bytes > 0, "max_batch_total_size_bytes must be set");
+        assert_eq!(cache.max_batch_total_size_bytes as u64, server.config.max_batch_total_size);
         assert_eq!(semver(caps.low_api_version.as_ref()), (2, 0));
         assert_eq!(semver(caps.high_api_version.as_ref()), (2, 3));
         // A cache, not an executor.
@@ -69,18 +48,11 @@ async fn capabilities_reject_bad_instance_names() {
     let server = TestServer::start().await;
     let ch = server.channel().await;
     for bad in ["../x", "a//b", "blobs", "a/./b", "/lead", "trail/"] {
-        let r = caps(&ch)
-            .get_capabilities(GetCapabilitiesRequest {
-                instance_name: bad.into(),
-            })
-            .await;
+        let r = caps(&ch).get_capabilities(GetCapabilitiesRequest { instance_name: bad.into() }).await;
         assert_status(r, Code::InvalidArgument, &["instance name", bad], bad);
     }
     // Still serving afterwards.
-    caps(&ch)
-        .get_capabilities(GetCapabilitiesRequest::default())
-        .await
-        .expect("good call after bad ones");
+    caps(&ch).get_capabilities(GetCapabilitiesRequest::default()).await.expect("good call after bad ones");
 }
 
 /// grpc.health.v1: the whole server ("") and each REAPI service are SERVING;
@@ -97,19 +69,13 @@ async fn health_reports_serving() {
         "google.bytestream.ByteStream",
     ] {
         let resp = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
+            .check(HealthCheckRequest { service: service.into() })
             .await
             .unwrap_or_else(|e| panic!("Check({service:?}): {e:?}"))
             .into_inner();
         assert_eq!(resp.status, ServingStatus::Serving as i32, "service {service:?}");
     }
-    let r = health
-        .check(HealthCheckRequest {
-            service: "no.such.Service".into(),
-        })
-        .await;
+    let r = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await;
     assert_status(r, Code::NotFound, &[], "unknown service");
 }
 
@@ -123,54 +89,29 @@ async fn server_keeps_serving_after_bad_input() {
     let bad = digest("NOT-A-HASH", -1);
 
     let r = cas(&ch)
-        .find_missing_blobs(reapi::FindMissingBlobsRequest {
-            blob_digests: vec![bad.clone()],
-            ..Default::default()
-        })
+        .find_missing_blobs(reapi::FindMissingBlobsRequest { blob_digests: vec![bad.clone()], ..Default::default() })
         .await;
     assert_status(r, Code::InvalidArgument, &[], "FindMissingBlobs");
-    let r = cas(&ch)
-        .get_tree(reapi::GetTreeRequest {
-            root_digest: Some(bad.clone()),
-            ..Default::default()
-        })
-        .await;
+    let r = cas(&ch).get_tree(reapi::GetTreeRequest { root_digest: Some(bad.clone()), ..Default::default() }).await;
     assert_status(r.map(|_| ()), Code::InvalidArgument, &[], "GetTree");
     let r = ac(&ch)
-        .get_action_result(reapi::GetActionResultRequest {
-            action_digest: Some(bad.clone()),
-            ..Default::default()
-        })
+        .get_action_result(reapi::GetActionResultRequest { action_digest: Some(bad.clone()), ..Default::default() })
         .await;
     assert_status(r, Code::InvalidArgument, &[], "GetActionResult");
-    let r = ac(&ch)
-        .update_action_result(reapi::UpdateActionResultRequest::default())
-        .await;
+    let r = ac(&ch).update_action_result(reapi::UpdateActionResultRequest::default()).await;
     assert_status(r, Code::InvalidArgument, &[], "UpdateActionResult");
-    let r = bs(&ch)
-        .read(ReadRequest {
-            resource_name: "../../etc/passwd".into(),
-            ..Default::default()
-        })
-        .await;
+    let r = bs(&ch).read(ReadRequest { resource_name: "../../etc/passwd".into(), ..Default::default() }).await;
     assert_status(r.map(|_| ()), Code::InvalidArgument, &[], "Read");
-    let r = send(
-        &mut bs(&ch),
-        vec![WriteRequest {
-            resource_name: "uploads/x/blobs/zz/1".into(),
-            ..Default::default()
-        }],
-    )
-    .await;
+    let r =
+        send(&mut bs(&ch), vec![WriteRequest { resource_name: "uploads/x/blobs/zz/1".into(), ..Default::default() }])
+            .await;
     assert_status(r, Code::InvalidArgument, &[], "Write");
 
     // A client that starts a 1 MiB upload and vanishes.
     let data = gen_blob(1, 1 << 20);
     let name = fresh_upload_name(&sha256(&data));
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(write_requests(&name, &data[..4096], 0, 4096).remove(0))
-        .await
-        .unwrap();
+    tx.send(write_requests(&name, &data[..4096], 0, 4096).remove(0)).await.unwrap();
     let mut client = bs(&ch);
     let task = tokio::spawn(async move { client.write(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -179,26 +120,13 @@ async fn server_keeps_serving_after_bad_input() {
 
     // Still healthy, and every service answers a good call.
     let mut health = HealthClient::new(ch.clone());
-    let resp = health
-        .check(HealthCheckRequest { service: String::new() })
-        .await
-        .expect("Check")
-        .into_inner();
+    let resp = health.check(HealthCheckRequest { service: String::new() }).await.expect("Check").into_inner();
     assert_eq!(resp.status, ServingStatus::Serving as i32);
-    caps(&ch)
-        .get_capabilities(GetCapabilitiesRequest::default())
-        .await
-        .expect("GetCapabilities");
+    caps(&ch).get_capabilities(GetCapabilitiesRequest::default()).await.expect("GetCapabilities");
     let d = upload(&mut cas(&ch), &[b"after the storm"]).await.remove(0);
-    assert_eq!(
-        read(&mut bs(&ch), &read_name("", &d), 0, 0).await.expect("Read"),
-        b"after the storm"
-    );
+    assert_eq!(read(&mut bs(&ch), &read_name("", &d), 0, 0).await.expect("Read"), b"after the storm");
     let action = sha256(b"final action");
-    let result = reapi::ActionResult {
-        exit_code: 3,
-        ..Default::default()
-    };
+    let result = reapi::ActionResult { exit_code: 3, ..Default::default() };
     let update = reapi::UpdateActionResultRequest {
         action_digest: Some(action.clone()),
         action_result: Some(result.clone()),
@@ -206,10 +134,7 @@ async fn server_keeps_serving_after_bad_input() {
     };
     ac(&ch).update_action_result(update).await.expect("UpdateActionResult");
     let got = ac(&ch)
-        .get_action_result(reapi::GetActionResultRequest {
-            action_digest: Some(action),
-            ..Default::default()
-        })
+        .get_action_result(reapi::GetActionResultRequest { action_digest: Some(action), ..Default::default() })
         .await
         .expect("GetActionResult");
     assert_eq!(got.into_inner(), result);

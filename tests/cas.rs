@@ -17,19 +17,11 @@ use tonic::Code;
 const HELLO: &[u8] = b"hello, cas";
 
 fn update_req(d: reapi::Digest, data: &[u8]) -> batch_update_blobs_request::Request {
-    batch_update_blobs_request::Request {
-        digest: Some(d),
-        data: data.to_vec().into(),
-        compressor: 0,
-    }
+    batch_update_blobs_request::Request { digest: Some(d), data: data.to_vec().into(), compressor: 0 }
 }
 
 fn find_req(instance: &str, function: i32, digests: Vec<reapi::Digest>) -> FindMissingBlobsRequest {
-    FindMissingBlobsRequest {
-        instance_name: instance.into(),
-        blob_digests: digests,
-        digest_function: function,
-    }
+    FindMissingBlobsRequest { instance_name: instance.into(), blob_digests: digests, digest_function: function }
 }
 
 fn read_req(instance: &str, function: i32, digests: Vec<reapi::Digest>) -> BatchReadBlobsRequest {
@@ -100,21 +92,14 @@ async fn find_missing_rejects_malformed_digests() {
     ];
     for (what, bad, needle) in cases {
         // The bad digest is second, after a good one: the message names its index.
-        let r = cas
-            .find_missing_blobs(find_req("", SHA256, vec![good.clone(), bad]))
-            .await;
+        let r = cas.find_missing_blobs(find_req("", SHA256, vec![good.clone(), bad])).await;
         assert_status(r, Code::InvalidArgument, &["blob_digests[1]", needle], what);
     }
     // BLAKE3 hashes are 64 hex digits too; a SHA-256-length rule is not enough.
-    let r = cas
-        .find_missing_blobs(find_req("", BLAKE3, vec![digest(&h[..40], 5)]))
-        .await;
+    let r = cas.find_missing_blobs(find_req("", BLAKE3, vec![digest(&h[..40], 5)])).await;
     assert_status(r, Code::InvalidArgument, &["40 characters"], "short blake3");
 
-    assert!(
-        !find_missing(&mut cas, "", SHA256, &[good]).await.is_empty(),
-        "still serving"
-    );
+    assert!(!find_missing(&mut cas, "", SHA256, &[good]).await.is_empty(), "still serving");
 }
 
 /// Digest functions the server does not implement are INVALID_ARGUMENT on
@@ -150,17 +135,7 @@ async fn bad_instance_names_are_rejected() {
     let server = TestServer::start().await;
     let mut cas = cas(&server.channel().await);
     let d = sha256(HELLO);
-    for bad in [
-        "../x",
-        "a//b",
-        "blobs",
-        "x/uploads/y",
-        "a/./b",
-        "/lead",
-        "trail/",
-        "..",
-        "compressed-blobs",
-    ] {
+    for bad in ["../x", "a//b", "blobs", "x/uploads/y", "a/./b", "/lead", "trail/", "..", "compressed-blobs"] {
         let r = cas.find_missing_blobs(find_req(bad, SHA256, vec![d.clone()])).await;
         assert_status(r, Code::InvalidArgument, &["instance name", bad], bad);
         let r = cas
@@ -204,19 +179,13 @@ async fn blake3_blobs_round_trip() {
         "sha256 data under blake3",
     );
 
-    assert!(find_missing(&mut cas, "", BLAKE3, std::slice::from_ref(&d))
-        .await
-        .is_empty());
+    assert!(find_missing(&mut cas, "", BLAKE3, std::slice::from_ref(&d)).await.is_empty());
     assert_eq!(
         find_missing(&mut cas, "", SHA256, std::slice::from_ref(&d)).await,
         vec![d.clone()],
         "BLAKE3 and SHA-256 are separate keys"
     );
-    let read = cas
-        .batch_read_blobs(read_req("", BLAKE3, vec![d.clone()]))
-        .await
-        .expect("BatchReadBlobs")
-        .into_inner();
+    let read = cas.batch_read_blobs(read_req("", BLAKE3, vec![d.clone()])).await.expect("BatchReadBlobs").into_inner();
     assert_rpc_status(read.responses[0].status.as_ref(), Code::Ok, &[], "blake3 read");
     assert_eq!(&read.responses[0].data[..], HELLO);
 }
@@ -234,11 +203,7 @@ async fn batch_round_trip_and_per_blob_not_found() {
 
     let mut query = digests.clone();
     query.push(absent.clone());
-    let resp = cas
-        .batch_read_blobs(read_req("", SHA256, query))
-        .await
-        .expect("BatchReadBlobs")
-        .into_inner();
+    let resp = cas.batch_read_blobs(read_req("", SHA256, query)).await.expect("BatchReadBlobs").into_inner();
     assert_eq!(resp.responses.len(), 4);
     for (i, blob) in blobs.iter().enumerate() {
         let r = &resp.responses[i];
@@ -253,11 +218,7 @@ async fn batch_round_trip_and_per_blob_not_found() {
 
     // A stored hash asked for with the wrong size is not that blob.
     let wrong = digest(&digests[1].hash, 3);
-    let resp = cas
-        .batch_read_blobs(read_req("", SHA256, vec![wrong]))
-        .await
-        .expect("BatchReadBlobs")
-        .into_inner();
+    let resp = cas.batch_read_blobs(read_req("", SHA256, vec![wrong])).await.expect("BatchReadBlobs").into_inner();
     assert_rpc_status(resp.responses[0].status.as_ref(), Code::NotFound, &[], "wrong size");
 }
 
@@ -282,11 +243,7 @@ async fn batch_update_rejects_bad_blobs_individually() {
         ),
         (update_req(sha256(good2), good2), Code::Ok, vec![]),
         // Data longer than the declared size.
-        (
-            update_req(digest(&h, 3), HELLO),
-            Code::InvalidArgument,
-            vec!["more than"],
-        ),
+        (update_req(digest(&h, 3), HELLO), Code::InvalidArgument, vec!["more than"]),
         // Data shorter than the declared size.
         (update_req(digest(&h, 100), HELLO), Code::InvalidArgument, vec!["100"]),
         (
@@ -294,28 +251,16 @@ async fn batch_update_rejects_bad_blobs_individually() {
             Code::InvalidArgument,
             vec!["lower-case hex"],
         ),
+        (update_req(digest(&h, -4), HELLO), Code::InvalidArgument, vec!["negative size"]),
         (
-            update_req(digest(&h, -4), HELLO),
-            Code::InvalidArgument,
-            vec!["negative size"],
-        ),
-        (
-            batch_update_blobs_request::Request {
-                digest: None,
-                data: HELLO.to_vec().into(),
-                compressor: 0,
-            },
+            batch_update_blobs_request::Request { digest: None, data: HELLO.to_vec().into(), compressor: 0 },
             Code::InvalidArgument,
             vec!["digest is missing"],
         ),
     ];
     let requests = cases.iter().map(|c| c.0.clone()).collect();
     let resp = cas
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            instance_name: String::new(),
-            requests,
-            digest_function: SHA256,
-        })
+        .batch_update_blobs(BatchUpdateBlobsRequest { instance_name: String::new(), requests, digest_function: SHA256 })
         .await
         .expect("a batch with some bad blobs still succeeds as a call")
         .into_inner();
@@ -326,24 +271,10 @@ async fn batch_update_rejects_bad_blobs_individually() {
     }
 
     // The good ones are readable; none of the rejected ones are.
-    assert!(find_missing(&mut cas, "", SHA256, &[sha256(good1), sha256(good2)])
-        .await
-        .is_empty());
-    let rejected = vec![
-        digest(&claimed.hash, HELLO.len() as i64),
-        digest(&h, 3),
-        digest(&h, 100),
-        sha256(HELLO),
-    ];
-    assert_eq!(
-        find_missing(&mut cas, "", SHA256, &rejected).await,
-        sorted(rejected.clone())
-    );
-    let read = cas
-        .batch_read_blobs(read_req("", SHA256, rejected))
-        .await
-        .expect("BatchReadBlobs")
-        .into_inner();
+    assert!(find_missing(&mut cas, "", SHA256, &[sha256(good1), sha256(good2)]).await.is_empty());
+    let rejected = vec![digest(&claimed.hash, HELLO.len() as i64), digest(&h, 3), digest(&h, 100), sha256(HELLO)];
+    assert_eq!(find_missing(&mut cas, "", SHA256, &rejected).await, sorted(rejected.clone()));
+    let read = cas.batch_read_blobs(read_req("", SHA256, rejected)).await.expect("BatchReadBlobs").into_inner();
     for r in &read.responses {
         assert_rpc_status(r.status.as_ref(), Code::NotFound, &[], "rejected blob");
     }
@@ -355,28 +286,15 @@ async fn batch_read_rejects_malformed_digests_individually() {
     let server = TestServer::start().await;
     let mut cas = cas(&server.channel().await);
     let d = upload(&mut cas, &[HELLO]).await.remove(0);
-    let bad = [
-        digest(&d.hash[..10], 5),
-        digest(&d.hash.to_uppercase(), d.size_bytes),
-        digest(&d.hash, -1),
-    ];
+    let bad = [digest(&d.hash[..10], 5), digest(&d.hash.to_uppercase(), d.size_bytes), digest(&d.hash, -1)];
     let needles = ["10 characters", "lower-case hex", "negative size"];
     let mut query = vec![d.clone()];
     query.extend(bad.iter().cloned());
-    let resp = cas
-        .batch_read_blobs(read_req("", SHA256, query))
-        .await
-        .expect("BatchReadBlobs")
-        .into_inner();
+    let resp = cas.batch_read_blobs(read_req("", SHA256, query)).await.expect("BatchReadBlobs").into_inner();
     assert_rpc_status(resp.responses[0].status.as_ref(), Code::Ok, &[], "good blob");
     assert_eq!(&resp.responses[0].data[..], HELLO);
     for (i, needle) in needles.iter().enumerate() {
-        assert_rpc_status(
-            resp.responses[i + 1].status.as_ref(),
-            Code::InvalidArgument,
-            &[needle],
-            needle,
-        );
+        assert_rpc_status(resp.responses[i + 1].status.as_ref(), Code::InvalidArgument, &[needle], needle);
     }
 }
 
@@ -401,21 +319,11 @@ async fn batches_over_the_advertised_limit_are_rejected() {
 
     // A small configured limit is advertised and enforced the same way.
     let (_dir, path) = common::temp_data_dir();
-    let server = TestServer::start_with(Config {
-        max_batch_total_size: 64 << 10,
-        ..Config::for_data_dir(&path)
-    })
-    .await;
+    let server = TestServer::start_with(Config { max_batch_total_size: 64 << 10, ..Config::for_data_dir(&path) }).await;
     let ch = server.channel().await;
-    let advertised = caps(&ch)
-        .get_capabilities(reapi::GetCapabilitiesRequest::default())
-        .await
-        .expect("caps")
-        .into_inner();
-    assert_eq!(
-        advertised.cache_capabilities.expect("cache").max_batch_total_size_bytes,
-        64 << 10
-    );
+    let advertised =
+        caps(&ch).get_capabilities(reapi::GetCapabilitiesRequest::default()).await.expect("caps").into_inner();
+    assert_eq!(advertised.cache_capabilities.expect("cache").max_batch_total_size_bytes, 64 << 10);
     assert_over_limit_rejected(&ch, 64 << 10).await;
 }
 
@@ -432,16 +340,9 @@ async fn assert_over_limit_rejected(ch: &tonic::transport::Channel, limit: usize
         })
         .await;
     let limit_s = limit.to_string();
-    assert_status(
-        over,
-        Code::InvalidArgument,
-        &["max_batch_total_size_bytes", &limit_s],
-        "update over the limit",
-    );
+    assert_status(over, Code::InvalidArgument, &["max_batch_total_size_bytes", &limit_s], "update over the limit");
     assert_eq!(
-        find_missing(&mut cas, "", SHA256, &[da.clone(), db.clone()])
-            .await
-            .len(),
+        find_missing(&mut cas, "", SHA256, &[da.clone(), db.clone()]).await.len(),
         2,
         "nothing of a rejected batch is stored"
     );
@@ -452,17 +353,8 @@ async fn assert_over_limit_rejected(ch: &tonic::transport::Channel, limit: usize
     // Reading more than the limit in one batch is refused too (a + b > limit, and b is stored).
     upload(&mut cas, &[&a]).await;
     let r = cas.batch_read_blobs(read_req("", SHA256, vec![da, db.clone()])).await;
-    assert_status(
-        r,
-        Code::InvalidArgument,
-        &["max_batch_total_size_bytes", &limit_s],
-        "read over the limit",
-    );
-    let ok = cas
-        .batch_read_blobs(read_req("", SHA256, vec![db]))
-        .await
-        .expect("read within limit")
-        .into_inner();
+    assert_status(r, Code::InvalidArgument, &["max_batch_total_size_bytes", &limit_s], "read over the limit");
+    let ok = cas.batch_read_blobs(read_req("", SHA256, vec![db])).await.expect("read within limit").into_inner();
     assert_eq!(ok.responses[0].data[..], b[..]);
 }
 
@@ -479,23 +371,11 @@ async fn batch_read_sizes_that_overflow_are_rejected() {
     upload(&mut cas, &[&a]).await;
     upload(&mut cas, &[&b]).await;
     let huge = (1i64 << 62) * 2 - (3 << 20); // 2^63 - 3 MiB, written without overflowing i64
-    let query = vec![
-        sha256(&a),
-        sha256(&b),
-        digest(&"0".repeat(64), huge),
-        digest(&"1".repeat(64), huge),
-    ];
+    let query = vec![sha256(&a), sha256(&b), digest(&"0".repeat(64), huge), digest(&"1".repeat(64), huge)];
     let r = cas.batch_read_blobs(read_req("", SHA256, query)).await;
-    assert_status(
-        r,
-        Code::InvalidArgument,
-        &["max_batch_total_size_bytes"],
-        "sizes summing to 2^64",
-    );
+    assert_status(r, Code::InvalidArgument, &["max_batch_total_size_bytes"], "sizes summing to 2^64");
     // A single absurd size is refused too, and the server still serves.
-    let r = cas
-        .batch_read_blobs(read_req("", SHA256, vec![digest(&"2".repeat(64), i64::MAX)]))
-        .await;
+    let r = cas.batch_read_blobs(read_req("", SHA256, vec![digest(&"2".repeat(64), i64::MAX)])).await;
     assert_status(r, Code::InvalidArgument, &["max_batch_total_size_bytes"], "i64::MAX");
     assert!(is_present(&mut cas, &sha256(&a)).await);
 }

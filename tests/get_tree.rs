@@ -16,18 +16,11 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 fn file(name: &str, content: &[u8]) -> FileNode {
-    FileNode {
-        name: name.into(),
-        digest: Some(sha256(content)),
-        ..Default::default()
-    }
+    FileNode { name: name.into(), digest: Some(sha256(content)), ..Default::default() }
 }
 
 fn subdir(name: &str, d: &reapi::Digest) -> DirectoryNode {
-    DirectoryNode {
-        name: name.into(),
-        digest: Some(d.clone()),
-    }
+    DirectoryNode { name: name.into(), digest: Some(d.clone()) }
 }
 
 /// The uploaded tree, and the encoded form of each distinct directory in it.
@@ -48,29 +41,12 @@ struct Tree {
 /// ```
 /// Four distinct directories are present: root, A, B, C.
 async fn upload_tree(ch: &Channel) -> Tree {
-    let c = Directory {
-        files: vec![file("leaf.txt", b"leaf")],
-        ..Default::default()
-    };
+    let c = Directory { files: vec![file("leaf.txt", b"leaf")], ..Default::default() };
     let dc = sha256(&c.encode_to_vec());
-    let a = Directory {
-        files: vec![file("a.txt", b"a")],
-        directories: vec![subdir("c", &dc)],
-        ..Default::default()
-    };
-    let b = Directory {
-        directories: vec![subdir("c", &dc)],
-        ..Default::default()
-    };
-    let gone = Directory {
-        files: vec![file("never.txt", b"never")],
-        ..Default::default()
-    };
-    let (da, db, dgone) = (
-        sha256(&a.encode_to_vec()),
-        sha256(&b.encode_to_vec()),
-        sha256(&gone.encode_to_vec()),
-    );
+    let a = Directory { files: vec![file("a.txt", b"a")], directories: vec![subdir("c", &dc)], ..Default::default() };
+    let b = Directory { directories: vec![subdir("c", &dc)], ..Default::default() };
+    let gone = Directory { files: vec![file("never.txt", b"never")], ..Default::default() };
+    let (da, db, dgone) = (sha256(&a.encode_to_vec()), sha256(&b.encode_to_vec()), sha256(&gone.encode_to_vec()));
     let root = Directory {
         files: vec![file("top.txt", b"top")],
         directories: vec![subdir("a", &da), subdir("b", &db), subdir("gone", &dgone)],
@@ -79,10 +55,7 @@ async fn upload_tree(ch: &Channel) -> Tree {
     let encoded: Vec<Vec<u8>> = [&root, &a, &b, &c].iter().map(|d| d.encode_to_vec()).collect();
     let blobs: Vec<&[u8]> = encoded.iter().map(|v| v.as_slice()).collect();
     let digests = upload(&mut cas(ch), &blobs).await;
-    Tree {
-        root: digests[0].clone(),
-        expected: encoded.into_iter().collect(),
-    }
+    Tree { root: digests[0].clone(), expected: encoded.into_iter().collect() }
 }
 
 fn tree_req(root: &reapi::Digest, page_size: i32, token: &str) -> GetTreeRequest {
@@ -120,16 +93,11 @@ async fn get_tree_returns_every_distinct_directory() {
     let ch = server.channel().await;
     let tree = upload_tree(&ch).await;
     for page_size in [0, 2, 3, 1000] {
-        let pages = get_tree_all(&ch, tree_req(&tree.root, page_size, ""))
-            .await
-            .expect("GetTree");
+        let pages = get_tree_all(&ch, tree_req(&tree.root, page_size, "")).await.expect("GetTree");
         let mut seen = BTreeSet::new();
         for p in &pages {
             if page_size > 0 {
-                assert!(
-                    p.directories.len() <= page_size as usize,
-                    "page over page_size {page_size}"
-                );
+                assert!(p.directories.len() <= page_size as usize, "page over page_size {page_size}");
             }
             collect(&mut seen, &p.directories);
         }
@@ -138,11 +106,7 @@ async fn get_tree_returns_every_distinct_directory() {
             pages[0].directories[0].encode_to_vec(),
             *tree.expected.iter().find(|e| sha256(e) == tree.root).unwrap()
         );
-        assert_eq!(
-            pages.last().unwrap().next_page_token,
-            "",
-            "the last page has no next token"
-        );
+        assert_eq!(pages.last().unwrap().next_page_token, "", "the last page has no next token");
     }
 }
 
@@ -157,11 +121,7 @@ async fn get_tree_pages_across_calls() {
     let mut token = String::new();
     for call in 0.. {
         assert!(call < 10, "paging never ended");
-        let mut stream = cas(&ch)
-            .get_tree(tree_req(&tree.root, 1, &token))
-            .await
-            .expect("GetTree")
-            .into_inner();
+        let mut stream = cas(&ch).get_tree(tree_req(&tree.root, 1, &token)).await.expect("GetTree").into_inner();
         let page = stream.next().await.expect("a page").expect("GetTree page");
         drop(stream); // abandon the rest of this call, as a paging client may
         assert!(page.directories.len() <= 1);
@@ -179,9 +139,7 @@ async fn get_tree_pages_across_calls() {
 async fn get_tree_of_the_empty_directory() {
     let server = TestServer::start().await;
     let ch = server.channel().await;
-    let pages = get_tree_all(&ch, tree_req(&digest(EMPTY_SHA256, 0), 0, ""))
-        .await
-        .expect("GetTree");
+    let pages = get_tree_all(&ch, tree_req(&digest(EMPTY_SHA256, 0), 0, "")).await.expect("GetTree");
     let dirs: Vec<_> = pages.iter().flat_map(|p| p.directories.clone()).collect();
     assert_eq!(dirs, vec![Directory::default()]);
 }
@@ -192,18 +150,11 @@ async fn get_tree_with_blake3() {
     let server = TestServer::start().await;
     let ch = server.channel().await;
     let leaf = Directory {
-        files: vec![FileNode {
-            name: "f".into(),
-            digest: Some(blake3(b"f")),
-            ..Default::default()
-        }],
+        files: vec![FileNode { name: "f".into(), digest: Some(blake3(b"f")), ..Default::default() }],
         ..Default::default()
     };
     let leaf_bytes = leaf.encode_to_vec();
-    let root = Directory {
-        directories: vec![subdir("leaf", &blake3(&leaf_bytes))],
-        ..Default::default()
-    };
+    let root = Directory { directories: vec![subdir("leaf", &blake3(&leaf_bytes))], ..Default::default() };
     let root_bytes = root.encode_to_vec();
     let requests = [&root_bytes, &leaf_bytes]
         .iter()
@@ -225,10 +176,7 @@ async fn get_tree_with_blake3() {
     for r in &resp.responses {
         assert_rpc_status(r.status.as_ref(), Code::Ok, &[], "blake3 dir upload");
     }
-    let req = GetTreeRequest {
-        digest_function: BLAKE3,
-        ..tree_req(&blake3(&root_bytes), 0, "")
-    };
+    let req = GetTreeRequest { digest_function: BLAKE3, ..tree_req(&blake3(&root_bytes), 0, "") };
     let pages = get_tree_all(&ch, req).await.expect("GetTree");
     let dirs: Vec<_> = pages.iter().flat_map(|p| p.directories.clone()).collect();
     assert_eq!(dirs, vec![root, leaf]);
@@ -245,69 +193,35 @@ async fn get_tree_rejects_bad_input() {
     let junk = upload(&mut cas(&ch), &[&[0xff, 0xff, 0xff]]).await.remove(0);
 
     let cases: Vec<(&str, GetTreeRequest, Code, Vec<String>)> = vec![
-        (
-            "missing root",
-            tree_req(&absent, 0, ""),
-            Code::NotFound,
-            vec![absent.hash.clone()],
-        ),
+        ("missing root", tree_req(&absent, 0, ""), Code::NotFound, vec![absent.hash.clone()]),
         (
             "non-numeric page token",
             tree_req(&tree.root, 1, "abc"),
             Code::InvalidArgument,
             vec!["page_token".into(), "abc".into()],
         ),
-        (
-            "negative page token",
-            tree_req(&tree.root, 1, "-1"),
-            Code::InvalidArgument,
-            vec!["page_token".into()],
-        ),
-        (
-            "negative page size",
-            tree_req(&tree.root, -1, ""),
-            Code::InvalidArgument,
-            vec!["page_size".into()],
-        ),
-        (
-            "malformed root",
-            tree_req(&digest("abc", 3), 0, ""),
-            Code::InvalidArgument,
-            vec!["root_digest".into()],
-        ),
+        ("negative page token", tree_req(&tree.root, 1, "-1"), Code::InvalidArgument, vec!["page_token".into()]),
+        ("negative page size", tree_req(&tree.root, -1, ""), Code::InvalidArgument, vec!["page_size".into()]),
+        ("malformed root", tree_req(&digest("abc", 3), 0, ""), Code::InvalidArgument, vec!["root_digest".into()]),
         (
             "no root",
-            GetTreeRequest {
-                root_digest: None,
-                ..tree_req(&tree.root, 0, "")
-            },
+            GetTreeRequest { root_digest: None, ..tree_req(&tree.root, 0, "") },
             Code::InvalidArgument,
             vec!["root_digest".into()],
         ),
         (
             "SHA1",
-            GetTreeRequest {
-                digest_function: 2,
-                ..tree_req(&tree.root, 0, "")
-            },
+            GetTreeRequest { digest_function: 2, ..tree_req(&tree.root, 0, "") },
             Code::InvalidArgument,
             vec!["SHA1".into()],
         ),
         (
             "bad instance",
-            GetTreeRequest {
-                instance_name: "../x".into(),
-                ..tree_req(&tree.root, 0, "")
-            },
+            GetTreeRequest { instance_name: "../x".into(), ..tree_req(&tree.root, 0, "") },
             Code::InvalidArgument,
             vec!["../x".into()],
         ),
-        (
-            "root is not a Directory",
-            tree_req(&junk, 0, ""),
-            Code::InvalidArgument,
-            vec!["Directory".into()],
-        ),
+        ("root is not a Directory", tree_req(&junk, 0, ""), Code::InvalidArgument, vec!["Directory".into()]),
     ];
     for (what, req, code, needles) in cases {
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
@@ -315,24 +229,12 @@ async fn get_tree_rejects_bad_input() {
     }
 
     // A stored Directory naming a malformed child: the walk reports it, naming the child.
-    let bad_child = Directory {
-        directories: vec![subdir("broken", &digest(&"A".repeat(64), 1))],
-        ..Default::default()
-    };
+    let bad_child =
+        Directory { directories: vec![subdir("broken", &digest(&"A".repeat(64), 1))], ..Default::default() };
     let d = upload(&mut cas(&ch), &[&bad_child.encode_to_vec()]).await.remove(0);
-    assert_status(
-        get_tree_all(&ch, tree_req(&d, 0, "")).await,
-        Code::InvalidArgument,
-        &["broken"],
-        "malformed child",
-    );
+    assert_status(get_tree_all(&ch, tree_req(&d, 0, "")).await, Code::InvalidArgument, &["broken"], "malformed child");
 
     // Still serving.
-    let pages = get_tree_all(&ch, tree_req(&tree.root, 0, ""))
-        .await
-        .expect("GetTree after bad input");
-    assert_eq!(
-        pages.iter().map(|p| p.directories.len()).sum::<usize>(),
-        tree.expected.len()
-    );
+    let pages = get_tree_all(&ch, tree_req(&tree.root, 0, "")).await.expect("GetTree after bad input");
+    assert_eq!(pages.iter().map(|p| p.directories.len()).sum::<usize>(), tree.expected.len());
 }

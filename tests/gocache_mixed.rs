@@ -37,16 +37,10 @@ async fn bazel_and_go_share_one_server() {
             let mut env = vec![("CAIRN_REMOTE", url)];
             env.extend(extra);
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            ws.go_env(
-                gocache,
-                &env,
-                &["build", "-x", "-o", target.to_str().unwrap(), "./cmd/app"],
-            )
+            ws.go_env(gocache, &env, &["build", "-x", "-o", target.to_str().unwrap(), "./cmd/app"])
         })
     };
-    let go_cold = go("gocache-a", vec![("CAIRN_WAIT_FOR_UPLOADS", "1".into())])
-        .await
-        .unwrap();
+    let go_cold = go("gocache-a", vec![("CAIRN_WAIT_FOR_UPLOADS", "1".into())]).await.unwrap();
     assert!(compiles(&go_cold.stderr).len() >= 4, "go cold build compiles");
 
     // Local state wiped: Bazel's output base, a fresh GOCACHE (and cairn dir).
@@ -69,16 +63,9 @@ async fn bazel_and_go_share_one_server() {
         "go compiled after its local state was wiped:\n{}",
         go_warm.stderr
     );
-    assert!(
-        ws.read("bin/gocache-a") == ws.read("bin/gocache-b"),
-        "go binaries differ"
-    );
+    assert!(ws.read("bin/gocache-a") == ws.read("bin/gocache-b"), "go binaries differ");
     assert_eq!(ws.run_app("bin/gocache-b"), APP_OUTPUT);
-    eprintln!(
-        "go: cold {:.1}s, after wipe {:.2}s",
-        go_cold.elapsed.as_secs_f64(),
-        go_warm.elapsed.as_secs_f64()
-    );
+    eprintln!("go: cold {:.1}s, after wipe {:.2}s", go_cold.elapsed.as_secs_f64(), go_warm.elapsed.as_secs_f64());
 
     drop(bazel);
     server.stop().await;

@@ -27,10 +27,7 @@ fn start_server() -> (tokio::runtime::Runtime, TestServer) {
 
 /// A build on machine A: cold, uploads finished before go exits.
 fn env_a(url: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("CAIRN_REMOTE", url.to_string()),
-        ("CAIRN_WAIT_FOR_UPLOADS", "1".into()),
-    ]
+    vec![("CAIRN_REMOTE", url.to_string()), ("CAIRN_WAIT_FOR_UPLOADS", "1".into())]
 }
 
 fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
@@ -38,11 +35,7 @@ fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> 
 }
 
 fn assert_quiet(what: &str, run: &go_support::GoRun) {
-    assert!(
-        run.cairn_lines().is_empty(),
-        "{what}: cairn complained:\n{}",
-        run.stderr
-    );
+    assert!(run.cairn_lines().is_empty(), "{what}: cairn complained:\n{}", run.stderr);
 }
 
 #[test]
@@ -54,11 +47,7 @@ fn machine_b_builds_nothing_that_machine_a_built() {
     let a = env_a(&url);
     let build = |gocache: &str, env: &[(&str, &str)], out: &str| {
         let target = ws.root.join(out);
-        let run = ws.go_env(
-            gocache,
-            env,
-            &["build", "-x", "-o", target.to_str().unwrap(), "./cmd/app"],
-        );
+        let run = ws.go_env(gocache, env, &["build", "-x", "-o", target.to_str().unwrap(), "./cmd/app"]);
         assert_quiet(out, &run);
         eprintln!("{gocache}: go build {out}: {:.2}s", run.elapsed.as_secs_f64());
         run.stderr
@@ -81,11 +70,7 @@ fn machine_b_builds_nothing_that_machine_a_built() {
     assert!(ws.read("bin/app-a") == ws.read("bin/app-b"), "binaries differ");
     assert_eq!(ws.run_app("bin/app-b"), APP_OUTPUT);
     let test = ws.go_env("gocache-b", &b, &["test", "./..."]);
-    assert!(
-        test.stdout.contains("example.com/gcp/c\t(cached)"),
-        "go test on machine B is cached:\n{}",
-        test.stdout
-    );
+    assert!(test.stdout.contains("example.com/gcp/c\t(cached)"), "go test on machine B is cached:\n{}", test.stdout);
 
     // Machine C, without prefetching: every hit through the ActionCache.
     let c = [("CAIRN_REMOTE", url.as_str()), ("CAIRN_PREFETCH", "false")];
@@ -124,12 +109,7 @@ fn a_server_killed_mid_build_does_not_fail_it() {
     let started = Instant::now();
     let build = std::thread::scope(|s| {
         let go = s.spawn(|| {
-            ws.try_go(
-                "gocache-a",
-                &[("CAIRN_REMOTE", url.as_str())],
-                &["build", "-o", out, "./cmd/app"],
-                GO_TIMEOUT,
-            )
+            ws.try_go("gocache-a", &[("CAIRN_REMOTE", url.as_str())], &["build", "-o", out, "./cmd/app"], GO_TIMEOUT)
         });
         // A cold build of the app and its std dependencies takes well over
         // this on 2 cores, so the server dies in the middle of it.
@@ -138,20 +118,13 @@ fn a_server_killed_mid_build_does_not_fail_it() {
         server.kill9();
         go.join().unwrap()
     });
-    eprintln!(
-        "build with the server killed after 3 s: {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("build with the server killed after 3 s: {:.1}s", started.elapsed().as_secs_f64());
     assert!(build.status.success(), "build failed:\n{}", build.stderr);
     assert!(build.cairn_lines().len() <= 1, "one warning at most:\n{}", build.stderr);
     assert_eq!(ws.run_app("bin/app"), APP_OUTPUT);
 
     // And a fresh machine against the dead server: a plain cold build.
-    let again = ws.go_env(
-        "gocache-b",
-        &[("CAIRN_REMOTE", url.as_str())],
-        &["build", "-o", out2, "./cmd/app"],
-    );
+    let again = ws.go_env("gocache-b", &[("CAIRN_REMOTE", url.as_str())], &["build", "-o", out2, "./cmd/app"]);
     assert!(again.cairn_lines().len() <= 1, "{}", again.stderr);
     assert_eq!(ws.run_app("bin/app2"), APP_OUTPUT);
 }
@@ -172,11 +145,7 @@ fn a_server_that_never_answers_does_not_stall_the_build() {
     let (out, out0) = (ws.root.join("bin/app"), ws.root.join("bin/app0"));
     let (out, out0) = (out.to_str().unwrap(), out0.to_str().unwrap());
     let baseline = ws.go_env("gocache-0", &[], &["build", "-o", out0, "./cmd/app"]);
-    let run = ws.go_env(
-        "gocache-a",
-        &[("CAIRN_REMOTE", url.as_str())],
-        &["build", "-o", out, "./cmd/app"],
-    );
+    let run = ws.go_env("gocache-a", &[("CAIRN_REMOTE", url.as_str())], &["build", "-o", out, "./cmd/app"]);
     eprintln!(
         "cold build: local-only {:.1}s, against a silent server {:.1}s",
         baseline.elapsed.as_secs_f64(),
@@ -186,18 +155,7 @@ fn a_server_that_never_answers_does_not_stall_the_build() {
     assert_eq!(ws.run_app("bin/app"), APP_OUTPUT);
     // A warm rebuild (local hits; the uncached link step pays at most one
     // lookup timeout) is not held up either.
-    let warm = ws.go_env(
-        "gocache-a",
-        &[("CAIRN_REMOTE", url.as_str())],
-        &["build", "-o", out, "./cmd/app"],
-    );
-    eprintln!(
-        "warm rebuild against a silent server: {:.2}s",
-        warm.elapsed.as_secs_f64()
-    );
-    assert!(
-        warm.elapsed < Duration::from_secs(20),
-        "warm build took {:?}",
-        warm.elapsed
-    );
+    let warm = ws.go_env("gocache-a", &[("CAIRN_REMOTE", url.as_str())], &["build", "-o", out, "./cmd/app"]);
+    eprintln!("warm rebuild against a silent server: {:.2}s", warm.elapsed.as_secs_f64());
+    assert!(warm.elapsed < Duration::from_secs(20), "warm build took {:?}", warm.elapsed);
 }

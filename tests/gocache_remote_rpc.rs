@@ -103,11 +103,7 @@ impl Go {
         if body.is_empty() {
             w.push_str("}\n\n");
         } else {
-            w.push_str(&format!(
-                ",\"BodySize\":{}}}\n\n\"{}\"\n",
-                body.len(),
-                STANDARD.encode(body)
-            ));
+            w.push_str(&format!(",\"BodySize\":{}}}\n\n\"{}\"\n", body.len(), STANDARD.encode(body)));
         }
         let reply = self.request(w).await;
         assert!(reply["DiskPath"].is_string(), "put stored: {reply}");
@@ -116,11 +112,7 @@ impl Go {
 
     async fn get(&mut self, action: ActionId) -> Value {
         let id = self.next_id;
-        self.request(format!(
-            "{{\"ID\":{id},\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n",
-            action.to_base64()
-        ))
-        .await
+        self.request(format!("{{\"ID\":{id},\"Command\":\"get\",\"ActionID\":\"{}\"}}\n\n", action.to_base64())).await
     }
 
     /// Sends close, then finishes the background work within `bound`.
@@ -129,11 +121,8 @@ impl Go {
         let reply = self.request(format!("{{\"ID\":{id},\"Command\":\"close\"}}\n\n")).await;
         assert!(reply.get("Err").is_none(), "{reply}");
         self.stdin = None;
-        let background = tokio::time::timeout(LIMIT, self.server)
-            .await
-            .expect("serve returns")
-            .unwrap()
-            .expect("serve succeeds");
+        let background =
+            tokio::time::timeout(LIMIT, self.server).await.expect("serve returns").unwrap().expect("serve succeeds");
         tokio::time::timeout(bound + Duration::from_secs(5), background.finish(bound))
             .await
             .expect("finish keeps its bound");
@@ -170,27 +159,17 @@ async fn entries_travel_through_the_server() {
     a.put(aid(2), &big).await;
     a.put(aid(3), b"").await;
     a.put(aid(4), &small).await; // another action, same output
-    let times: Vec<Value> = [a.get(aid(1)).await, a.get(aid(2)).await, a.get(aid(3)).await]
-        .iter()
-        .map(|r| r["Time"].clone())
-        .collect();
+    let times: Vec<Value> =
+        [a.get(aid(1)).await, a.get(aid(2)).await, a.get(aid(3)).await].iter().map(|r| r["Time"].clone()).collect();
     a.close(Duration::from_secs(10)).await;
 
     // The server holds the mapping the README documents.
-    let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(5))
-        .await
-        .unwrap();
-    let result = client
-        .get_action_result(&mapping::action_key(&aid(2)))
-        .await
-        .unwrap()
-        .expect("entry in the ActionCache");
+    let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
+    let result =
+        client.get_action_result(&mapping::action_key(&aid(2))).await.unwrap().expect("entry in the ActionCache");
     let entry = mapping::read_entry(&result, 0).expect("a go entry");
     assert_eq!((entry.output, entry.size), (OutputId::of(&big), big.len() as u64));
-    assert!(
-        client.find_missing(&[entry.digest()]).await.unwrap().is_empty(),
-        "blob in the CAS"
-    );
+    assert!(client.find_missing(&[entry.digest()]).await.unwrap().is_empty(), "blob in the CAS");
 
     // Machine B (another dir) gets them all, with A's times.
     let mut b = Go::start(config(&tmp.path().join("b"), r)).await;
@@ -212,10 +191,7 @@ async fn entries_travel_through_the_server() {
 async fn prefetch_fills_the_local_tier_before_go_asks() {
     let server = TestServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let r = RemoteConfig {
-        wait_for_uploads: true,
-        ..remote(&server.grpc_url(), "prefetch-test")
-    };
+    let r = RemoteConfig { wait_for_uploads: true, ..remote(&server.grpc_url(), "prefetch-test") };
     let bodies: Vec<Vec<u8>> = (0..40u32)
         .map(|n| format!("output {n} ").repeat(n as usize * 50).into_bytes())
         .chain([big_body(), Vec::new()])
@@ -254,11 +230,7 @@ async fn prefetch_fills_the_local_tier_before_go_asks() {
     let c_dir = tmp.path().join("c");
     let mut c = Go::start(config(&c_dir, remote(&server.grpc_url(), "another build"))).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(LocalStore::open(&c_dir, 1 << 30)
-        .unwrap()
-        .get(&aid(5))
-        .unwrap()
-        .is_none());
+    assert!(LocalStore::open(&c_dir, 1 << 30).unwrap().get(&aid(5)).unwrap().is_none());
     assert_hit(&c.get(aid(5)).await, &bodies[5]); // through the ActionCache
     c.close(Duration::from_secs(10)).await;
 }
@@ -303,10 +275,7 @@ async fn a_server_that_never_answers_costs_a_bounded_time() {
     });
     let tmp = tempfile::tempdir().unwrap();
     let timeout = Duration::from_millis(300);
-    let r = RemoteConfig {
-        timeout,
-        ..remote(&url, "silent")
-    };
+    let r = RemoteConfig { timeout, ..remote(&url, "silent") };
     let mut go = Go::start(config(tmp.path(), r)).await;
 
     let first = Instant::now();
@@ -319,11 +288,7 @@ async fn a_server_that_never_answers_costs_a_bounded_time() {
         assert_eq!(go.get(aid(n)).await["Miss"], true);
     }
     go.put(aid(1), b"local").await;
-    assert!(
-        rest.elapsed() < Duration::from_secs(1),
-        "later gets: {:?}",
-        rest.elapsed()
-    );
+    assert!(rest.elapsed() < Duration::from_secs(1), "later gets: {:?}", rest.elapsed());
     let closing = Instant::now();
     go.close(Duration::from_secs(2)).await;
     assert!(closing.elapsed() < Duration::from_secs(4), "{:?}", closing.elapsed());
@@ -349,11 +314,7 @@ mod lying {
             &self,
             _: Request<reapi::GetActionResultRequest>,
         ) -> Result<Response<reapi::ActionResult>, Status> {
-            let e = mapping::RemoteEntry {
-                output: OutputId::of(GOOD),
-                size: GOOD.len() as u64,
-                time_nanos: 1,
-            };
+            let e = mapping::RemoteEntry { output: OutputId::of(GOOD), size: GOOD.len() as u64, time_nanos: 1 };
             Ok(Response::new(mapping::entry_result(&e)))
         }
 

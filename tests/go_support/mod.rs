@@ -28,18 +28,12 @@ pub fn one_at_a_time() -> MutexGuard<'static, ()> {
 pub fn go_binary() -> PathBuf {
     if let Some(go) = std::env::var_os("CAIRN_GO").filter(|g| !g.is_empty()) {
         let go = PathBuf::from(go);
-        assert!(
-            go.is_file(),
-            "CAIRN_GO={} does not exist; run scripts/setup.sh",
-            go.display()
-        );
+        assert!(go.is_file(), "CAIRN_GO={} does not exist; run scripts/setup.sh", go.display());
         return go;
     }
     let venv = std::env::var_os("CAIRN_GO_VENV").map_or_else(|| PathBuf::from("/var/tmp/cairn-go"), PathBuf::from);
     let found = std::fs::read_dir(venv.join("lib")).ok().and_then(|dirs| {
-        dirs.filter_map(Result::ok)
-            .map(|d| d.path().join("site-packages/go/bin/go"))
-            .find(|p| p.is_file())
+        dirs.filter_map(Result::ok).map(|d| d.path().join("site-packages/go/bin/go")).find(|p| p.is_file())
     });
     found.unwrap_or_else(|| {
         panic!(
@@ -53,10 +47,7 @@ pub fn go_binary() -> PathBuf {
 /// The cairn binary go runs: cargo's, or `$CAIRN_BIN` (a copy that other
 /// builds sharing the target dir cannot replace in the middle of a run).
 pub fn cairn_binary() -> String {
-    std::env::var("CAIRN_BIN")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").to_string())
+    std::env::var("CAIRN_BIN").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").to_string())
 }
 
 /// The generated module: a → b → c (with a test) → cmd/app.
@@ -108,10 +99,7 @@ pub struct GoRun {
 impl GoRun {
     /// Lines cairn wrote to go's stderr (its warnings).
     pub fn cairn_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| l.contains("cairn gocacheprog"))
-            .collect()
+        self.stderr.lines().filter(|l| l.contains("cairn gocacheprog")).collect()
     }
 }
 
@@ -124,11 +112,7 @@ impl Workspace {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, text).unwrap();
         }
-        Workspace {
-            _tmp: tmp,
-            root,
-            go: go_binary(),
-        }
+        Workspace { _tmp: tmp, root, go: go_binary() }
     }
 
     /// Runs go in the module with `gocache` (under the workspace) as GOCACHE
@@ -149,14 +133,7 @@ impl Workspace {
     /// panics unless go succeeds within [`GO_TIMEOUT`].
     pub fn go_env(&self, gocache: &str, env: &[(&str, &str)], args: &[&str]) -> GoRun {
         let run = self.try_go(gocache, env, args, GO_TIMEOUT);
-        assert!(
-            run.status.success(),
-            "go {} failed ({}):\n{}\n{}",
-            args.join(" "),
-            run.status,
-            run.stdout,
-            run.stderr
-        );
+        assert!(run.status.success(), "go {} failed ({}):\n{}\n{}", args.join(" "), run.status, run.stdout, run.stderr);
         run
     }
 
@@ -215,12 +192,7 @@ impl Workspace {
         // reach EOF without waiting for background uploads.
         let stdout = out_reader.join().unwrap().unwrap();
         let stderr = err_reader.join().unwrap().unwrap();
-        GoRun {
-            status,
-            stdout,
-            stderr,
-            elapsed,
-        }
+        GoRun { status, stdout, stderr, elapsed }
     }
 
     pub fn read(&self, path: &str) -> Vec<u8> {
@@ -245,8 +217,5 @@ impl Default for Workspace {
 
 /// Compiler invocations in `go build -x` output (the tool path ends in /compile).
 pub fn compiles(x_output: &str) -> Vec<&str> {
-    x_output
-        .lines()
-        .filter(|l| l.split_whitespace().next().is_some_and(|cmd| cmd.ends_with("/compile")))
-        .collect()
+    x_output.lines().filter(|l| l.split_whitespace().next().is_some_and(|cmd| cmd.ends_with("/compile"))).collect()
 }

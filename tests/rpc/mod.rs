@@ -50,17 +50,12 @@ pub fn caps(ch: &Channel) -> CapabilitiesClient<Channel> {
 }
 
 pub fn bs(ch: &Channel) -> ByteStreamClient<Channel> {
-    ByteStreamClient::new(ch.clone())
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+    ByteStreamClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
 }
 
 /// A `Digest` message from a hash string and size, malformed ones included.
 pub fn digest(hash: &str, size: i64) -> reapi::Digest {
-    reapi::Digest {
-        hash: hash.to_string(),
-        size_bytes: size,
-    }
+    reapi::Digest { hash: hash.to_string(), size_bytes: size }
 }
 
 /// The SHA-256 digest of `data`.
@@ -81,18 +76,9 @@ pub fn assert_status<T: Debug>(result: Result<T, Status>, code: Code, needles: &
         Ok(v) => panic!("{what}: expected {code:?}, got a success: {v:?}"),
         Err(s) => s,
     };
-    assert_eq!(
-        status.code(),
-        code,
-        "{what}: wrong code; message: {:?}",
-        status.message()
-    );
+    assert_eq!(status.code(), code, "{what}: wrong code; message: {:?}", status.message());
     for n in needles {
-        assert!(
-            status.message().contains(n),
-            "{what}: message {:?} does not mention {n:?}",
-            status.message()
-        );
+        assert!(status.message().contains(n), "{what}: message {:?} does not mention {n:?}", status.message());
     }
     status
 }
@@ -101,18 +87,9 @@ pub fn assert_status<T: Debug>(result: Result<T, Status>, code: Code, needles: &
 #[track_caller]
 pub fn assert_rpc_status(status: Option<&cairn::proto::rpc::Status>, code: Code, needles: &[&str], what: &str) {
     let s = status.unwrap_or_else(|| panic!("{what}: the response carries no status"));
-    assert_eq!(
-        Code::from_i32(s.code),
-        code,
-        "{what}: wrong code; message: {:?}",
-        s.message
-    );
+    assert_eq!(Code::from_i32(s.code), code, "{what}: wrong code; message: {:?}", s.message);
     for n in needles {
-        assert!(
-            s.message.contains(n),
-            "{what}: message {:?} does not mention {n:?}",
-            s.message
-        );
+        assert!(s.message.contains(n), "{what}: message {:?} does not mention {n:?}", s.message);
     }
 }
 
@@ -199,11 +176,7 @@ pub fn write_requests(name: &str, data: &[u8], offset: usize, chunk: usize) -> V
     loop {
         let end = (at + chunk).min(data.len());
         out.push(WriteRequest {
-            resource_name: if out.is_empty() {
-                name.to_string()
-            } else {
-                String::new()
-            },
+            resource_name: if out.is_empty() { name.to_string() } else { String::new() },
             write_offset: (offset + at) as i64,
             finish_write: end == data.len(),
             data: data[at..end].to_vec().into(),
@@ -228,11 +201,7 @@ pub async fn send(bs: &mut ByteStreamClient<Channel>, reqs: Vec<WriteRequest>) -
 /// Reads a range; errors from the call or from the stream alike become Err.
 pub async fn read(bs: &mut ByteStreamClient<Channel>, name: &str, offset: i64, limit: i64) -> Result<Vec<u8>, Status> {
     let mut stream = bs
-        .read(ReadRequest {
-            resource_name: name.to_string(),
-            read_offset: offset,
-            read_limit: limit,
-        })
+        .read(ReadRequest { resource_name: name.to_string(), read_offset: offset, read_limit: limit })
         .await?
         .into_inner();
     let mut out = Vec::new();
@@ -243,12 +212,7 @@ pub async fn read(bs: &mut ByteStreamClient<Channel>, name: &str, offset: i64, l
 }
 
 pub async fn query(bs: &mut ByteStreamClient<Channel>, name: &str) -> Result<QueryWriteStatusResponse, Status> {
-    Ok(bs
-        .query_write_status(QueryWriteStatusRequest {
-            resource_name: name.to_string(),
-        })
-        .await?
-        .into_inner())
+    Ok(bs.query_write_status(QueryWriteStatusRequest { resource_name: name.to_string() }).await?.into_inner())
 }
 
 /// Polls QueryWriteStatus until the server has parked the interrupted upload
@@ -290,9 +254,7 @@ pub fn gen_blob(seed: u64, size: usize) -> Vec<u8> {
 /// Names of the entries in `dir` (for checking `tmp/` holds no leftovers).
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
-            .collect(),
+        Ok(rd) => rd.map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned()).collect(),
         Err(e) => panic!("listing {}: {e}", dir.display()),
     }
 }
