@@ -303,18 +303,23 @@ impl Client {
         result.map(|_| ())
     }
 
+    /// Starts a ByteStream read of the whole blob; `None` when the server lacks it.
+    async fn open_read(&self, d: &Digest) -> Result<Option<tonic::Streaming<crate::proto::bytestream::ReadResponse>>> {
+        let resp = ByteStreamClient::new(self.channel.clone())
+            .read(ReadRequest { resource_name: self.read_name(d), read_offset: 0, read_limit: 0 })
+            .await;
+        match resp {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(ClientError::Rpc { rpc: "ByteStream.Read", status: s }),
+        }
+    }
+
     /// Downloads a blob through ByteStream into `dest` (created or truncated),
     /// verifying size and hash; on mismatch the file is removed. `Ok(false)`
     /// when the server does not have it.
     pub async fn read_to_file(&self, d: &Digest, dest: &Path) -> Result<bool> {
-        let resp = ByteStreamClient::new(self.channel.clone())
-            .read(ReadRequest { resource_name: self.read_name(d), read_offset: 0, read_limit: 0 })
-            .await;
-        let mut stream = match resp {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == Code::NotFound => return Ok(false),
-            Err(s) => return Err(ClientError::Rpc { rpc: "ByteStream.Read", status: s }),
-        };
+        let Some(mut stream) = self.open_read(d).await? else { return Ok(false) };
         let io = |source| ClientError::Io { context: format!("writing {}", dest.display()), source };
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = d.function.hasher();
@@ -383,14 +388,7 @@ impl Client {
     /// the server skips it, and on a small machine hashing competes with the
     /// server for CPU).
     pub async fn read_blob(&self, d: &Digest, verify: bool) -> Result<Option<u64>> {
-        let resp = ByteStreamClient::new(self.channel.clone())
-            .read(ReadRequest { resource_name: self.read_name(d), read_offset: 0, read_limit: 0 })
-            .await;
-        let mut stream = match resp {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == Code::NotFound => return Ok(None),
-            Err(s) => return Err(ClientError::Rpc { rpc: "ByteStream.Read", status: s }),
-        };
+        let Some(mut stream) = self.open_read(d).await? else { return Ok(None) };
         let mut hasher = verify.then(|| d.function.hasher());
         let mut got = 0u64;
         while let Some(msg) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
