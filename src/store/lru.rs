@@ -54,9 +54,15 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// A clock that stands still until [`Clock::advance`] moves it.
+    /// A clock that stands still until [`Clock::advance`] moves it. A store
+    /// with a manual clock runs no background upkeep: call `Store::maintain`.
     pub fn manual(start_secs: u64) -> Clock {
         Clock { manual: Some(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start_secs))) }
+    }
+
+    /// True for a clock made by [`Clock::manual`].
+    pub fn is_manual(&self) -> bool {
+        self.manual.is_some()
     }
 
     /// Moves a manual clock forward (no effect on the system clock).
