@@ -9,9 +9,12 @@
 #                            server: loopback, +2 ms and +10 ms round-trip time
 #                            (examples/delay_proxy.rs), with and without prefetch
 # and prints a Markdown table of wall times (median and min of $REPS runs; cold
-# runs once). Not a test: numbers depend on the machine and its load.
+# runs once). Not a test: numbers depend on the machine and its load. Takes
+# about an hour on 2 cores (cold `go vet std` alone is ~5 minutes, and at
+# +10 ms without prefetching each fresh `go vet std` takes ~2 minutes), and
+# needs a few GB under /var/tmp.
 #
-# Env: REPS (default 5), BENCH_CMDS (default "build std;vet std"), BENCH_DIR
+# Env: REPS (default 3), BENCH_CMDS (default "build std;vet std"), BENCH_DIR
 # (default a new dir under /var/tmp, removed at the end unless KEEP=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,7 @@ ROOT=$PWD
 eval "$(./scripts/setup.sh | grep '^CAIRN_GO=')"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cairn-target}
 cargo build --release --bin cairn --example delay_proxy >&2
-REPS=${REPS:-5}
+REPS=${REPS:-3}
 IFS=';' read -r -a CMDS <<<"${BENCH_CMDS:-build std;vet std}"
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/cairn-bench-go.XXXXXX)}
 mkdir -p "$WORK/run" "$WORK/bin"
@@ -39,27 +42,30 @@ export GOTOOLCHAIN=local GOENV=off GOFLAGS= GOPROXY=off CGO_ENABLED=0 GOPATH=$WO
 unset CAIRN_REMOTE CAIRN_DIR CAIRN_PREFETCH CAIRN_WAIT_FOR_UPLOADS
 cd "$WORK/run" # no go.mod here: the prefetch key uses this directory
 
-# start_bg LOGFILE CMD...: runs CMD in the background, waits for "listening on
-# ADDR" in LOGFILE, prints ADDR.
+# start_bg LOGFILE VAR CMD...: runs CMD in the background, waits for
+# "listening on ADDR" in LOGFILE, and sets VAR to ADDR.
 start_bg() {
-  local log=$1; shift
+  local log=$1 var=$2 addr=""
+  shift 2
   "$@" >"$log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 600); do
-    if grep -q 'listening on' "$log"; then
-      sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$log" | head -n1
-      return
-    fi
+    addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$log" | head -n1)
+    [ -z "$addr" ] || break
     sleep 0.1
   done
-  echo "bench-go: $* did not start; log:" >&2; cat "$log" >&2; exit 1
+  [ -n "$addr" ] || { echo "bench-go: $* did not start; log:" >&2; cat "$log" >&2; exit 1; }
+  printf -v "$var" '%s' "$addr"
 }
-SERVER=$(start_bg "$WORK/server.log" "$CAIRN" serve --listen 127.0.0.1:0 --data-dir "$WORK/server" --max-size 20GiB)
-P2=$(start_bg "$WORK/proxy2.log" "$PROXY" 127.0.0.1:0 "$SERVER" 2)
-P10=$(start_bg "$WORK/proxy10.log" "$PROXY" 127.0.0.1:0 "$SERVER" 10)
+start_bg "$WORK/server.log" SERVER "$CAIRN" serve --listen 127.0.0.1:0 --data-dir "$WORK/server" --max-size 20GiB
+start_bg "$WORK/proxy2.log" P2 "$PROXY" 127.0.0.1:0 "$SERVER" 2
+start_bg "$WORK/proxy10.log" P10 "$PROXY" 127.0.0.1:0 "$SERVER" 10
 
 # timed DIR-NAME ENV... -- GOARGS...: runs go with a GOCACHE under $WORK and
-# prints the wall time in seconds.
+# prints the wall time in seconds ("fail" if go failed; its stderr goes to
+# ours). It returns when go exits; the $(...) around it also waits for cairn,
+# which inherits the substitution's pipe, to finish its background work, so
+# no run overlaps the previous one's uploads.
 timed() {
   local gocache=$WORK/$1; shift
   local envs=()
@@ -68,17 +74,24 @@ timed() {
   local t0 t1
   t0=$(date +%s.%N)
   env GOCACHE="$gocache" "${envs[@]}" "$CAIRN_GO" "$@" >/dev/null 2>"$WORK/go.err" || {
-    echo "bench-go: go $* failed:" >&2; cat "$WORK/go.err" >&2; exit 1; }
+    echo "bench-go: go $* failed:" >&2; tail -n 40 "$WORK/go.err" >&2; echo fail; return; }
   t1=$(date +%s.%N)
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }' 
 }
 
-# stats N-RUNS FUNCTION ARGS...: runs FUNCTION ARGS N times; prints "median min".
+# stats N-RUNS FUNCTION ARGS...: runs FUNCTION ARGS RUN-NUMBER N times;
+# prints "median min" of the runs that worked (and how many failed).
 stats() {
   local n=$1; shift
   local ts=()
   for i in $(seq 1 "$n"); do ts+=("$("$@" "$i")"); done
-  printf '%s\n' "${ts[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.2f %.2f", a[int((NR+1)/2)], a[1]}'
+  printf '%s\n' "${ts[@]}" | sort -n | awk '
+    $1 == "fail" { failed++; next }
+    { a[++k] = $1 }
+    END {
+      if (k) printf "%.2f %.2f", a[int((k + 1) / 2)], a[1]; else printf "-"
+      if (failed) printf " (%d failed)", failed
+    }'
 }
 
 PROG="$CAIRN gocacheprog"
@@ -101,7 +114,8 @@ for cmd in "${CMDS[@]}"; do
   for net in "loopback:$SERVER" "+2 ms:$P2" "+10 ms:$P10"; do
     name=${net%%:*}; addr=${net#*:}
     for prefetch in true false; do
-      # A new GOCACHE each run, deleted only at the end: on ext4, creating
+      # A new GOCACHE each run. They are deleted after each scenario (go vet
+      # std leaves ~1 GB each), then we wait a minute: on ext4, creating
       # files right after deleting thousands makes inode allocation crawl
       # (recently_deleted), which no fresh CI machine suffers from.
       fresh() { # $1: the run's number
@@ -110,6 +124,9 @@ for cmd in "${CMDS[@]}"; do
       label="fresh machine, warm server, $name"
       [ "$prefetch" = true ] || label="$label, no prefetch"
       row "$cmd" "$label" "$(stats "$REPS" fresh)"
+      rm -rf "$WORK"/fresh-*
+      sync
+      sleep 65
     done
   done
 done

@@ -327,12 +327,18 @@ impl Dispatcher {
         let slot = self.slots.clone().acquire_owned().await.expect("semaphore is never closed");
         let responses = self.responses.clone();
         self.tasks.spawn(async move {
-            let response = AssertUnwindSafe(handler).catch_unwind().await.unwrap_or_else(|_| {
-                tracing::error!(id, "cairn gocacheprog: request handler panicked");
-                Response::error(id, "cairn: internal error (handler panicked)")
-            });
+            let outcome = AssertUnwindSafe(handler).catch_unwind().await;
+            let panicked = outcome.is_err();
+            let response = outcome.unwrap_or_else(|_| Response::error(id, "cairn: internal error (handler panicked)"));
             let _ = responses.send(response).await;
             drop(slot);
+            // Only now, with the reply sent: logging can itself panic (the
+            // log layer panics when stderr, which is go's, cannot be written,
+            // e.g. on a full disk), and a task that dies before replying
+            // hangs go forever.
+            if panicked {
+                tracing::error!(id, "cairn gocacheprog: request handler panicked");
+            }
         });
         // Forget finished tasks, so the set doesn't grow with the build.
         while self.tasks.try_join_next().is_some() {}

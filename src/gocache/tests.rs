@@ -320,6 +320,50 @@ async fn unusable_dir_is_a_clear_error() {
     assert!(err.to_string().contains("opening local cache dir"), "{err}");
 }
 
+/// A log writer that panics, as the log layer does (it reports a failed
+/// write with `eprintln!`, which panics) when stderr, go's, cannot be
+/// written: a full disk, a closed pipe.
+struct PanickingWriter;
+
+impl io::Write for PanickingWriter {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        panic!("stderr is gone");
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_answered_even_if_logging_panics() {
+    // Found with a full disk: the handler's panic was logged before the
+    // reply was sent, the logging panicked too, and go waited forever.
+    let subscriber = tracing_subscriber::fmt().with_writer(|| PanickingWriter).finish();
+    let _logs = tracing::subscriber::set_default(subscriber);
+    let (responses, mut rx) = mpsc::channel(4);
+    let mut work = Dispatcher {
+        tasks: JoinSet::new(),
+        slots: Arc::new(Semaphore::new(4)),
+        responses,
+    };
+    work.spawn(7, async {
+        if id_is_cursed(7) {
+            panic!("a bug in a handler");
+        }
+        Response::ok(7)
+    })
+    .await;
+    let reply = tokio::time::timeout(LIMIT, rx.recv()).await.expect("a reply").unwrap();
+    assert_eq!(reply.id, 7);
+    assert!(reply.err.is_some(), "{reply:?}");
+    work.drain().await;
+}
+
+fn id_is_cursed(id: i64) -> bool {
+    id == 7
+}
+
 /// The flags as main.rs embeds them.
 #[derive(clap::Parser)]
 struct Cli {
