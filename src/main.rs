@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     if matches!(cli.command, Command::Serve(_)) {
         limit_malloc_arenas();
+        raise_fd_limit();
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
@@ -113,6 +114,24 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only adjusts allocator tuning; called before any threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Every open blob read, upload and connection holds a file descriptor, and
+/// the usual soft limit (1024) is far below what a busy cache needs; the hard
+/// limit is what the administrator allows. (Running out is still safe: the
+/// request fails with RESOURCE_EXHAUSTED and nothing stored is touched.)
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = lim.rlim_cur, hard = lim.rlim_max, "could not raise the open-file limit");
+            }
+        }
     }
 }
 

@@ -28,8 +28,10 @@ impl ActionCache for ActionCacheService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action_digest").status()?;
-        let result = get_action_result(&self.store, &req, &action).status()?;
-        Ok(Response::new(result))
+        let result = get_action_result(&self.store, &req, &action);
+        // A result naming a lost blob is a miss to the client: count it so.
+        self.store.count_lookup(result.is_ok());
+        Ok(Response::new(result.status()?))
     }
 
     async fn update_action_result(

@@ -3,7 +3,8 @@
 //! the stored bytes exceed `max_size`, evicts least recently used entries down
 //! to [`LOW_WATER`] of the limit. Entries younger than `min_age` are never
 //! evicted; when only such entries are left, the overrun is logged loudly and
-//! counted in `min_age_overruns`.
+//! counted in `min_age_overruns`. The same thread sweeps `blobs/` once after
+//! start-up for files no record accounts for (see [`reclaim`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -11,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{IteratorMode, WriteBatch};
 
+use std::path::{Path, PathBuf};
+
 use super::lru::{lru_key, parse_lru_key, KIND_AC, KIND_CAS};
-use super::{parse_cas_value, Inner, Store, CF_AC, CF_ATIME, CF_CAS, CF_LRU, CF_META, KIND_FILE};
-use crate::digest::{Digest, DigestFunction};
+use super::{ac, digest_of_cas_key, parse_cas_value, reclaim, Inner, Store};
+use super::{CF_AC, CF_ATIME, CF_CAS, CF_CAS_DATA, CF_LRU, CF_META, KIND_FILE};
 use crate::error::{Error, Result};
 
 /// Eviction frees space down to this fraction of `max_size`, so it runs in
@@ -50,10 +53,6 @@ impl Wake {
 }
 
 impl Inner {
-    pub(super) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
-    }
-
     /// Adds "used now" rows for `entry` to `batch`, replacing the row of its
     /// previous use (`previous` is its old `atime` value, if any).
     pub(super) fn stamp(&self, batch: &mut WriteBatch, entry: &[u8], previous: Option<&[u8]>) {
@@ -71,10 +70,21 @@ impl Inner {
         }
     }
 
-    /// Deletes an entry (CAS blob or action result) with its LRU rows and
-    /// file, fixing the counters. Caller holds the commit lock. Returns the
-    /// bytes freed.
-    pub(super) fn remove_entry(&self, entry: &[u8]) -> Result<u64> {
+    /// Writes the noted uses when a caller found the backlog full, so uses
+    /// are never dropped and their memory stays bounded.
+    pub(super) fn relieve_backlog(&self, full: bool) -> Result<()> {
+        if full {
+            flush_touches(self)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an entry (CAS blob or action result) with its LRU rows, fixing
+    /// the counters. Caller holds the commit lock. A blob file is moved out of
+    /// `blobs/` at once (a rename: a re-upload of the same blob may publish
+    /// there as soon as the lock is released) and must be unlinked with
+    /// [`Inner::bury`] after the lock is released.
+    pub(super) fn remove_entry(&self, entry: &[u8]) -> Result<Removed> {
         let (kind, key) = entry.split_first().ok_or_else(|| Error::Internal("empty entry key".into()))?;
         let mut batch = WriteBatch::default();
         if let Some(t) = self.db.get_cf(self.cf(CF_ATIME), entry)? {
@@ -88,16 +98,14 @@ impl Inner {
             KIND_CAS => {
                 let Some(v) = self.db.get_cf(self.cf(CF_CAS), key)? else {
                     self.db.write(batch)?;
-                    return Ok(0);
+                    return Ok(Removed::default());
                 };
                 let (k, size, _) = parse_cas_value(&v)?;
                 if k == KIND_FILE {
-                    let function = DigestFunction::from_tag(key[0])
-                        .ok_or_else(|| Error::Internal(format!("cas key with unknown tag {}", key[0])))?;
-                    let hash: [u8; 32] = key[1..].try_into().map_err(|_| Error::Internal("short cas key".into()))?;
-                    file = Some(blob_path(self, &Digest { function, hash, size }));
+                    file = Some(self.blob_path(&digest_of_cas_key(key, size)?));
                 }
                 batch.delete_cf(self.cf(CF_CAS), key);
+                batch.delete_cf(self.cf(CF_CAS_DATA), key);
                 self.counters.add_cas(&mut batch, self.cf(CF_META), -1, -(size as i64));
                 self.db.write(batch)?;
                 self.counters.applied_cas(-1, -(size as i64));
@@ -106,29 +114,52 @@ impl Inner {
             KIND_AC => {
                 let Some(v) = self.db.get_cf(self.cf(CF_AC), key)? else {
                     self.db.write(batch)?;
-                    return Ok(0);
+                    return Ok(Removed::default());
                 };
-                let len = v.len() as i64;
+                let bytes = ac::entry_bytes(key.len(), v.len());
                 batch.delete_cf(self.cf(CF_AC), key);
-                self.counters.add_ac(&mut batch, self.cf(CF_META), -1, -len);
+                self.counters.add_ac(&mut batch, self.cf(CF_META), -1, -bytes);
                 self.db.write(batch)?;
-                self.counters.applied_ac(-1, -len);
-                len as u64
+                self.counters.applied_ac(-1, -bytes);
+                bytes as u64
             }
             other => return Err(Error::Internal(format!("entry key with unknown kind {other}"))),
         };
-        if let Some(path) = file {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not delete an evicted blob file");
+        let doomed = file.and_then(|path| self.move_to_tmp(&path));
+        Ok(Removed { freed, doomed })
+    }
+
+    /// Renames a file into `tmp/` (wiped at start-up) to be unlinked later;
+    /// `None` if it is already gone.
+    pub(super) fn move_to_tmp(&self, path: &Path) -> Option<PathBuf> {
+        let doomed = self.root.join("tmp").join(format!("removed-{}", uuid::Uuid::new_v4()));
+        match std::fs::rename(path, &doomed) {
+            Ok(()) => Some(doomed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                // The record is gone; the orphan sweep reclaims the file.
+                tracing::warn!(path = %path.display(), error = %e, "could not move a removed blob file aside");
+                None
             }
         }
-        Ok(freed)
+    }
+
+    /// Unlinks a file set aside by [`Inner::remove_entry`]; outside any lock
+    /// (freeing a large file's extents can take a while).
+    pub(super) fn bury(&self, doomed: Option<PathBuf>) {
+        if let Some(path) = doomed {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete a removed blob file");
+            }
+        }
     }
 }
 
-fn blob_path(inner: &Inner, d: &Digest) -> std::path::PathBuf {
-    let hex = d.hex();
-    inner.root.join("blobs").join(d.function.name()).join(&hex[..2]).join(hex)
+/// What [`Inner::remove_entry`] freed, and the file left to unlink.
+#[derive(Default)]
+pub(super) struct Removed {
+    pub(super) freed: u64,
+    pub(super) doomed: Option<PathBuf>,
 }
 
 /// One round of upkeep: record uses, then evict if over the limit. Rounds
@@ -140,23 +171,27 @@ pub(super) fn maintain(inner: &Inner) -> Result<()> {
     evict(inner)
 }
 
-/// Writes the noted uses into `atime`/`lru`, and the hit/miss counters into `meta`.
+/// Writes the noted uses into `atime`/`lru`, and the hit/miss counters into
+/// `meta`. Takes no store lock: a use written for an entry removed meanwhile
+/// leaves a stale row, which eviction recognises and drops.
 pub(super) fn flush_touches(inner: &Inner) -> Result<()> {
-    let touched: Vec<Vec<u8>> = inner.touches.drain().into_iter().collect();
-    let now = inner.limits.clock.now();
-    for chunk in touched.chunks(FLUSH_CHUNK) {
-        let _guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = inner.db.batched_multi_get_cf(inner.cf(CF_ATIME), chunk.iter(), false);
-        let mut batch = WriteBatch::default();
-        for (entry, prev) in chunk.iter().zip(previous) {
-            // No atime row: the entry was removed since it was used.
-            let Some(prev) = prev? else { continue };
-            if prev.as_ref() != now.to_be_bytes() {
-                inner.stamp(&mut batch, entry, Some(prev.as_ref()));
+    inner.touches.flush(|touched| {
+        let touched: Vec<&Vec<u8>> = touched.iter().collect();
+        let now = inner.limits.clock.now();
+        for chunk in touched.chunks(FLUSH_CHUNK) {
+            let previous = inner.db.batched_multi_get_cf(inner.cf(CF_ATIME), chunk.iter(), false);
+            let mut batch = WriteBatch::default();
+            for (entry, prev) in chunk.iter().zip(previous) {
+                // No atime row: the entry was removed since it was used.
+                let Some(prev) = prev? else { continue };
+                if prev.as_ref() != now.to_be_bytes() {
+                    inner.stamp(&mut batch, entry, Some(prev.as_ref()));
+                }
             }
+            inner.db.write(batch)?;
         }
-        inner.db.write(batch)?;
-    }
+        Ok::<(), Error>(())
+    })?;
     let mut batch = WriteBatch::default();
     if inner.counters.save_lookups(&mut batch, inner.cf(CF_META)) {
         inner.db.write(batch)?;
@@ -165,7 +200,7 @@ pub(super) fn flush_touches(inner: &Inner) -> Result<()> {
 }
 
 /// Evicts least recently used entries while the store is over its limit.
-fn evict(inner: &Inner) -> Result<()> {
+pub(super) fn evict(inner: &Inner) -> Result<()> {
     let max = inner.limits.max_size;
     if inner.counters.snapshot().total_bytes() as u64 <= max {
         return Ok(());
@@ -198,14 +233,9 @@ fn evict(inner: &Inner) -> Result<()> {
                 );
                 return Ok(());
             }
-            let _guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let current = inner.db.get_cf(inner.cf(CF_ATIME), entry)?;
-            if current.as_deref() == Some(&secs.to_be_bytes()[..]) {
-                freed += inner.remove_entry(entry)?;
+            if let Some(removed) = evict_one(inner, &row, secs, entry)? {
+                freed += removed;
                 evicted += 1;
-            } else {
-                // A stale row (the entry was used again, or is gone).
-                inner.db.delete_cf(inner.cf(CF_LRU), &row)?;
             }
             if inner.counters.snapshot().total_bytes() as u64 <= target {
                 break;
@@ -222,6 +252,32 @@ fn evict(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
+/// Evicts the entry of one `lru` row unless it was used since: returns the
+/// bytes freed, or `None` when the row was stale or the entry in use.
+fn evict_one(inner: &Inner, row: &[u8], secs: u64, entry: &[u8]) -> Result<Option<u64>> {
+    let removed = {
+        let _gate = inner.use_gate.write().unwrap_or_else(|p| p.into_inner());
+        let _guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = inner.db.get_cf(inner.cf(CF_ATIME), entry)?;
+        if current.as_deref() != Some(&secs.to_be_bytes()[..]) {
+            // A stale row (the entry was used again, or is gone).
+            inner.db.delete_cf(inner.cf(CF_LRU), row)?;
+            return Ok(None);
+        }
+        if inner.touches.contains(entry) {
+            // Used since the last flush (found present, returned as a hit):
+            // record that use now, which moves the entry out of this row.
+            let mut batch = WriteBatch::default();
+            inner.stamp(&mut batch, entry, current.as_deref());
+            inner.db.write(batch)?;
+            return Ok(None);
+        }
+        inner.remove_entry(entry)?
+    };
+    inner.bury(removed.doomed);
+    Ok(Some(removed.freed))
+}
+
 /// Starts the thread that flushes uses and evicts; it holds the store only
 /// while working, and stops when [`Store::close`] is called or the store is gone.
 pub(super) fn start_background(store: &Store) -> Result<()> {
@@ -231,15 +287,26 @@ pub(super) fn start_background(store: &Store) -> Result<()> {
         .name("cairn-lru".into())
         .spawn(move || {
             let mut last_error: Option<Instant> = None;
+            // Blob files left by a crash are reclaimed a few directories per
+            // tick, so start-up stays instant and upkeep keeps its pace.
+            let mut sweep = Some(reclaim::Sweep::default());
             loop {
                 wake.wait(Duration::from_secs(1));
                 if wake.stop.load(Ordering::Acquire) {
                     return;
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = maintain(&inner) {
+                let mut result = maintain(&inner);
+                if let (Ok(()), Some(s)) = (&result, &mut sweep) {
+                    match s.step(&inner, reclaim::DIRS_PER_TICK) {
+                        Ok(true) => sweep = None,
+                        Ok(false) => {}
+                        Err(e) => result = Err(e),
+                    }
+                }
+                if let Err(e) = result {
                     if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                        tracing::error!(error = %e, "recording uses or evicting failed");
+                        tracing::error!(error = %e, "recording uses, evicting or reclaiming failed");
                         last_error = Some(Instant::now());
                     }
                 }

@@ -9,9 +9,15 @@
 //! a second, so a read never costs a RocksDB write of its own. The order is
 //! exact LRU at one-second resolution, except that uses in the last second
 //! before a crash are forgotten.
+//!
+//! Eviction never takes an entry whose use is noted but not yet written: it
+//! checks [`Touches::contains`] under the store's `use_gate`, which readers
+//! hold from their lookup until their use is noted. So an entry reported
+//! present, or named by a result returned as a hit, is protected from that
+//! moment, and for `--min-age` once the use is written.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// An entry's key in `atime`/`lru`: a kind byte, then the entry's own key.
 pub(super) type EntryKey = Vec<u8>;
@@ -83,38 +89,72 @@ impl Clock {
     }
 }
 
-/// Keys used since the last flush. Bounded: past [`MAX_PENDING`] keys new
-/// uses are dropped until the flusher catches up (they only sharpen LRU order).
+/// Keys used since the last flush, visible to eviction until they are
+/// written: a use noted here protects its entry exactly as a written one
+/// does. Bounded: past [`MAX_PENDING`] keys the caller that noted the use
+/// writes the backlog itself before answering (backpressure; a use is never
+/// dropped).
 pub(super) struct Touches {
     pending: Mutex<HashSet<EntryKey>>,
+    /// The keys a flush is writing right now; still "used" until written.
+    flushing: Mutex<Arc<HashSet<EntryKey>>>,
+    /// One flush at a time, so `flushing` always holds the one in progress.
+    flush: Mutex<()>,
+    /// Uses held before the caller must flush ([`MAX_PENDING`] outside tests).
+    bound: usize,
 }
 
-/// Upper bound on remembered uses between flushes (~50 MB at worst).
+/// Bound on remembered uses between flushes (~50 MB at worst).
 const MAX_PENDING: usize = 1_000_000;
 
 impl Touches {
     pub(super) fn new() -> Touches {
-        Touches { pending: Mutex::new(HashSet::new()) }
+        Touches::with_bound(MAX_PENDING)
     }
 
-    /// Notes that an entry was used.
-    pub(super) fn touch(&self, entry: EntryKey) {
+    fn with_bound(bound: usize) -> Touches {
+        Touches { pending: Mutex::new(HashSet::new()), flushing: Mutex::default(), flush: Mutex::new(()), bound }
+    }
+
+    /// Notes that an entry was used. True when the backlog is full and the
+    /// caller must flush it.
+    pub(super) fn touch(&self, entry: EntryKey) -> bool {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() < MAX_PENDING {
-            p.insert(entry);
+        p.insert(entry);
+        p.len() >= self.bound
+    }
+
+    /// Notes many uses under one lock acquisition; true as for [`Touches::touch`].
+    pub(super) fn touch_all(&self, entries: Vec<EntryKey>) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.extend(entries);
+        p.len() >= self.bound
+    }
+
+    /// True when `entry` was used since its last written use.
+    pub(super) fn contains(&self, entry: &[u8]) -> bool {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).contains(entry)
+            || self.flushing.lock().unwrap_or_else(|e| e.into_inner()).contains(entry)
+    }
+
+    /// Runs `write` over every noted use. The keys stay visible to
+    /// [`Touches::contains`] until `write` returns (and, if it fails, are
+    /// noted again).
+    pub(super) fn flush<T, E>(&self, write: impl FnOnce(&HashSet<EntryKey>) -> Result<T, E>) -> Result<T, E> {
+        let _one = self.flush.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = {
+            // Lock order: pending, then flushing (as in `contains`).
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = Arc::new(std::mem::take(&mut *p));
+            *self.flushing.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&taken);
+            taken
+        };
+        let result = write(&taken);
+        if result.is_err() {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(taken.iter().cloned());
         }
-    }
-
-    /// Notes many uses under one lock acquisition.
-    pub(super) fn touch_all(&self, entries: Vec<EntryKey>) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let room = MAX_PENDING.saturating_sub(p.len());
-        p.extend(entries.into_iter().take(room));
-    }
-
-    /// Takes every noted use.
-    pub(super) fn drain(&self) -> HashSet<EntryKey> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+        *self.flushing.lock().unwrap_or_else(|e| e.into_inner()) = Arc::default();
+        result
     }
 }
 
@@ -132,5 +172,28 @@ mod tests {
         assert_eq!(t, 256);
         assert_eq!(e, entry_key(KIND_AC, b"aaa").as_slice());
         assert!(parse_lru_key(b"short").is_none());
+    }
+
+    #[test]
+    fn uses_are_never_dropped_and_stay_visible_while_written() {
+        let t = Touches::with_bound(3);
+        assert!(!t.touch(b"a".to_vec()));
+        assert!(!t.touch(b"b".to_vec()));
+        // Full: the caller is told to write the backlog, and nothing is lost.
+        assert!(t.touch_all(vec![b"c".to_vec(), b"d".to_vec()]));
+        assert!([&b"a"[..], b"b", b"c", b"d"].iter().all(|k| t.contains(k)));
+        let written = t
+            .flush(|keys| {
+                // Mid-write, every key still counts as used.
+                assert!(keys.iter().all(|k| t.contains(k)));
+                Ok::<usize, ()>(keys.len())
+            })
+            .unwrap();
+        assert_eq!(written, 4);
+        assert!(!t.contains(b"a"));
+        // A failed write notes the uses again.
+        t.touch(b"e".to_vec());
+        assert!(t.flush(|_| Err::<(), ()>(())).is_err());
+        assert!(t.contains(b"e"));
     }
 }

@@ -1,12 +1,18 @@
 //! The storage engine: one RocksDB database plus a directory of blob files.
 //!
 //! Layout of a data dir:
-//! - `db/`: RocksDB with column families `cas` (digest → small blob inline,
-//!   or a marker that the blob is a file), `ac` (instance + action digest →
+//! - `db/`: RocksDB with column families `cas` (digest → a 9-byte index
+//!   record: whether the blob is inline or a file, and its size), `cas_data`
+//!   (digest → the bytes of an inline blob), `ac` (instance + action digest →
 //!   ActionResult bytes), `atime` and `lru` (last use of every entry, see
 //!   [`lru`]) and `meta` (entry, byte, hit, miss and eviction counters,
 //!   maintained by a merge operator in the same write batch as each change, so
 //!   start-up reads a few keys and scans nothing).
+//!   The index is kept apart from the data so that existence checks
+//!   (FindMissingBlobs, ActionCache completeness) read 9-byte values from a
+//!   small, cache-resident family instead of pulling up to 256 KiB blobs
+//!   through the block cache. (Records written before the split carry their
+//!   inline bytes after the header; they are read as they are.)
 //! - `blobs/{function}/{xx}/{hash}`: blobs larger than [`INLINE_MAX`], one file each.
 //! - `tmp/`: uploads in progress; wiped at start-up, so an interrupted upload
 //!   leaks no space across a restart.
@@ -21,24 +27,32 @@
 //!
 //! Atomicity: a blob becomes visible only when its `cas` key is written, after
 //! its bytes are complete, verified and (for files) fsynced and renamed into
-//! place. Readers therefore never see a partial blob.
+//! place. Readers therefore never see a partial blob. A crash between the
+//! rename and the record, or between removing a record and unlinking its
+//! file, leaves a file nothing accounts for: [`reclaim`] deletes those in the
+//! background after start-up. A record whose file has gone missing is
+//! dropped when a read finds it so (never on a transient error such as
+//! running out of file descriptors), and repaired by the next upload.
 
+mod ac;
+mod cas;
 pub mod complete;
 mod counters;
 mod evict;
 mod lru;
 mod reader;
+mod reclaim;
 mod uploads;
 mod writer;
 pub mod zstd;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
 
 pub use counters::Stats;
@@ -52,6 +66,7 @@ pub use writer::BlobWriter;
 pub const INLINE_MAX: u64 = 256 * 1024;
 
 const CF_CAS: &str = "cas";
+const CF_CAS_DATA: &str = "cas_data";
 const CF_AC: &str = "ac";
 const CF_META: &str = "meta";
 const CF_ATIME: &str = "atime";
@@ -94,9 +109,16 @@ struct Inner {
     root: PathBuf,
     counters: counters::Counters,
     /// Serialises the check-then-insert of a commit, so concurrent uploads of
-    /// one blob count its bytes once. Held only for a RocksDB get + write and
-    /// a rename, never across I/O on blob contents.
+    /// one blob count its bytes once, and every removal. Held for RocksDB
+    /// point reads and writes and a rename, never across I/O on blob contents,
+    /// an fsync or an unlink.
     commit_lock: Mutex<()>,
+    /// Closes the gap between "a reader found an entry" and "the reader's use
+    /// is noted": readers hold it shared across the lookup and the note,
+    /// eviction holds it exclusively while it checks for noted uses and
+    /// removes one entry. So anything reported present or returned as a hit
+    /// is seen as used by every later eviction (see [`lru`]).
+    use_gate: RwLock<()>,
     uploads: Uploads,
     limits: Limits,
     /// Uses noted since the last flush; see [`lru`].
@@ -134,7 +156,7 @@ fn ac_key(instance: &str, d: &Digest) -> Vec<u8> {
     k
 }
 
-/// Encodes a `cas` value header: kind byte + size (u64 LE).
+/// Encodes a `cas` index record: kind byte + size (u64 LE).
 fn cas_header(kind: u8, size: u64) -> [u8; 9] {
     let mut h = [0u8; 9];
     h[0] = kind;
@@ -142,7 +164,19 @@ fn cas_header(kind: u8, size: u64) -> [u8; 9] {
     h
 }
 
-/// Decodes a `cas` value into (kind, size, inline bytes).
+/// The digest a `cas` key names, given the size from its record.
+fn digest_of_cas_key(key: &[u8], size: u64) -> Result<Digest> {
+    let function = key
+        .first()
+        .and_then(|t| DigestFunction::from_tag(*t))
+        .ok_or_else(|| Error::Internal(format!("cas key {} has an unknown digest function", hex::encode(key))))?;
+    let hash: [u8; 32] =
+        key[1..].try_into().map_err(|_| Error::Internal(format!("cas key {} is not 33 bytes", hex::encode(key))))?;
+    Ok(Digest { function, hash, size })
+}
+
+/// Decodes a `cas` value into (kind, size, inline bytes of a record written
+/// before the index split; empty for current records).
 fn parse_cas_value(v: &[u8]) -> Result<(u8, u64, &[u8])> {
     if v.len() < 9 {
         return Err(Error::Internal(format!("cas record of {} bytes is truncated", v.len())));
@@ -158,7 +192,8 @@ impl Store {
     }
 
     /// Opens the data dir at `root`; starts the background thread that records
-    /// uses and evicts (it stops when the last handle is dropped).
+    /// uses and evicts (it stops when the last handle is dropped), and a
+    /// one-off sweep that reclaims blob files no record accounts for.
     pub fn open_with(root: &Path, limits: Limits) -> Result<Store> {
         for sub in ["db", "blobs", "tmp"] {
             std::fs::create_dir_all(root.join(sub))
@@ -175,22 +210,20 @@ impl Store {
                 root: root.to_path_buf(),
                 counters,
                 commit_lock: Mutex::new(()),
+                use_gate: RwLock::new(()),
                 uploads: Uploads::new(),
                 limits,
                 touches: lru::Touches::new(),
                 wake: Arc::new(evict::Wake::default()),
             }),
         };
+        ac::upgrade_accounting(&store.inner)?;
         // A manual clock means the owner (a test, the LRU replay) drives
         // upkeep itself through `maintain`; a background round would race it.
         if !store.inner.limits.clock.is_manual() {
             evict::start_background(&store)?;
         }
         Ok(store)
-    }
-
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.inner.cf(name)
     }
 
     /// Records uses and evicts now rather than at the next tick (tests, shutdown).
@@ -208,195 +241,20 @@ impl Store {
         &self.inner.uploads
     }
 
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        let hex = d.hex();
-        self.inner.root.join("blobs").join(d.function.name()).join(&hex[..2]).join(hex)
-    }
-
     fn tmp_dir(&self) -> PathBuf {
         self.inner.root.join("tmp")
     }
+}
 
-    /// Returns those of `digests` the CAS does not hold, in request order.
-    /// The empty blob is always present.
-    pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let keys: Vec<[u8; 33]> = digests.iter().map(cas_key).collect();
-        let found = self.inner.db.batched_multi_get_cf(self.cf(CF_CAS), keys.iter(), false);
-        let mut missing = Vec::new();
-        let mut used = Vec::with_capacity(digests.len());
-        for ((d, k), r) in digests.iter().zip(&keys).zip(found) {
-            let present = match r? {
-                Some(v) => {
-                    let same = parse_cas_value(&v)?.1 == d.size;
-                    if same {
-                        used.push(lru::entry_key(lru::KIND_CAS, k));
-                    }
-                    same
-                }
-                None => d.is_empty_blob(),
-            };
-            if !present {
-                missing.push(*d);
-            }
-        }
-        // Asking whether a blob exists means a build needs it.
-        self.inner.touches.touch_all(used);
-        Ok(missing)
+impl Inner {
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
     }
 
-    /// True when the CAS holds `d`.
-    pub fn contains(&self, d: &Digest) -> Result<bool> {
-        Ok(self.find_missing(std::slice::from_ref(d))?.is_empty())
-    }
-
-    /// Opens `d` for reading from `offset`, at most `limit` bytes (None = to the
-    /// end). `Ok(None)` when the blob is absent. An offset past the end is
-    /// OUT_OF_RANGE; an offset equal to the size reads nothing.
-    pub fn read(&self, d: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<BlobReader>> {
-        if offset > d.size {
-            return Err(Error::OutOfRange(format!(
-                "read offset {offset} is past the end of blob {d} ({} bytes)",
-                d.size
-            )));
-        }
-        let len = limit.map_or(d.size - offset, |l| l.min(d.size - offset));
-        if d.is_empty_blob() {
-            return Ok(Some(BlobReader::inline(Vec::new(), 0, 0)));
-        }
-        let Some(v) = self.inner.db.get_pinned_cf(self.cf(CF_CAS), cas_key(d))? else {
-            return Ok(None);
-        };
-        let (kind, size, data) = parse_cas_value(&v)?;
-        if size != d.size {
-            return Ok(None);
-        }
-        self.inner.touches.touch(lru::entry_key(lru::KIND_CAS, &cas_key(d)));
-        match kind {
-            KIND_INLINE => Ok(Some(BlobReader::inline(data.to_vec(), offset, len))),
-            KIND_FILE => {
-                let path = self.blob_path(d);
-                match reader::open_file(&path, size, offset, len) {
-                    Ok(r) => Ok(Some(r)),
-                    Err(e) => {
-                        // The record outlived its file (deleted by hand, or a
-                        // truncated file after power loss): drop the record so
-                        // the blob reads as missing and gets uploaded again.
-                        tracing::error!(digest = ?d, path = %path.display(), error = %e, "blob file unusable; forgetting the blob");
-                        self.forget_cas(d)?;
-                        Ok(None)
-                    }
-                }
-            }
-            k => Err(Error::Internal(format!("cas record for {d} has unknown kind {k}"))),
-        }
-    }
-
-    /// Reads a whole small blob into memory (for batch reads and Tree/Directory
-    /// protos); callers bound `d.size` first.
-    pub fn read_all(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
-        let Some(mut r) = self.read(d, 0, None)? else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(d.size as usize);
-        while let Some(chunk) = r.next_chunk(1 << 20)? {
-            out.extend_from_slice(&chunk);
-        }
-        Ok(Some(out))
-    }
-
-    /// Starts an upload of `d`; bytes are verified against `d` on commit.
-    pub fn begin_write(&self, d: Digest) -> Result<BlobWriter> {
-        BlobWriter::new(self.clone(), d)
-    }
-
-    /// Stores a blob held in memory after verifying it hashes to `d`.
-    pub fn put(&self, d: Digest, data: &[u8]) -> Result<()> {
-        let mut w = self.begin_write(d)?;
-        w.write(data)?;
-        w.commit()
-    }
-
-    /// Makes a verified blob visible. `file` is the temp file holding it, for
-    /// blobs above [`INLINE_MAX`]; otherwise `inline` holds the bytes. Returns
-    /// true when `file` was moved into the store (else the caller deletes it).
-    fn commit_blob(&self, d: &Digest, inline: Option<&[u8]>, file: Option<&Path>) -> Result<bool> {
-        let cf = self.cf(CF_CAS);
-        let key = cas_key(d);
-        let _guard = self.inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = self.inner.db.get_pinned_cf(cf, key)? {
-            if parse_cas_value(&v)?.1 == d.size {
-                return Ok(false); // Someone else stored it first; ours is dropped.
-            }
-        }
-        let mut value = cas_header(if file.is_some() { KIND_FILE } else { KIND_INLINE }, d.size).to_vec();
-        let mut published = None;
-        if let Some(path) = file {
-            let dest = self.blob_path(d);
-            let parent = dest.parent().expect("blob path has a parent");
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-            std::fs::rename(path, &dest).map_err(|e| Error::io(format!("publishing {}", dest.display()), e))?;
-            published = Some(dest);
-        } else {
-            value.extend_from_slice(inline.unwrap_or_default());
-        }
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf, key, &value);
-        self.inner.stamp(&mut batch, &lru::entry_key(lru::KIND_CAS, &key), None);
-        self.inner.counters.add_cas(&mut batch, self.cf(CF_META), 1, d.size as i64);
-        if let Err(e) = self.inner.db.write(batch) {
-            // No record, so no file: a blob file without a record would be
-            // space that nothing accounts for.
-            if let Some(dest) = &published {
-                let _ = std::fs::remove_file(dest);
-            }
-            return Err(e.into());
-        }
-        self.inner.counters.applied_cas(1, d.size as i64);
-        drop(_guard);
-        self.inner.wake_if_over_limit();
-        Ok(published.is_some())
-    }
-
-    /// Removes a CAS entry and its file, fixing the counters.
-    fn forget_cas(&self, d: &Digest) -> Result<()> {
-        let _guard = self.inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.inner.remove_entry(&lru::entry_key(lru::KIND_CAS, &cas_key(d)))?;
-        Ok(())
-    }
-
-    /// The stored ActionResult bytes for `action` in `instance`, if any.
-    /// Counts as a use of the entry (the caller touches the blobs it names).
-    pub fn get_action(&self, instance: &str, action: &Digest) -> Result<Option<Vec<u8>>> {
-        let key = ac_key(instance, action);
-        let found = self.inner.db.get_cf(self.cf(CF_AC), &key)?;
-        if found.is_some() {
-            self.inner.touches.touch(lru::entry_key(lru::KIND_AC, &key));
-        }
-        self.inner.counters.count_lookup(found.is_some());
-        Ok(found)
-    }
-
-    /// Stores (or replaces) the ActionResult bytes for `action` in `instance`.
-    pub fn put_action(&self, instance: &str, action: &Digest, result: &[u8]) -> Result<()> {
-        let cf = self.cf(CF_AC);
-        let key = ac_key(instance, action);
-        let _guard = self.inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.inner.db.get_pinned_cf(cf, &key)?.map(|v| v.len() as i64);
-        let (dn, db) = match old {
-            Some(len) => (0, result.len() as i64 - len),
-            None => (1, result.len() as i64),
-        };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf, &key, result);
-        let entry = lru::entry_key(lru::KIND_AC, &key);
-        let previous = self.inner.db.get_cf(self.cf(CF_ATIME), &entry)?;
-        self.inner.stamp(&mut batch, &entry, previous.as_deref());
-        self.inner.counters.add_ac(&mut batch, self.cf(CF_META), dn, db);
-        self.inner.db.write(batch)?;
-        self.inner.counters.applied_ac(dn, db);
-        drop(_guard);
-        self.inner.wake_if_over_limit();
-        Ok(())
+    /// Where the file of a blob above [`INLINE_MAX`] lives.
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join("blobs").join(d.function.name()).join(&hex[..2]).join(hex)
     }
 }
 
@@ -406,6 +264,9 @@ impl Store {
 pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
 /// Total memtable memory across column families before RocksDB flushes.
 pub const MEMTABLE_BUDGET: usize = 64 << 20;
+/// Table files RocksDB keeps open (each a file descriptor). A 10 GiB cache
+/// has a few dozen; beyond this RocksDB reopens files as needed.
+const MAX_OPEN_TABLE_FILES: i32 = 256;
 
 fn db_options() -> Options {
     let mut o = Options::default();
@@ -413,6 +274,9 @@ fn db_options() -> Options {
     o.create_missing_column_families(true);
     o.increase_parallelism(2);
     o.set_db_write_buffer_size(MEMTABLE_BUDGET);
+    // RocksDB keeps every table file open by default; bound it so blob reads
+    // and connections can't be starved of file descriptors by a large DB.
+    o.set_max_open_files(MAX_OPEN_TABLE_FILES);
     o
 }
 
@@ -437,18 +301,24 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
         o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
         o
     };
-    // Blobs and results are stored compressed where it saves space: LZ4 in
-    // the upper levels (cheap for fresh, churning data), zstd in the bottom
-    // level where most data settles. RocksDB keeps a block uncompressed when
-    // compression doesn't pay (already-compressed outputs).
-    let mut data_opts = small(true);
-    data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    data_opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    // Blob bytes and results are stored compressed where it saves space: LZ4
+    // in the upper levels (cheap for fresh, churning data), zstd in the
+    // bottom level where most data settles. RocksDB keeps a block
+    // uncompressed when compression doesn't pay (already-compressed outputs).
+    // Inline bytes are only read after the index said they exist, so their
+    // family needs no bloom filter.
+    let compressed = |bloom: bool| {
+        let mut o = small(bloom);
+        o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        o.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+        o
+    };
     let mut meta_opts = small(false);
     meta_opts.set_merge_operator_associative("add_i64", counters::add_merge);
     vec![
-        ColumnFamilyDescriptor::new(CF_CAS, data_opts.clone()),
-        ColumnFamilyDescriptor::new(CF_AC, data_opts),
+        ColumnFamilyDescriptor::new(CF_CAS, compressed(true)),
+        ColumnFamilyDescriptor::new(CF_CAS_DATA, compressed(false)),
+        ColumnFamilyDescriptor::new(CF_AC, compressed(true)),
         ColumnFamilyDescriptor::new(CF_META, meta_opts),
         ColumnFamilyDescriptor::new(CF_ATIME, small(true)),
         ColumnFamilyDescriptor::new(CF_LRU, small(false)),
@@ -481,3 +351,6 @@ fn wipe_dir(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod safety_tests;

@@ -86,7 +86,9 @@ fn counters_persist_and_count_duplicates_once() {
     assert_eq!(s.cas_count, 2);
     assert_eq!(s.cas_bytes, (big.len() + small.len()) as i64);
     assert_eq!(s.ac_count, 2);
-    assert_eq!(s.ac_bytes, ("result-22".len() + 1) as i64);
+    // Results count their key bytes too: stored in `ac`, `atime` and `lru`
+    // (keys: instance, NUL, function tag, 32 hash bytes).
+    assert_eq!(s.ac_bytes, ("result-22".len() + 3 * 34 + "r".len() + 3 * (5 + 34)) as i64);
     let a = DigestFunction::Blake3.digest_of(b"action");
     assert_eq!(store.get_action("", &a).unwrap().unwrap(), b"result-22");
     assert_eq!(store.get_action("other", &a).unwrap().unwrap(), b"r");

@@ -57,6 +57,11 @@ impl ServerProcess {
         format!("grpc://{}", self.addr)
     }
 
+    /// A new HTTP/2 connection to the server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.http_url()).unwrap().connect().await.expect("connect")
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

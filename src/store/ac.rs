@@ -1,0 +1,101 @@
+//! The ActionCache side of the store: ActionResult bytes per instance and
+//! action digest, and how their size is accounted.
+
+use rocksdb::{IteratorMode, WriteBatch};
+
+use super::lru::{self, KIND_AC};
+use super::{ac_key, Inner, Store, CF_AC, CF_ATIME, CF_META};
+use crate::digest::Digest;
+use crate::error::Result;
+
+/// An ActionCache key is stored three times (`ac`, `atime`, `lru`), and an
+/// instance name can make it long: its bytes count against `--max-size`
+/// like the result's own.
+const KEY_COPIES: i64 = 3;
+
+/// Bytes an ActionCache entry counts against the size limit.
+pub(super) fn entry_bytes(key_len: usize, value_len: usize) -> i64 {
+    value_len as i64 + KEY_COPIES * key_len as i64
+}
+
+/// `meta` key recording how stored bytes are accounted; absent in data dirs
+/// from before ActionCache keys were counted.
+const ACCOUNTING_KEY: &[u8] = b"accounting";
+/// Current accounting: ActionCache entries count their key bytes.
+const ACCOUNTING_V2: &[u8] = b"v2";
+
+/// Brings the ActionCache byte counter of an older data dir to the current
+/// accounting, once: one pass over `ac` (results are small and few next to
+/// the CAS), then a marker so later start-ups read nothing.
+pub(super) fn upgrade_accounting(inner: &Inner) -> Result<()> {
+    let meta = inner.cf(CF_META);
+    if inner.db.get_cf(meta, ACCOUNTING_KEY)?.is_some() {
+        return Ok(());
+    }
+    let mut actual = 0i64;
+    for row in inner.db.iterator_cf(inner.cf(CF_AC), IteratorMode::Start) {
+        let (k, v) = row?;
+        actual += entry_bytes(k.len(), v.len());
+    }
+    let delta = actual - inner.counters.snapshot().ac_bytes;
+    let mut batch = WriteBatch::default();
+    inner.counters.add_ac(&mut batch, meta, 0, delta);
+    batch.put_cf(meta, ACCOUNTING_KEY, ACCOUNTING_V2);
+    inner.db.write(batch)?;
+    inner.counters.applied_ac(0, delta);
+    if delta != 0 {
+        tracing::info!(delta, "recounted ActionCache bytes to include key bytes");
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The stored ActionResult bytes for `action` in `instance`, if any.
+    /// Counts as a use of the entry (the caller checks, and so uses, the
+    /// blobs it names) but not as a hit: the caller says whether the result
+    /// was usable with [`Store::count_lookup`].
+    pub fn get_action(&self, instance: &str, action: &Digest) -> Result<Option<Vec<u8>>> {
+        let key = ac_key(instance, action);
+        let (found, backlog) = {
+            let _gate = self.inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
+            let found = self.inner.db.get_cf(self.inner.cf(CF_AC), &key)?;
+            let backlog = found.is_some() && self.inner.touches.touch(lru::entry_key(KIND_AC, &key));
+            (found, backlog)
+        };
+        self.inner.relieve_backlog(backlog)?;
+        Ok(found)
+    }
+
+    /// Counts an ActionCache lookup: a hit only when a complete result was
+    /// returned (one naming a lost blob is a miss to the client too).
+    pub fn count_lookup(&self, hit: bool) {
+        self.inner.counters.count_lookup(hit);
+    }
+
+    /// Stores (or replaces) the ActionResult bytes for `action` in `instance`.
+    pub fn put_action(&self, instance: &str, action: &Digest, result: &[u8]) -> Result<()> {
+        let inner = &self.inner;
+        let cf = inner.cf(CF_AC);
+        let key = ac_key(instance, action);
+        let entry = lru::entry_key(KIND_AC, &key);
+        let _gate = inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
+        let _guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = inner.db.get_pinned_cf(cf, &key)?.map(|v| entry_bytes(key.len(), v.len()));
+        let new = entry_bytes(key.len(), result.len());
+        let (dn, db) = match old {
+            Some(old) => (0, new - old),
+            None => (1, new),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, &key, result);
+        let previous = inner.db.get_cf(inner.cf(CF_ATIME), &entry)?;
+        inner.stamp(&mut batch, &entry, previous.as_deref());
+        inner.counters.add_ac(&mut batch, inner.cf(CF_META), dn, db);
+        inner.db.write(batch)?;
+        inner.counters.applied_ac(dn, db);
+        drop(_guard);
+        drop(_gate);
+        inner.wake_if_over_limit();
+        Ok(())
+    }
+}
