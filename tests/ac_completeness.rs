@@ -62,7 +62,8 @@ async fn each_kind_of_missing_blob_makes_a_miss() {
         let present: Vec<(Digest, Bytes)> =
             all.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, b)| (*b).clone()).collect();
         // A fresh instance per case, so earlier uploads don't fill the gap.
-        let server = TestServer::start().await;
+        let (_tmp, path) = common::temp_data_dir();
+        let server = TestServer::start_with(cairn::config::Config::for_data_dir(&path)).await;
         let c2 = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
         c2.batch_upload(&present).await.unwrap();
         let action = DigestFunction::Sha256.digest_of(format!("action {i}").as_bytes());
@@ -74,6 +75,10 @@ async fn each_kind_of_missing_blob_makes_a_miss() {
         // Supplying the missing blob makes the same result a hit.
         c2.batch_upload(&[all[i].clone()]).await.unwrap();
         assert!(c2.get_action_result(&action).await.unwrap().is_some(), "complete result ({missing} added) missed");
+        // The incomplete result was a miss to the client, and is counted so.
+        server.stop().await;
+        let stats = cairn::store::read_stats(&path).unwrap();
+        assert_eq!((stats.ac_hits, stats.ac_misses), (1, 1), "{missing}: {stats:?}");
     }
 
     // And the plain complete case on the first server.
