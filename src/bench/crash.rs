@@ -65,9 +65,9 @@ pub struct Ledger {
 const BATCH_MAX: u64 = 8;
 /// ByteStream blobs are this size and up: above the inline limit (256 KiB),
 /// so each is a file in `blobs/`.
-const FILE_MIN: usize = 300 * 1024;
-/// ByteStream blobs are at most this size.
-const FILE_MAX: usize = 2 << 20;
+const FILE_MIN: usize = 260 * 1024;
+/// ByteStream blobs are at most this size (100 rounds write about 10 GB).
+const FILE_MAX: usize = 1 << 20;
 
 /// One writer: mixed writes until the server dies or `killed` is set.
 async fn writer(c: Client, ledger: Arc<Mutex<Ledger>>, killed: Arc<AtomicBool>, seed: u64) {

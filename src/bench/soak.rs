@@ -285,15 +285,27 @@ pub async fn run(args: BenchArgs, bin: PathBuf) -> anyhow::Result<()> {
     super::output(&args, &report)
 }
 
-/// `cairn stats --json` of the data dir (safe while the server runs).
+/// `cairn stats --json` of the data dir, while the server runs. Retried: its
+/// read-only open of RocksDB can race with the server deleting an SST file
+/// after a compaction ("No such file or directory ... MANIFEST may be
+/// corrupted"), a transient failure.
 pub async fn server_stats(bin: &std::path::Path, dir: &std::path::Path) -> Option<serde_json::Value> {
-    let out = tokio::process::Command::new(bin).args(["stats", "--json", "--data-dir"]).arg(dir).output().await.ok()?;
-    if !out.status.success() {
-        eprintln!("cairn stats failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
+    for attempt in 1..=STATS_ATTEMPTS {
+        let out =
+            tokio::process::Command::new(bin).args(["stats", "--json", "--data-dir"]).arg(dir).output().await.ok()?;
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).ok();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().take(3).collect::<Vec<_>>().join(" / ");
+        eprintln!("cairn stats failed (attempt {attempt} of {STATS_ATTEMPTS}): {first}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    serde_json::from_slice(&out.stdout).ok()
+    None
 }
+
+/// Tries of `cairn stats` before a failure counts.
+const STATS_ATTEMPTS: u32 = 5;
 
 fn pct(a: u64, b: u64) -> f64 {
     a as f64 * 100.0 / b.max(1) as f64
