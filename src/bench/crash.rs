@@ -44,6 +44,10 @@ pub struct CrashArgs {
     /// reclaim to leave no file in blobs/ without a record, in seconds.
     #[arg(long, default_value_t = 120.0)]
     pub crash_reclaim_secs: f64,
+    /// Bytes per second all writers together send at most: bounds the data
+    /// dir (100 rounds of about a second write about 100 times this).
+    #[arg(long, default_value = "24MiB", value_parser = crate::config::parse_size)]
+    pub crash_rate: u64,
 }
 
 /// Every write the loop sent, and which were acknowledged.
@@ -70,8 +74,9 @@ const FILE_MIN: usize = 260 * 1024;
 const FILE_MAX: usize = 1 << 20;
 
 /// One writer: mixed writes until the server dies or `killed` is set.
-async fn writer(c: Client, ledger: Arc<Mutex<Ledger>>, killed: Arc<AtomicBool>, seed: u64) {
+async fn writer(c: Client, ledger: Arc<Mutex<Ledger>>, killed: Arc<AtomicBool>, seed: u64, rate: u64) {
     let mut rng = Rng::new(seed);
+    let (started, mut sent) = (Instant::now(), 0u64);
     let mut mine: Vec<Digest> = Vec::new();
     let lock = || ledger.lock().unwrap_or_else(|e| e.into_inner());
     loop {
@@ -118,6 +123,7 @@ async fn writer(c: Client, ledger: Arc<Mutex<Ledger>>, killed: Arc<AtomicBool>, 
         };
         match r {
             Ok(ds) => {
+                sent += ds.iter().map(|d| d.size).sum::<u64>();
                 mine.extend(ds.iter().copied());
                 lock().acked_blobs.extend(ds);
             }
@@ -131,6 +137,9 @@ async fn writer(c: Client, ledger: Arc<Mutex<Ledger>>, killed: Arc<AtomicBool>, 
         if killed.load(Ordering::SeqCst) {
             return;
         }
+        // Keep to this writer's share of --crash-rate.
+        let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+        tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
     }
 }
 
@@ -159,7 +168,8 @@ pub async fn run(args: BenchArgs, bin: PathBuf, rounds: u64) -> anyhow::Result<(
         let writers: Vec<_> = (0..ca.crash_writers.max(1))
             .map(|w| {
                 let (c, l, k) = (c.clone(), Arc::clone(&ledger), Arc::clone(&killed));
-                tokio::spawn(writer(c, l, k, seed ^ (round << 16) ^ w as u64))
+                let rate = ca.crash_rate / ca.crash_writers.max(1) as u64;
+                tokio::spawn(writer(c, l, k, seed ^ (round << 16) ^ w as u64, rate))
             })
             .collect();
         let wait = 0.05 + rng.unit() * (ca.crash_max_secs - 0.05).max(0.0);
@@ -189,7 +199,7 @@ pub async fn run(args: BenchArgs, bin: PathBuf, rounds: u64) -> anyhow::Result<(
     let c = Client::connect(&child.url, "", Duration::from_secs(10)).await?;
     crash_check::after_restart(&c, &bin, &dir, &mut known, &mut f).await?;
     crash_check::full(&c, &mut known, &mut f).await?;
-    crash_check::reclaim(&c, &dir, &known, &mut f, Duration::from_secs_f64(ca.crash_reclaim_secs)).await?;
+    crash_check::reclaim(&c, &dir, &mut known, &mut f, Duration::from_secs_f64(ca.crash_reclaim_secs)).await?;
     tokio::task::spawn_blocking(move || child.stop()).await?;
     let disk = super::soak_watch::du(&dir);
 

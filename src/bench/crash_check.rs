@@ -34,6 +34,8 @@ pub struct Known {
     unresolved: Vec<(Digest, bool)>,
     /// ActionCache updates sent in the last round, acknowledged or not.
     unresolved_ac: Vec<(Digest, reapi::ActionResult, bool)>,
+    /// Files without a record seen so far (each counted once).
+    orphans: HashSet<Digest>,
     /// Every acknowledged write, for the final full check.
     acked: Vec<Digest>,
     acked_ac: Vec<(Digest, reapi::ActionResult)>,
@@ -66,9 +68,10 @@ pub struct Findings {
     pub lost_blobs: u64,
     /// Acknowledged ActionCache entries missing or changed (must be 0).
     pub lost_ac: u64,
-    /// Files in blobs/ without a record right after restarts (summed; the
-    /// reclaim runs in the background, so these are expected).
+    /// Distinct files in blobs/ seen without a record right after a restart
+    /// (expected after a crash: the reclaim runs in the background).
     pub orphans_seen: u64,
+    /// Most such files at one restart.
     pub orphans_max: u64,
     /// Files without a record after the reclaim had its time (must be 0).
     pub orphans_left: u64,
@@ -98,7 +101,7 @@ impl Findings {
     pub fn summary(&self) -> String {
         format!(
             "{} rounds, {} acknowledged blobs + {} ActionCache entries, lost {} blobs + {} entries, \
-             orphans after restarts {} (max {}), orphans left after reclaim {}, records without file {}, \
+             files without record after restarts {} (max {} at once), orphans left after reclaim {}, records without file {}, \
              counter mismatches {}, tmp/ leftovers {}, write errors while up {}",
             self.rounds,
             self.acked_blobs,
@@ -188,7 +191,7 @@ pub async fn after_restart(c: &Client, bin: &Path, dir: &Path, k: &mut Known, f:
         }
     }
     let (orphans, missing_files, tmp) = disk(dir, k)?;
-    f.orphans_seen += orphans;
+    f.orphans_seen = k.orphans.len() as u64;
     f.orphans_max = f.orphans_max.max(orphans);
     f.tmp_leftovers += tmp;
     if missing_files > 0 {
@@ -226,7 +229,7 @@ async fn counters(bin: &Path, dir: &Path, k: &Known, f: &mut Findings) -> anyhow
 
 /// Files in blobs/ without a record, records above the inline limit without a
 /// file, and files in tmp/.
-fn disk(dir: &Path, k: &Known) -> anyhow::Result<(u64, u64, u64)> {
+fn disk(dir: &Path, k: &mut Known) -> anyhow::Result<(u64, u64, u64)> {
     let mut files: HashSet<Digest> = HashSet::new();
     let root = dir.join("blobs").join(DigestFunction::Sha256.name());
     if root.exists() {
@@ -244,6 +247,7 @@ fn disk(dir: &Path, k: &Known) -> anyhow::Result<(u64, u64, u64)> {
         }
     }
     let orphans = files.iter().filter(|d| !k.stored.contains(d)).count() as u64;
+    k.orphans.extend(files.iter().filter(|d| !k.stored.contains(d)));
     let inline_max = crate::store::INLINE_MAX;
     let missing = k.stored.iter().filter(|d| d.size > inline_max && !files.contains(d)).count() as u64;
     let tmp = std::fs::read_dir(dir.join("tmp")).map(|r| r.count() as u64).unwrap_or(0);
@@ -269,7 +273,7 @@ pub async fn full(c: &Client, k: &mut Known, f: &mut Findings) -> anyhow::Result
 }
 
 /// Polls until no file in blobs/ lacks a record, for at most `wait`.
-pub async fn reclaim(c: &Client, dir: &Path, k: &Known, f: &mut Findings, wait: Duration) -> anyhow::Result<()> {
+pub async fn reclaim(c: &Client, dir: &Path, k: &mut Known, f: &mut Findings, wait: Duration) -> anyhow::Result<()> {
     let t = Instant::now();
     loop {
         let (orphans, _, _) = disk(dir, k)?;
@@ -313,8 +317,8 @@ mod tests {
         let mut k = Known::default();
         // Held: one file, one above the inline limit without its file, one inline.
         k.stored.extend([kept, no_file, inline]);
-        assert_eq!(disk(dir.path(), &k).unwrap(), (1, 1, 1));
+        assert_eq!(disk(dir.path(), &mut k).unwrap(), (1, 1, 1));
         k.stored.insert(orphan);
-        assert_eq!(disk(dir.path(), &k).unwrap(), (0, 1, 1));
+        assert_eq!(disk(dir.path(), &mut k).unwrap(), (0, 1, 1));
     }
 }
