@@ -46,7 +46,7 @@ pub struct CrashArgs {
     pub crash_reclaim_secs: f64,
     /// Bytes per second all writers together send at most: bounds the data
     /// dir (100 rounds of about a second write about 100 times this).
-    #[arg(long, default_value = "24MiB", value_parser = crate::config::parse_size)]
+    #[arg(long, default_value = "32MiB", value_parser = crate::config::parse_size)]
     pub crash_rate: u64,
 }
 
@@ -70,8 +70,9 @@ const BATCH_MAX: u64 = 8;
 /// ByteStream blobs are this size and up: above the inline limit (256 KiB),
 /// so each is a file in `blobs/`.
 const FILE_MIN: usize = 260 * 1024;
-/// ByteStream blobs are at most this size (100 rounds write about 10 GB).
-const FILE_MAX: usize = 1 << 20;
+/// ByteStream blobs are at most this size: small files, so that many commits
+/// (rename, then record) are in flight when the kill comes.
+const FILE_MAX: usize = 512 * 1024;
 
 /// One writer: mixed writes until the server dies or `killed` is set.
 async fn writer(c: Client, ledger: Arc<Mutex<Ledger>>, killed: Arc<AtomicBool>, seed: u64, rate: u64) {
