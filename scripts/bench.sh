@@ -11,6 +11,7 @@
 #   scripts/bench.sh                    full run (about 20-30 minutes)
 #   QUICK=1 scripts/bench.sh            small sizes, to try the script (minutes)
 #   PEERS="" scripts/bench.sh           cairn only
+#   SOAK=0 scripts/bench.sh             without the soak (SOAK_DURATION, default 10m)
 #
 # Adding a peer: write scripts/peer-NAME.sh answering `install`, `start DIR`
 # (print "URL PID") and `stop DIR` (see scripts/peer-buildgrid.sh), and add
@@ -21,6 +22,8 @@ cd "$(dirname "$0")/.."
 PEERS=(${PEERS-buildgrid})
 REPEATS=${REPEATS:-3}
 QUICK=${QUICK:-0}
+SOAK=${SOAK:-1}
+SOAK_DURATION=${SOAK_DURATION:-10m}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cairn-target}
 export CAIRN_BENCH_TMP=${CAIRN_BENCH_TMP:-/var/tmp}
 STARTUP_DIR=${STARTUP_DIR:-$CAIRN_BENCH_TMP/cairn-bench-startup}
@@ -39,12 +42,15 @@ light=(--only limits,find-missing,ac,batch,bytestream,replay)
 large=(--only bytestream --stream-sizes 1GiB)
 startup=(--only startup --startup-entries 1000000 --startup-bytes 10GiB --startup-dir "$STARTUP_DIR")
 lru=(--only lru)
+soak=(--soak --soak-duration "$SOAK_DURATION")
 if [[ $QUICK == 1 ]]; then
     REPEATS=1
     light+=(--seconds 0.5 --batch-bytes 8MiB --stream-sizes 1MiB,16MiB --replay-actions 300 --go-scale 0.1)
     large=(--only bytestream --stream-sizes 128MiB)
     startup=(--only startup --startup-entries 100000 --startup-bytes 1GiB --startup-dir "$STARTUP_DIR-quick")
     lru+=(--lru-accesses 50000)
+    soak=(--soak --soak-duration 30s --soak-clients 32 --soak-max-size 512MiB --soak-stream-max 32MiB
+        --soak-huge-size 128MiB)
 fi
 
 commands=()
@@ -62,6 +68,9 @@ done
 run "cairn 1 GiB" "$work/cairn-large.json" --start-cairn "${large[@]}"
 run "cairn start-up" "$work/cairn-startup.json" --start-cairn "${startup[@]}"
 run "cairn LRU" "$work/cairn-lru.json" --start-cairn "${lru[@]}"
+if [[ $SOAK == 1 ]]; then
+    run "cairn soak" "$work/cairn-soak.json" --start-cairn "${soak[@]}"
+fi
 existing() { for f in "$@"; do [[ -e $f ]] && echo "$f"; done; }
 mapfile -t jsons < <(existing "$work"/cairn-light-*.json "$work"/cairn-{large,startup,lru}.json)
 "$bin" bench --merge "${jsons[@]}" --json "$work/merged-cairn.json" --markdown "$work/merged-cairn.md" >/dev/null || true
@@ -133,6 +142,16 @@ fi
     echo
     sed -n '/^#### Goals/,$p' "$work/merged-cairn.md" | tail -n +3
     echo
+    if [[ -s $work/cairn-soak.json.md ]]; then
+        echo "## Soak (cairn)"
+        echo
+        echo "One server at its size limit under well-behaved and misbehaving clients at once"
+        echo "(docs/readme-soak.md says what each row checks)."
+        echo
+        sed -n '/^| workload/,/^$/p' "$work/cairn-soak.json.md"
+        sed -n '/^#### Goals/,$p' "$work/cairn-soak.json.md" | tail -n +3
+        echo
+    fi
     echo "## cairn against its peers"
     echo
     echo "Headline figure per workload (MB/s where bytes move, else ops/s), p99 latency, and the speed ratio."

@@ -16,6 +16,10 @@
 //! - [`startup`]: start-up time and RSS of `cairn serve` over a big data dir.
 //! - [`lru`]: the store's eviction against exact LRU on a replayed access trace.
 //! - [`merge`]: medians of repeated runs (`--merge`) and servers side by side (`--compare`).
+//! - [`soak`]: `--soak`, minutes of well-behaved ([`soak_builds`]) and
+//!   misbehaving ([`soak_hostile`]) clients against a server at its size
+//!   limit, watched by [`soak_watch`].
+//! - [`crash`]: `--crash-loop N`, kill -9 during mixed writes, checked by [`crash_check`].
 //!
 //! Every workload talks through [`crate::client::Client`], the one REAPI
 //! client, and counts every failed or wrong answer as an error.
@@ -23,6 +27,8 @@
 mod ac;
 mod bytestream;
 mod cas;
+mod crash;
+mod crash_check;
 mod data;
 mod limits;
 mod lru;
@@ -30,6 +36,10 @@ mod merge;
 mod replay;
 mod report;
 mod server;
+mod soak;
+mod soak_builds;
+mod soak_hostile;
+mod soak_watch;
 mod startup;
 
 use std::future::Future;
@@ -129,6 +139,10 @@ pub struct BenchArgs {
     /// (the first is the reference, e.g. cairn, then the peers).
     #[arg(long, num_args = 1.., conflicts_with_all = ["target", "start_cairn"])]
     pub compare: Vec<PathBuf>,
+    #[command(flatten)]
+    pub soak: soak::SoakArgs,
+    #[command(flatten)]
+    pub crash: crash::CrashArgs,
 }
 
 /// What every workload needs: the connections, the flags, the results so far.
@@ -227,13 +241,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let report = merge::merge(&args.merge)?;
         return output(&args, &report);
     }
-    for f in &args.only {
-        anyhow::ensure!(FAMILIES.contains(&f.as_str()), "unknown workload family {f:?}; pick from {FAMILIES:?}");
-    }
     let bin = match &args.cairn_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
+    if let Some(rounds) = args.crash.crash_loop {
+        return crash::run(args, bin, rounds).await;
+    }
+    if args.soak.soak {
+        return soak::run(args, bin).await;
+    }
+    for f in &args.only {
+        anyhow::ensure!(FAMILIES.contains(&f.as_str()), "unknown workload family {f:?}; pick from {FAMILIES:?}");
+    }
     let child = if args.start_cairn { Some(server::CairnChild::start(&bin, None, &[])?) } else { None };
     let url = match (&child, &args.target) {
         (Some(c), _) => c.url.clone(),
