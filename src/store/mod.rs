@@ -332,9 +332,24 @@ pub fn read_stats(root: &Path) -> Result<Stats> {
     if !path.join("CURRENT").exists() {
         return Err(Error::NotFound(format!("{} holds no cairn data", root.display())));
     }
-    let db = DB::open_cf_descriptors_read_only(&db_options(), &path, cf_descriptors(), false)?;
-    let counters = counters::Counters::load(&db, db.cf_handle(CF_META).expect("meta cf"))?;
-    Ok(counters.snapshot())
+    // A read-only open lists the live table files, then opens them; a
+    // compaction in the running server can delete one in between. A fresh
+    // attempt sees the new list.
+    let mut attempt = 0;
+    loop {
+        let opened = DB::open_cf_descriptors_read_only(&db_options(), &path, cf_descriptors(), false);
+        match opened {
+            Ok(db) => {
+                let counters = counters::Counters::load(&db, db.cf_handle(CF_META).expect("meta cf"))?;
+                return Ok(counters.snapshot());
+            }
+            Err(e) if attempt < 5 && e.to_string().contains("No such file") => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50 * attempt));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Deletes everything inside `dir` (not `dir` itself).
