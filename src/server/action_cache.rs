@@ -1,5 +1,7 @@
 //! ActionCache: GetActionResult / UpdateActionResult. Entries are kept per
-//! instance name; the blobs they refer to live in the shared CAS.
+//! instance name; the blobs they refer to live in the shared CAS. Both calls
+//! run on a blocking thread: a lookup may decode Trees of up to 64 MiB and
+//! read stdout/stderr, an update takes the store's commit lock.
 
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -7,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::digest::{validate_instance, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi::{self, action_cache_server::ActionCache};
+use crate::server::blocking;
 use crate::server::status::IntoStatus;
 use crate::store::{complete, Store};
 
@@ -28,7 +31,8 @@ impl ActionCache for ActionCacheService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action_digest").status()?;
-        let result = get_action_result(&self.store, &req, &action).status()?;
+        let store = self.store.clone();
+        let result = blocking(move || get_action_result(&store, &req, &action)).await?;
         Ok(Response::new(result))
     }
 
@@ -44,7 +48,9 @@ impl ActionCache for ActionCacheService {
             req.action_result.ok_or_else(|| Error::InvalidArgument("action_result is missing".into())).status()?;
         validate_result(function, &result).status()?;
         let bytes = result.encode_to_vec();
-        self.store.put_action(&req.instance_name, &action, &bytes).status()?;
+        let store = self.store.clone();
+        let instance = req.instance_name;
+        blocking(move || store.put_action(&instance, &action, &bytes)).await?;
         Ok(Response::new(result))
     }
 }
@@ -61,6 +67,8 @@ fn get_action_result(
     let function = action.function;
     if let Some(gone) = complete::first_missing(store, function, &result)? {
         tracing::debug!(action = ?action, missing = ?gone, "action result is incomplete; reporting a miss");
+        // get_action counted a hit; the client gets a miss, so the stats say so.
+        store.count_incomplete_hit();
         return Err(Error::NotFound(format!(
             "action result for {action} refers to blob {gone}, which is no longer in the CAS"
         )));

@@ -113,6 +113,12 @@ impl Counters {
         self.count(if hit { HITS } else { MISSES }, 1);
     }
 
+    /// Turns one counted hit into a miss (an incomplete ActionCache result).
+    pub(super) fn hit_was_a_miss(&self) {
+        self.count(HITS, -1);
+        self.count(MISSES, 1);
+    }
+
     pub(super) fn count_evictions(&self, n: u64) {
         self.count(EVICTED, n as i64);
     }

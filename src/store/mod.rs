@@ -376,6 +376,12 @@ impl Store {
         Ok(found)
     }
 
+    /// Recounts the last `get_action` hit as a miss: the result named a blob
+    /// the CAS no longer holds, so the client was told NOT_FOUND.
+    pub fn count_incomplete_hit(&self) {
+        self.inner.counters.hit_was_a_miss();
+    }
+
     /// Stores (or replaces) the ActionResult bytes for `action` in `instance`.
     pub fn put_action(&self, instance: &str, action: &Digest, result: &[u8]) -> Result<()> {
         let cf = self.cf(CF_AC);
