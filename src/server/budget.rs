@@ -23,9 +23,11 @@ use crate::config::human_size;
 /// Longest wait for budget when no idle timeout is configured.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-/// Bytes held for a zstd encoder or decoder of one stream: its window and
-/// buffers at the levels and window sizes cairn reads and accepts (an estimate,
-/// counted so that many idle compressed streams can't hold memory unseen).
+/// Bytes counted for the zstd encoder or decoder of one stream: an estimate of
+/// a level-1 encoder's or a decoder's window and buffers for ordinary frames,
+/// counted so that many idle compressed streams can't hold memory unseen. (A
+/// decoder's window is whatever the frame declares, up to zstd's own limit;
+/// bounding it by the declared blob size is store/zstd.rs's job.)
 pub const ZSTD_STATE_BYTES: usize = 1 << 20;
 
 struct Inner {

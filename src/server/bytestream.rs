@@ -112,6 +112,7 @@ impl ByteStream for ByteStreamService {
         let mut stream = request.into_inner();
         let first = match self.idle {
             Some(idle) => tokio::time::timeout(idle, stream.message()).await.map_err(|_| {
+                tracing::info!(?idle, "cancelled an upload that sent no first message");
                 Status::deadline_exceeded(format!("no first message within {idle:?} (--stream-idle-timeout)"))
             })??,
             None => stream.message().await?,

@@ -1,7 +1,7 @@
 //! The body of a ByteStream Read, without a thread per stream: each chunk is
 //! read (and compressed) by one short blocking task when the transport asks
 //! for it, so a client that stops reading holds no thread and no buffered
-//! chunk, only its open blob. A watchdog closes the blob and ends the stream
+//! chunk, only its open blob (a file, or a small blob's bytes, budgeted). A watchdog closes the blob and ends the stream
 //! with DEADLINE_EXCEEDED when the client takes nothing for the idle timeout.
 
 use std::pin::Pin;

@@ -98,18 +98,22 @@ impl Spool {
         }
     }
 
+    /// Bytes hashed and written to the spool: what QueryWriteStatus reports.
     pub fn committed(&self) -> u64 {
         self.committed
     }
 
+    /// Offset of the client's stream accepted so far.
     pub fn received(&self) -> u64 {
         self.received
     }
 
+    /// Bytes received and not yet handed to a blocking task.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }
 
+    /// True while a batch is being written.
     pub fn in_flight(&self) -> bool {
         self.inflight.is_some()
     }
