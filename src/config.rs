@@ -17,6 +17,76 @@ pub const DEFAULT_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(
 /// per-blob framing so a full batch still fits in one message.
 pub const DEFAULT_MAX_BATCH_TOTAL_SIZE: u64 = 4 * 1024 * 1024 - 64 * 1024;
 
+// --- Stream and connection limits (server helper, issue 9) ---
+
+/// Default HTTP/2 streams (calls in flight) per connection. Bazel multiplexes
+/// up to 100 calls on one connection and opens more connections beyond that,
+/// so this never slows a real client, yet one connection can't pin unbounded
+/// per-stream state. Calls past the limit wait in the client for a free slot.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Default interval of HTTP/2 PINGs on each connection: a peer that vanished
+/// without a FIN (a crashed VM, a dropped NAT entry) is noticed within a
+/// minute or two and its streams are released, instead of after hours.
+pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Default wait for a PING's answer before the connection is closed.
+pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Default idle time before the kernel probes a TCP connection (SO_KEEPALIVE),
+/// which also keeps idle connections alive through NAT and firewalls.
+pub const DEFAULT_TCP_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Default time a ByteStream Read or Write may go without progress (a Write
+/// that sends no bytes, a Read whose client takes none) before the server
+/// cancels it with DEADLINE_EXCEEDED. A live client moves a MiB in far less;
+/// Bazel's own `--remote_timeout` defaults to the same 60 s.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Default budget for stream data held in memory at once across all calls
+/// (upload batches on their way to disk, download chunks on their way to the
+/// network, small uploads spooled in memory). 256 MiB keeps over a hundred
+/// full-speed streams busy on a machine with a few cores; when it is spent,
+/// new work waits (at most the idle timeout) and then gets RESOURCE_EXHAUSTED.
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 << 20;
+
+/// Connection and stream limits: what one client can make the server hold.
+#[derive(Clone, Debug)]
+pub struct StreamLimits {
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING interval (None: no pings).
+    pub http2_keepalive_interval: Option<std::time::Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout: std::time::Duration,
+    /// TCP keepalive idle time (None: off).
+    pub tcp_keepalive: Option<std::time::Duration>,
+    /// A ByteStream call without progress for this long is cancelled (None: never).
+    pub stream_idle_timeout: Option<std::time::Duration>,
+    /// Bytes of stream data held in memory at once, across all calls.
+    pub max_buffered_bytes: u64,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            http2_keepalive_interval: Some(DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
+            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+            tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+            stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+        }
+    }
+}
+
+/// A duration knob where `0` means off.
+pub fn nonzero(d: std::time::Duration) -> Option<std::time::Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+// --- end of stream and connection limits ---
+
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -28,6 +98,8 @@ pub struct Config {
     pub min_age: std::time::Duration,
     /// Advertised `max_batch_total_size_bytes`, enforced on batch calls.
     pub max_batch_total_size: u64,
+    /// Connection and stream limits (see [`StreamLimits`]).
+    pub streams: StreamLimits,
 }
 
 impl Config {
@@ -38,6 +110,7 @@ impl Config {
             max_size: DEFAULT_MAX_SIZE,
             min_age: DEFAULT_MIN_AGE,
             max_batch_total_size: DEFAULT_MAX_BATCH_TOTAL_SIZE,
+            streams: StreamLimits::default(),
         }
     }
 }

@@ -58,6 +58,26 @@ struct ServeArgs {
     /// Entries used more recently than this are never evicted (e.g. 12h, 90m, 0).
     #[arg(long, env = "CAIRN_MIN_AGE", default_value = "12h", value_parser = config::parse_duration)]
     min_age: std::time::Duration,
+    // --- Stream and connection limits (server helper, issue 9) ---
+    /// HTTP/2 calls in flight per connection; more wait in the client.
+    #[arg(long, env = "CAIRN_MAX_CONCURRENT_STREAMS", default_value_t = config::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keepalive PINGs (0: off).
+    #[arg(long, env = "CAIRN_HTTP2_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = config::parse_duration)]
+    http2_keepalive_interval: std::time::Duration,
+    /// How long a keepalive PING may go unanswered before the connection is closed.
+    #[arg(long, env = "CAIRN_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = config::parse_duration)]
+    http2_keepalive_timeout: std::time::Duration,
+    /// TCP keepalive idle time (0: off).
+    #[arg(long, env = "CAIRN_TCP_KEEPALIVE", default_value = "60s", value_parser = config::parse_duration)]
+    tcp_keepalive: std::time::Duration,
+    /// A ByteStream Read or Write without progress for this long is cancelled (0: never).
+    #[arg(long, env = "CAIRN_STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = config::parse_duration)]
+    stream_idle_timeout: std::time::Duration,
+    /// Stream data held in memory at once across all calls, e.g. 256MiB.
+    #[arg(long, env = "CAIRN_MAX_BUFFERED_BYTES", default_value = "256MiB", value_parser = config::parse_size)]
+    max_buffered_bytes: u64,
+    // --- end of stream and connection limits ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +159,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::for_data_dir(args.data_dir.unwrap_or_else(config::default_data_dir));
     config.max_size = args.max_size;
     config.min_age = args.min_age;
+    // --- Stream and connection limits (server helper, issue 9) ---
+    config.streams = config::StreamLimits {
+        max_concurrent_streams: args.max_concurrent_streams,
+        http2_keepalive_interval: config::nonzero(args.http2_keepalive_interval),
+        http2_keepalive_timeout: args.http2_keepalive_timeout,
+        tcp_keepalive: config::nonzero(args.tcp_keepalive),
+        stream_idle_timeout: config::nonzero(args.stream_idle_timeout),
+        max_buffered_bytes: args.max_buffered_bytes,
+    };
+    // --- end of stream and connection limits ---
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -88,3 +88,25 @@ async fn each_kind_of_missing_blob_makes_a_miss() {
     c.update_action_result(&action, result(&out.0, &stdout.0, &stderr.0, &tree.0)).await.unwrap();
     assert!(c.get_action_result(&action).await.unwrap().is_some());
 }
+
+/// A lookup that finds a result naming a missing blob answers NOT_FOUND and
+/// is counted as a miss, not a hit; a complete result is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incomplete_results_count_as_misses() {
+    let (_dir, path) = common::temp_data_dir();
+    let server = TestServer::start_with(cairn::config::Config::for_data_dir(&path)).await;
+    let c = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
+    let (out, stdout, stderr, inner) = (put("out"), put("stdout"), put("stderr"), put("inner"));
+    let tree = tree_of(&inner.0);
+    // Everything but the output file.
+    c.batch_upload(&[stdout.clone(), stderr.clone(), inner.clone(), tree.clone()]).await.unwrap();
+    let action = DigestFunction::Sha256.digest_of(b"counted");
+    c.update_action_result(&action, result(&out.0, &stdout.0, &stderr.0, &tree.0)).await.unwrap();
+    assert!(c.get_action_result(&action).await.unwrap().is_none());
+    c.batch_upload(&[out]).await.unwrap();
+    assert!(c.get_action_result(&action).await.unwrap().is_some());
+    drop(c);
+    let config = server.stop().await;
+    let stats = cairn::store::read_stats(&config.data_dir).unwrap();
+    assert_eq!((stats.ac_hits, stats.ac_misses), (1, 1), "one incomplete (a miss) and one complete lookup (a hit)");
+}

@@ -238,3 +238,75 @@ async fn get_tree_rejects_bad_input() {
     let pages = get_tree_all(&ch, tree_req(&tree.root, 0, "")).await.expect("GetTree after bad input");
     assert_eq!(pages.iter().map(|p| p.directories.len()).sum::<usize>(), tree.expected.len());
 }
+
+/// Page tokens carry the walk's state and are checked when they come back:
+/// one issued for another root, a tampered one, an old-style offset, or junk
+/// is INVALID_ARGUMENT, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_tree_rejects_forged_tokens() {
+    let server = TestServer::start().await;
+    let ch = server.channel().await;
+    let tree = upload_tree(&ch).await;
+    // Another stored Directory (one unnamed, empty file entry).
+    let other = upload(&mut cas(&ch), &[b"\x0a\x00"]).await;
+    let mut stream = cas(&ch).get_tree(tree_req(&tree.root, 1, "")).await.expect("GetTree").into_inner();
+    let token = stream.next().await.unwrap().unwrap().next_page_token;
+    drop(stream);
+    assert!(!token.is_empty());
+
+    let mut tampered: Vec<char> = token.chars().collect();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    let cases: Vec<(&str, reapi::Digest, String)> = vec![
+        ("another root", other[0].clone(), token.clone()),
+        ("tampered", tree.root.clone(), tampered),
+        ("truncated", tree.root.clone(), token.get(..token.len().saturating_sub(3)).unwrap_or("").to_string()),
+        ("an offset", tree.root.clone(), "2".into()),
+        ("junk", tree.root.clone(), "%%%".into()),
+        ("huge", tree.root.clone(), "A".repeat(1 << 20)),
+    ];
+    for (what, root, token) in cases {
+        assert_status(
+            get_tree_all(&ch, tree_req(&root, 1, &token)).await,
+            Code::InvalidArgument,
+            &["page_token"],
+            what,
+        );
+    }
+    // The genuine token still resumes.
+    let rest = get_tree_all(&ch, tree_req(&tree.root, 0, &token)).await.expect("resume");
+    assert_eq!(rest.iter().map(|p| p.directories.len()).sum::<usize>(), tree.expected.len() - 1);
+}
+
+/// Large directories: no page carries more than 2 MiB of directories (the
+/// size is checked before a directory is added), so every page fits a
+/// client's default 4 MiB message limit; together they hold the whole tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_tree_pages_stay_under_the_message_limit() {
+    let server = TestServer::start().await;
+    let ch = server.channel().await;
+    let mut subdirs = Vec::new();
+    let mut expected = BTreeSet::new();
+    for i in 0..4 {
+        // ~1.5 MiB of file entries.
+        let files = (0..15_000).map(|j| file(&format!("dir{i}-file-{j:06}-with-a-longish-name"), b"x")).collect();
+        let dir = Directory { files, ..Default::default() };
+        let bytes = dir.encode_to_vec();
+        let d = sha256(&bytes);
+        write(&mut bs(&ch), &fresh_upload_name(&d), &bytes).await.expect("upload a large directory");
+        subdirs.push(subdir(&format!("d{i}"), &d));
+        expected.insert(bytes);
+    }
+    let root = Directory { directories: subdirs, ..Default::default() };
+    let root_bytes = root.encode_to_vec();
+    let root_digest = upload(&mut cas(&ch), &[&root_bytes]).await.remove(0);
+    expected.insert(root_bytes);
+    let pages = get_tree_all(&ch, tree_req(&root_digest, 0, "")).await.expect("GetTree");
+    let mut seen = BTreeSet::new();
+    for p in &pages {
+        assert!(p.encoded_len() <= (2 << 20) + (64 << 10), "a page of {} bytes", p.encoded_len());
+        collect(&mut seen, &p.directories);
+    }
+    assert_eq!(seen, expected);
+}

@@ -1,5 +1,7 @@
 //! ActionCache: GetActionResult / UpdateActionResult. Entries are kept per
-//! instance name; the blobs they refer to live in the shared CAS.
+//! instance name; the blobs they refer to live in the shared CAS. Both calls
+//! run on a blocking thread: a lookup may decode Trees of up to 64 MiB and
+//! read stdout/stderr, an update takes the store's commit lock.
 
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -7,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::digest::{validate_instance, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi::{self, action_cache_server::ActionCache};
+use crate::server::blocking;
 use crate::server::status::IntoStatus;
 use crate::store::{complete, Store};
 
@@ -28,10 +31,15 @@ impl ActionCache for ActionCacheService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action_digest").status()?;
-        let result = get_action_result(&self.store, &req, &action);
-        // A result naming a lost blob is a miss to the client: count it so.
-        self.store.count_lookup(result.is_ok());
-        Ok(Response::new(result.status()?))
+        let store = self.store.clone();
+        let result = blocking(move || {
+            let result = get_action_result(&store, &req, &action);
+            // A result naming a lost blob is a miss to the client: count it so.
+            store.count_lookup(result.is_ok());
+            result
+        })
+        .await?;
+        Ok(Response::new(result))
     }
 
     async fn update_action_result(
@@ -46,7 +54,9 @@ impl ActionCache for ActionCacheService {
             req.action_result.ok_or_else(|| Error::InvalidArgument("action_result is missing".into())).status()?;
         validate_result(function, &result).status()?;
         let bytes = result.encode_to_vec();
-        self.store.put_action(&req.instance_name, &action, &bytes).status()?;
+        let store = self.store.clone();
+        let instance = req.instance_name;
+        blocking(move || store.put_action(&instance, &action, &bytes)).await?;
         Ok(Response::new(result))
     }
 }

@@ -1,181 +1,58 @@
 //! ByteStream Read / Write / QueryWriteStatus over REAPI resource names.
-//! Reads stream the blob in chunks from a blocking task; writes hash and spool
-//! as bytes arrive and publish only after verification. An upload cut off
-//! mid-stream is parked so QueryWriteStatus can report it and the client can
-//! resume from `committed_size`.
+//! Neither direction holds a thread for the life of a stream: reads produce
+//! each chunk with a short blocking task when the client wants it
+//! ([`download`]), writes hand batches of received bytes to short blocking
+//! tasks ([`upload`]). Writes hash and spool as bytes arrive and publish only
+//! after verification. An upload cut off mid-stream (or idle too long) is
+//! parked so QueryWriteStatus can report it and the client can resume from
+//! `committed_size`.
 
-use std::pin::Pin;
+use std::time::Duration;
 
-use futures::Stream;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{FutureExt, StreamExt};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::digest::{Compressor, ResourceName};
 use crate::error::Error;
 use crate::proto::bytestream::{self, byte_stream_server::ByteStream};
 use crate::server::blocking;
+use crate::server::budget::{Budget, Held, ZSTD_STATE_BYTES};
+use crate::server::download::{self, Accounting, Chunks, ReadStream};
 use crate::server::status::{to_status, IntoStatus};
+use crate::server::upload::{Spool, Upload, BATCH_BYTES};
 use crate::store::zstd::{ZstdReader, ZstdUpload};
-use crate::store::{BlobReader, BlobWriter, Store};
-
-/// Bytes per ReadResponse: large enough to amortise framing, far below
-/// gRPC's 4 MiB default message limit.
-const READ_CHUNK: usize = 1 << 20;
+use crate::store::{BlobWriter, Store, INLINE_MAX};
 
 /// The ByteStream service.
 pub struct ByteStreamService {
     pub store: Store,
+    /// Bounds the stream data held in memory across all calls.
+    pub budget: Budget,
+    /// A stream without progress for this long is cancelled.
+    pub idle: Option<Duration>,
 }
 
-/// Chunks queued between the receiving task and the hashing thread; bounds
-/// the memory of one upload to this many messages.
-const PIPELINE_DEPTH: usize = 4;
-
-/// What the hashing thread is told to do next.
-enum Step {
-    Data(bytes::Bytes),
-    /// Verify and publish.
-    Commit,
-    /// Keep the bytes received under this resource name for resumption.
-    Park(String),
-}
-
-/// Feeds an upload to a blocking thread that hashes and spools it, so
-/// receiving the next chunk from the network overlaps with hashing and
-/// writing the last, and no file I/O runs on the async workers. Dropping the
-/// pipeline abandons the upload (its bytes are discarded).
-struct Pipeline {
-    tx: tokio::sync::mpsc::Sender<Step>,
-    /// The thread's verdict; taken once it is awaited.
-    done: Option<tokio::task::JoinHandle<Result<(), Error>>>,
-    /// Bytes of the client's stream accepted so far.
-    offset: u64,
-}
-
-impl Pipeline {
-    fn start(upload: Upload, store: Store) -> Pipeline {
-        let offset = upload.offset();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(PIPELINE_DEPTH);
-        let done = tokio::task::spawn_blocking(move || {
-            let mut upload = upload;
-            while let Some(step) = rx.blocking_recv() {
-                match step {
-                    Step::Data(data) => upload.write(&data)?,
-                    Step::Commit => return upload.commit(),
-                    Step::Park(name) => {
-                        upload.park(&store, name);
-                        return Ok(());
-                    }
-                }
-            }
-            Ok(())
-        });
-        Pipeline { tx, done: Some(done), offset }
-    }
-
-    /// Queues a chunk. If the thread has stopped (bad data, full disk), its error.
-    async fn send(&mut self, data: bytes::Bytes) -> Result<(), Status> {
-        let n = data.len() as u64;
-        if self.tx.send(Step::Data(data)).await.is_err() {
-            return Err(self.join().await.err().unwrap_or_else(|| Status::internal("upload thread stopped early")));
+impl ByteStreamService {
+    /// Budget for what an upload holds in memory for its whole life: a small
+    /// blob's in-memory spool (sized by its declared size), a zstd decoder.
+    fn upload_state_budget(&self, size: u64, compressed: bool) -> Result<Option<Held>, Status> {
+        let spool = if size <= INLINE_MAX { size as usize } else { 0 };
+        let n = spool + if compressed { ZSTD_STATE_BYTES } else { 0 };
+        if n == 0 {
+            return Ok(None);
         }
-        self.offset += n;
-        Ok(())
+        self.budget.take_now(n, "a new ByteStream write's in-memory state").map(Some)
     }
 
-    /// Sends the last step and waits for the thread's verdict.
-    async fn finish(mut self, step: Step) -> Result<(), Status> {
-        let _ = self.tx.send(step).await;
-        self.join().await
-    }
-
-    async fn join(&mut self) -> Result<(), Status> {
-        match self.done.take() {
-            Some(handle) => match handle.await {
-                Ok(result) => result.map_err(to_status),
-                Err(e) => Err(Status::internal(format!("upload thread failed: {e}"))),
-            },
-            None => Err(Status::internal("upload thread already joined")),
-        }
-    }
-}
-
-/// Where a Read's chunks come from: the stored bytes, or those compressed.
-/// For compressed reads, read_offset and read_limit count compressed bytes,
-/// so the window is applied to the compressed stream.
-enum Chunks {
-    Plain(BlobReader),
-    Zstd { reader: ZstdReader, skip: u64, remaining: Option<u64> },
-}
-
-impl Chunks {
-    fn next_chunk(&mut self, max: usize) -> Result<Option<bytes::Bytes>, Error> {
-        let (reader, skip, remaining) = match self {
-            Chunks::Plain(r) => return r.next_chunk(max),
-            Chunks::Zstd { reader, skip, remaining } => (reader, skip, remaining),
-        };
-        loop {
-            if *remaining == Some(0) {
-                return Ok(None);
-            }
-            let Some(mut chunk) = reader.next_chunk(max)? else {
-                return if *skip > 0 {
-                    Err(Error::OutOfRange("read_offset is past the end of the compressed blob".into()))
-                } else {
-                    Ok(None)
-                };
-            };
-            let drop = (*skip).min(chunk.len() as u64) as usize;
-            *skip -= drop as u64;
-            let _ = chunk.split_to(drop);
-            if let Some(r) = remaining {
-                chunk.truncate((*r).min(chunk.len() as u64) as usize);
-                *r -= chunk.len() as u64;
-            }
-            if !chunk.is_empty() {
-                return Ok(Some(chunk));
-            }
-        }
-    }
-}
-
-pub type ReadStream = Pin<Box<dyn Stream<Item = Result<bytestream::ReadResponse, Status>> + Send>>;
-
-/// An upload in progress, plain or zstd-compressed on the wire.
-enum Upload {
-    Plain(BlobWriter),
-    Zstd(ZstdUpload),
-}
-
-impl Upload {
-    /// Offset in the client's byte stream (compressed bytes for zstd).
-    fn offset(&self) -> u64 {
-        match self {
-            Upload::Plain(w) => w.written(),
-            Upload::Zstd(z) => z.compressed_written(),
-        }
-    }
-
-    fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        match self {
-            Upload::Plain(w) => w.write(data),
-            Upload::Zstd(z) => z.write(data),
-        }
-    }
-
-    fn commit(self) -> Result<(), Error> {
-        match self {
-            Upload::Plain(w) => w.commit(),
-            Upload::Zstd(z) => z.commit(),
-        }
-    }
-
-    /// Keeps an interrupted plain upload for resumption. Compressed uploads
-    /// restart from zero: a decoder's state cannot be parked cheaply.
-    fn park(self, store: &Store, resource: String) {
-        if let Upload::Plain(w) = self {
-            store.uploads().park(resource, w);
-        }
+    /// The status of an upload cancelled for idleness (one log line for it).
+    fn idle_status(&self, resource: &str, kept: u64) -> Status {
+        let idle = self.idle.unwrap_or_default();
+        tracing::info!(upload = %resource, kept, ?idle, "cancelled an upload that sent nothing");
+        Status::deadline_exceeded(format!(
+            "no data arrived on {resource} for {idle:?} (--stream-idle-timeout); the upload was cancelled, \
+             keeping {kept} bytes: ask QueryWriteStatus and resume from committed_size"
+        ))
     }
 }
 
@@ -186,42 +63,46 @@ impl ByteStream for ByteStreamService {
     async fn read(&self, request: Request<bytestream::ReadRequest>) -> Result<Response<ReadStream>, Status> {
         let req = request.into_inner();
         let name = ResourceName::parse_read(&req.resource_name).status()?;
+        // ByteStream: "A read_offset that is negative or greater than the size
+        // of the resource will cause an OUT_OF_RANGE error."
         if req.read_offset < 0 {
             return Err(Status::out_of_range(format!("read_offset {} is negative", req.read_offset)));
         }
+        // ByteStream: "a negative read_limit will cause an error": the request
+        // itself is malformed, whatever the resource's size.
         if req.read_limit < 0 {
-            return Err(Status::out_of_range(format!("read_limit {} is negative", req.read_limit)));
+            return Err(Status::invalid_argument(format!("read_limit {} is negative", req.read_limit)));
+        }
+        let compressed = name.compressor != Compressor::Identity;
+        // REAPI, compressed-blobs: "Servers MUST return INVALID_ARGUMENT if
+        // ReadRequest.read_limit is non-zero", and read_offset "refers to the
+        // offset in the uncompressed form of the blob".
+        if compressed && req.read_limit != 0 {
+            return Err(Status::invalid_argument(format!(
+                "read_limit {} must be 0 for a compressed-blobs read (REAPI forbids limits on compressed reads)",
+                req.read_limit
+            )));
         }
         let limit = (req.read_limit > 0).then_some(req.read_limit as u64);
         let digest = name.digest;
+        let offset = req.read_offset as u64;
+        let in_memory = digest.size <= INLINE_MAX;
+        // An in-memory blob is held whole from open to the end of the read.
+        let blob_state = if in_memory { digest.size as usize } else { 0 };
+        let state = blob_state + if compressed { ZSTD_STATE_BYTES } else { 0 };
+        let state_held =
+            if state > 0 { Some(self.budget.take(state, "a ByteStream read's in-memory state").await?) } else { None };
         let store = self.store.clone();
-        // For compressed reads the window applies to the compressed stream.
-        let compressed = name.compressor != Compressor::Identity;
-        let (raw_offset, raw_limit) = if compressed { (0, None) } else { (req.read_offset as u64, limit) };
-        let reader = blocking(move || store.read(&digest, raw_offset, raw_limit))
-            .await?
-            .ok_or_else(|| Status::not_found(format!("blob {digest} is not in the CAS")))?;
-        let mut reader = if compressed {
-            let reader = ZstdReader::new(reader).status()?;
-            Chunks::Zstd { reader, skip: req.read_offset as u64, remaining: limit }
-        } else {
-            Chunks::Plain(reader)
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tokio::task::spawn_blocking(move || {
-            loop {
-                let msg = match reader.next_chunk(READ_CHUNK) {
-                    Ok(Some(data)) => Ok(bytestream::ReadResponse { data }),
-                    Ok(None) => return,
-                    Err(e) => Err(to_status(e)),
-                };
-                let failed = msg.is_err();
-                if tx.blocking_send(msg).is_err() || failed {
-                    return; // Client gone, or the error was sent.
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let chunks = blocking(move || {
+            let Some(reader) = store.read(&digest, offset, limit)? else {
+                return Ok(None);
+            };
+            Ok(Some(if compressed { Chunks::Zstd(ZstdReader::new(reader)?) } else { Chunks::Plain(reader) }))
+        })
+        .await?
+        .ok_or_else(|| Status::not_found(format!("blob {digest} is not in the CAS")))?;
+        let accounting = Accounting { budget: self.budget.clone(), state_held, budget_chunks: !in_memory };
+        Ok(Response::new(download::stream(chunks, accounting, self.idle, req.resource_name)))
     }
 
     async fn write(
@@ -229,10 +110,14 @@ impl ByteStream for ByteStreamService {
         request: Request<Streaming<bytestream::WriteRequest>>,
     ) -> Result<Response<bytestream::WriteResponse>, Status> {
         let mut stream = request.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("write stream ended before its first message"))?;
+        let first = match self.idle {
+            Some(idle) => tokio::time::timeout(idle, stream.message()).await.map_err(|_| {
+                tracing::info!(?idle, "cancelled an upload that sent no first message");
+                Status::deadline_exceeded(format!("no first message within {idle:?} (--stream-idle-timeout)"))
+            })??,
+            None => stream.message().await?,
+        }
+        .ok_or_else(|| Status::invalid_argument("write stream ended before its first message"))?;
         let resource = first.resource_name.clone();
         let name = ResourceName::parse_write(&resource).status()?;
         let digest = name.digest;
@@ -244,15 +129,19 @@ impl ByteStream for ByteStreamService {
             return Ok(Response::new(bytestream::WriteResponse { committed_size }));
         }
 
+        let state_held = self.upload_state_budget(digest.size, compressed)?;
         let parked = if compressed { None } else { self.store.uploads().take(&resource) };
         let upload = match (first.write_offset, parked) {
-            (0, _) => {
-                let w = self.store.begin_write(digest).status()?;
-                if compressed {
-                    Upload::Zstd(ZstdUpload::new(w).status()?)
-                } else {
-                    Upload::Plain(w)
+            (0, parked) => {
+                if let Some(old) = parked {
+                    tokio::task::spawn_blocking(move || drop(old));
                 }
+                let store = self.store.clone();
+                blocking(move || {
+                    let w = store.begin_write(digest)?;
+                    Ok(if compressed { Upload::Zstd(ZstdUpload::new(w)?) } else { Upload::Plain(w) })
+                })
+                .await?
             }
             (off, Some(w)) if off == w.written() as i64 => Upload::Plain(w),
             (off, other) => {
@@ -268,40 +157,85 @@ impl ByteStream for ByteStreamService {
         };
 
         let live = self.store.uploads().start_live(&resource, upload.offset());
-        let mut pipeline = Pipeline::start(upload, self.store.clone());
-        let mut msg = first;
+        let mut spool = Spool::new(self.store.clone(), upload, state_held);
+        let mut msg = Some(first);
+        let mut deadline = self.idle.map(|i| Instant::now() + i);
         loop {
-            if !msg.resource_name.is_empty() && msg.resource_name != resource {
-                return Err(Status::invalid_argument(format!(
-                    "resource_name changed mid-stream from {resource:?} to {:?}",
-                    msg.resource_name
-                )));
-            }
-            if msg.write_offset != pipeline.offset as i64 {
-                return Err(Status::invalid_argument(format!(
-                    "write_offset {} does not follow the {} bytes already sent",
-                    msg.write_offset, pipeline.offset
-                )));
-            }
-            pipeline.send(msg.data).await?;
-            live.set(pipeline.offset);
-            if msg.finish_write {
-                let size = pipeline.offset as i64;
-                pipeline.finish(Step::Commit).await?;
-                return Ok(Response::new(bytestream::WriteResponse { committed_size: size }));
-            }
-            match stream.message().await {
-                Ok(Some(next)) => msg = next,
-                Ok(None) => {
-                    // The client half-closed without finish_write: keep what it sent.
-                    let size = pipeline.offset as i64;
-                    pipeline.finish(Step::Park(resource)).await?;
+            if let Some(m) = msg.take() {
+                if let Err(status) = check_message(&m, &resource, spool.received()) {
+                    spool.discard().await;
+                    return Err(status);
+                }
+                if !m.data.is_empty() {
+                    // Our own pending batch may be what holds the budget: write it first.
+                    if spool.can_launch() && self.budget.available() < m.data.len() {
+                        spool.launch();
+                    }
+                    let held = match self.budget.take(m.data.len(), "a ByteStream write").await {
+                        Ok(h) => h,
+                        Err(status) => {
+                            let _ = spool.park(resource).await;
+                            return Err(status);
+                        }
+                    };
+                    spool.queue(m.data, held);
+                    deadline = self.idle.map(|i| Instant::now() + i);
+                }
+                if m.finish_write {
+                    let size = spool.received() as i64;
+                    spool.commit().await?;
                     return Ok(Response::new(bytestream::WriteResponse { committed_size: size }));
                 }
-                Err(status) => {
+            }
+            if spool.can_launch() && spool.pending_bytes() >= BATCH_BYTES {
+                spool.launch();
+            }
+            let next = if spool.pending_bytes() >= BATCH_BYTES {
+                // A batch in flight and a full one waiting: let the disk catch up first.
+                spool.land().await?;
+                live.set(spool.committed());
+                continue;
+            } else if spool.can_launch() {
+                // The thread is free: take a message only if one is already
+                // here, else write what is pending now rather than wait.
+                match stream.next().now_or_never() {
+                    Some(next) => next,
+                    None => {
+                        spool.launch();
+                        continue;
+                    }
+                }
+            } else {
+                let idle = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    landed = spool.land(), if spool.in_flight() => {
+                        landed?;
+                        live.set(spool.committed());
+                        continue;
+                    }
+                    next = stream.next() => next,
+                    _ = idle => {
+                        let kept = spool.park(resource.clone()).await?;
+                        return Err(self.idle_status(&resource, kept));
+                    }
+                }
+            };
+            match next {
+                Some(Ok(m)) => msg = Some(m),
+                None => {
+                    // The client half-closed without finish_write: keep what it sent.
+                    let kept = spool.park(resource).await?;
+                    return Ok(Response::new(bytestream::WriteResponse { committed_size: kept as i64 }));
+                }
+                Some(Err(status)) => {
                     // Disconnect or cancel: keep the bytes so the client can resume.
-                    tracing::debug!(resource = %resource, received = pipeline.offset, "upload interrupted");
-                    let _ = pipeline.finish(Step::Park(resource)).await;
+                    tracing::debug!(resource = %resource, received = spool.received(), "upload interrupted");
+                    let _ = spool.park(resource).await;
                     return Err(status);
                 }
             }
@@ -321,6 +255,7 @@ impl ByteStream for ByteStreamService {
                 complete: true,
             }));
         }
+        // Live uploads report bytes written to their spool, not bytes queued.
         match self.store.uploads().progress(&resource) {
             Some(n) => {
                 Ok(Response::new(bytestream::QueryWriteStatusResponse { committed_size: n as i64, complete: false }))
@@ -328,4 +263,21 @@ impl ByteStream for ByteStreamService {
             None => Err(to_status(Error::NotFound(format!("no upload in progress for {resource}")))),
         }
     }
+}
+
+/// Checks a message continues the stream: same resource, the next offset.
+fn check_message(m: &bytestream::WriteRequest, resource: &str, received: u64) -> Result<(), Status> {
+    if !m.resource_name.is_empty() && m.resource_name != resource {
+        return Err(Status::invalid_argument(format!(
+            "resource_name changed mid-stream from {resource:?} to {:?}",
+            m.resource_name
+        )));
+    }
+    if m.write_offset != received as i64 {
+        return Err(Status::invalid_argument(format!(
+            "write_offset {} does not follow the {received} bytes already sent",
+            m.write_offset
+        )));
+    }
+    Ok(())
 }

@@ -1,20 +1,23 @@
-//! ContentAddressableStorage.GetTree: every Directory below a root, breadth
-//! first, each distinct directory once, in pages. A page token is the number
-//! of directories already returned, so paging needs no server-side state.
-//! Directories missing from the CAS are skipped (the spec allows a partial
-//! tree); a missing root is NOT_FOUND.
+//! ContentAddressableStorage.GetTree: every Directory below a root, depth
+//! first in pre-order, each distinct directory once per call, in pages. The
+//! walk's state (the path from the root and what was returned) travels in the
+//! page token ([`get_tree_token`]), so a later call resumes where the last page
+//! ended instead of re-walking from the root. Each page is produced by one
+//! short blocking task when the client asks for it: a slow client holds no
+//! thread. Directories missing from the CAS are skipped (the spec allows a
+//! partial tree); a missing root is NOT_FOUND.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::pin::Pin;
 
 use futures::Stream;
 use prost::Message;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
 use crate::digest::{validate_instance, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi;
+use crate::server::get_tree_token::{self as token, Cursor, MAX_DEPTH, MAX_SEEN};
 use crate::server::status::{to_status, IntoStatus};
 use crate::store::Store;
 
@@ -22,10 +25,11 @@ use crate::store::Store;
 const DEFAULT_PAGE_SIZE: usize = 1000;
 /// Upper bound on directories per page, whatever the client asks.
 const MAX_PAGE_SIZE: usize = 10_000;
-/// Serialized bytes per page, to stay under gRPC's default 4 MiB message limit.
+/// Serialized Directory bytes per page; with the token (under 32 KiB) a page
+/// stays well under gRPC's default 4 MiB message limit.
 const MAX_PAGE_BYTES: usize = 2 << 20;
-/// Largest Directory blob read; anything bigger is not a sane directory.
-const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
+/// Largest Directory read: one must fit in a page on its own.
+const MAX_DIRECTORY_BYTES: u64 = MAX_PAGE_BYTES as u64;
 
 pub type GetTreeStream = Pin<Box<dyn Stream<Item = Result<reapi::GetTreeResponse, Status>> + Send>>;
 
@@ -40,31 +44,35 @@ pub async fn get_tree(store: Store, req: reapi::GetTreeRequest) -> Result<Respon
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
     };
-    let skip: usize = if req.page_token.is_empty() {
-        0
-    } else {
-        req.page_token.parse().map_err(|_| {
-            Status::invalid_argument(format!("page_token {:?} was not issued by this server", req.page_token))
-        })?
-    };
+    let cursor = if req.page_token.is_empty() { None } else { Some(token::decode(&req.page_token, &root).status()?) };
     // Fail fast (as a status, not a stream error) when the root is absent.
-    let store2 = store.clone();
-    let root_dir = crate::server::blocking(move || read_directory(&store2, &root))
+    let walk = crate::server::blocking(move || Walk::start(store, root, cursor, page_size))
         .await?
         .ok_or_else(|| Status::not_found(format!("root directory {root} is not in the CAS")))?;
-
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = walk(&store, root, root_dir, skip, page_size, &tx) {
-            let _ = tx.blocking_send(Err(to_status(e)));
+    let pages = futures::stream::unfold(Some(walk), |walk| async move {
+        let mut walk = walk?;
+        let produced = tokio::task::spawn_blocking(move || {
+            let page = walk.next_page();
+            (walk, page)
+        })
+        .await;
+        match produced {
+            Ok((walk, Ok(page))) => {
+                let more = !walk.done();
+                Some((Ok(page), more.then_some(walk)))
+            }
+            Ok((_, Err(e))) => Some((Err(to_status(e)), None)),
+            Err(e) => Some((Err(Status::internal(format!("GetTree task failed: {e}"))), None)),
         }
     });
-    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    Ok(Response::new(Box::pin(pages)))
 }
 
 fn read_directory(store: &Store, d: &Digest) -> Result<Option<reapi::Directory>, Error> {
     if d.size > MAX_DIRECTORY_BYTES {
-        return Err(Error::InvalidArgument(format!("directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes")));
+        return Err(Error::InvalidArgument(format!(
+            "directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes, more than a GetTree page can carry"
+        )));
     }
     let Some(bytes) = store.read_all(d)? else {
         return Ok(None);
@@ -74,46 +82,144 @@ fn read_directory(store: &Store, d: &Digest) -> Result<Option<reapi::Directory>,
         .map_err(|e| Error::InvalidArgument(format!("blob {d} is not a Directory message: {e}")))
 }
 
-/// Walks the tree breadth first, sending pages once `skip` directories have passed.
-fn walk(
-    store: &Store,
-    root: Digest,
-    root_dir: reapi::Directory,
-    skip: usize,
+/// One level of the walk: a directory and the next child to visit.
+struct Frame {
+    digest: Digest,
+    dir: reapi::Directory,
+    next: usize,
+}
+
+/// A depth-first walk in progress.
+struct Walk {
+    store: Store,
+    function: DigestFunction,
     page_size: usize,
-    tx: &tokio::sync::mpsc::Sender<Result<reapi::GetTreeResponse, Status>>,
-) -> Result<(), Error> {
-    let mut seen = HashSet::from([root]);
-    let mut queue = VecDeque::from([root_dir]);
-    let mut index = 0usize;
-    let mut page = Vec::new();
-    let mut page_bytes = 0usize;
-    while let Some(dir) = queue.pop_front() {
-        for child in &dir.directories {
-            let d = Digest::from_proto(root.function, child.digest.as_ref(), &format!("directory {:?}", child.name))?;
-            if seen.insert(d) {
-                if let Some(sub) = read_directory(store, &d)? {
-                    queue.push_back(sub);
-                }
+    /// The path from the root to the directory last visited.
+    stack: Vec<Frame>,
+    /// The deepest frame's directory is still to be returned.
+    top_unsent: bool,
+    /// Every directory returned or skipped by this walk, so each goes out once.
+    seen: HashSet<Digest>,
+    /// The most recent of `seen`, carried in the token (at most [`MAX_SEEN`]).
+    recent: std::collections::VecDeque<Digest>,
+    /// The last page has been produced.
+    finished: bool,
+}
+
+impl Walk {
+    /// Starts at the root, or resumes at `cursor`; None when the root is absent.
+    fn start(store: Store, root: Digest, cursor: Option<Cursor>, page_size: usize) -> Result<Option<Walk>, Error> {
+        let Some(root_dir) = read_directory(&store, &root)? else {
+            return Ok(None);
+        };
+        let mut walk = Walk {
+            store,
+            function: root.function,
+            page_size,
+            stack: vec![Frame { digest: root, dir: root_dir, next: 0 }],
+            top_unsent: true,
+            seen: HashSet::from([root]),
+            recent: std::collections::VecDeque::new(),
+            finished: false,
+        };
+        let Some(cursor) = cursor else { return Ok(Some(walk)) };
+        walk.top_unsent = cursor.top_unsent;
+        walk.stack[0].next = cursor.frames[0].1 as usize;
+        for (digest, next) in cursor.frames.into_iter().skip(1) {
+            walk.seen.insert(digest);
+            // A level deleted since the last page: its remaining children are skipped.
+            let dir = read_directory(&walk.store, &digest)?.unwrap_or_default();
+            walk.stack.push(Frame { digest, dir, next: next as usize });
+        }
+        for f in &walk.stack {
+            if f.next > f.dir.directories.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "page_token names child {} of directory {}, which has {}; start over without a token",
+                    f.next,
+                    f.digest,
+                    f.dir.directories.len()
+                )));
             }
         }
-        index += 1;
-        if index <= skip {
-            continue;
+        for d in cursor.seen {
+            walk.note_seen(d);
         }
-        page_bytes += dir.encoded_len();
-        page.push(dir);
-        if page.len() >= page_size || page_bytes >= MAX_PAGE_BYTES {
-            let token = if queue.is_empty() { String::new() } else { index.to_string() };
-            let msg = reapi::GetTreeResponse { directories: std::mem::take(&mut page), next_page_token: token };
-            page_bytes = 0;
-            if tx.blocking_send(Ok(msg)).is_err() {
-                return Ok(()); // The client went away.
+        Ok(Some(walk))
+    }
+
+    fn done(&self) -> bool {
+        self.finished
+    }
+
+    fn note_seen(&mut self, d: Digest) {
+        self.seen.insert(d);
+        if self.recent.len() == MAX_SEEN {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(d);
+    }
+
+    /// Moves to the next directory not yet seen, leaving it unsent on top of
+    /// the stack; false when the walk is over.
+    fn advance(&mut self) -> Result<bool, Error> {
+        loop {
+            // Levels with no children left are finished.
+            let Some(top) = self.stack.last_mut() else { return Ok(false) };
+            let Some(child) = top.dir.directories.get(top.next) else {
+                self.stack.pop();
+                continue;
+            };
+            top.next += 1;
+            let d = Digest::from_proto(self.function, child.digest.as_ref(), &format!("directory {:?}", child.name))?;
+            if !self.seen.insert(d) {
+                continue;
             }
+            let Some(dir) = read_directory(&self.store, &d)? else { continue };
+            if self.stack.len() >= MAX_DEPTH {
+                return Err(Error::InvalidArgument(format!(
+                    "the tree is deeper than {MAX_DEPTH} levels at directory {d}; GetTree walks no deeper"
+                )));
+            }
+            self.stack.push(Frame { digest: d, dir, next: 0 });
+            self.top_unsent = true;
+            return Ok(true);
         }
     }
-    if !page.is_empty() || index <= skip {
-        let _ = tx.blocking_send(Ok(reapi::GetTreeResponse { directories: page, next_page_token: String::new() }));
+
+    /// The next page, with a token to resume after it (empty on the last page).
+    fn next_page(&mut self) -> Result<reapi::GetTreeResponse, Error> {
+        let mut page = Vec::new();
+        let mut page_bytes = 0usize;
+        loop {
+            if !self.top_unsent && !self.advance()? {
+                self.finished = true;
+                return Ok(reapi::GetTreeResponse { directories: page, next_page_token: String::new() });
+            }
+            let top = self.stack.last().expect("advance leaves a frame");
+            // Room for the directory's bytes plus its field tag and length.
+            let cost = top.dir.encoded_len() + 8;
+            if !page.is_empty() && (page.len() >= self.page_size || page_bytes + cost > MAX_PAGE_BYTES) {
+                break;
+            }
+            page.push(top.dir.clone());
+            page_bytes += cost;
+            let digest = top.digest;
+            self.top_unsent = false;
+            self.note_seen(digest);
+        }
+        // Levels with nothing left need no place in the token.
+        while self.stack.last().is_some_and(|f| !self.top_unsent && f.next >= f.dir.directories.len()) {
+            self.stack.pop();
+        }
+        if self.stack.is_empty() {
+            self.finished = true;
+            return Ok(reapi::GetTreeResponse { directories: page, next_page_token: String::new() });
+        }
+        let cursor = Cursor {
+            frames: self.stack.iter().map(|f| (f.digest, f.next as u32)).collect(),
+            top_unsent: self.top_unsent,
+            seen: self.recent.iter().copied().collect(),
+        };
+        Ok(reapi::GetTreeResponse { directories: page, next_page_token: token::encode(self.function, &cursor) })
     }
-    Ok(())
 }

@@ -3,17 +3,20 @@
 //! map the result; storage logic never lives here.
 
 mod action_cache;
+pub mod budget;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod download;
 mod get_tree;
+mod get_tree_token;
 pub mod status;
+mod upload;
 
 use std::future::Future;
 
-use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
 use crate::config::{human_size, Config};
@@ -28,6 +31,7 @@ use crate::store::{Limits, Store};
 /// in-flight calls and closes the store. `cairn serve` and the tests both
 /// call this, so tests exercise the production wiring.
 pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    validate_limits(&config.streams)?;
     let store = {
         let dir = config.data_dir.clone();
         let limits = Limits { max_size: config.max_size, min_age: config.min_age, ..Limits::default() };
@@ -54,18 +58,18 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     health_reporter.set_serving::<ByteStreamServer<bytestream::ByteStreamService>>().await;
     health_reporter.set_serving::<CapabilitiesServer<capabilities::CapabilitiesService>>().await;
 
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn {
-            // Small unary calls dominate; don't let Nagle delay them.
-            let _ = c.set_nodelay(true);
-        }
-        conn
-    });
+    let limits = &config.streams;
+    // Small unary calls dominate: don't let Nagle delay them.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(limits.tcp_keepalive);
+    let budget = budget::Budget::new(limits.max_buffered_bytes, limits.stream_idle_timeout);
     let served = tonic::transport::Server::builder()
         // Grow HTTP/2 flow-control windows with the measured bandwidth-delay
         // product, so large uploads aren't throttled by fixed 1 MiB windows
         // on fast or distant links.
         .http2_adaptive_window(Some(true))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(limits.http2_keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .add_service(health_service)
         .add_service(CapabilitiesServer::new(capabilities::CapabilitiesService {
             max_batch_total_size: config.max_batch_total_size,
@@ -83,8 +87,12 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
             .max_encoding_message_size(max_message),
         )
         .add_service(
-            ByteStreamServer::new(bytestream::ByteStreamService { store: store.clone() })
-                .max_decoding_message_size(max_message),
+            ByteStreamServer::new(bytestream::ByteStreamService {
+                store: store.clone(),
+                budget,
+                idle: limits.stream_idle_timeout,
+            })
+            .max_decoding_message_size(BYTESTREAM_MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -97,11 +105,35 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     Ok(())
 }
 
-/// Runs blocking store work (blob file I/O, hashing of whole batches, fsync)
-/// off the async workers and maps its error to a status. Point lookups in
-/// RocksDB (ActionCache, FindMissingBlobs, existence checks) are answered from
-/// its caches in microseconds and run inline: a thread hand-off would cost
-/// more than the lookup.
+/// Largest ByteStream message accepted: 4 MiB of data (gRPC's default message
+/// limit, which clients size their chunks by) plus room for the resource name.
+/// Not the batch limit: a stream's messages are held in memory while they wait
+/// for the disk, so each one should be modest.
+const BYTESTREAM_MAX_MESSAGE: usize = (4 << 20) + (64 << 10);
+
+/// Smallest `--max-buffered-bytes` accepted: one full batch of a write.
+const MIN_BUFFERED_BYTES: u64 = 1 << 20;
+
+/// Refuses limits that would make the server unusable, naming the flag.
+fn validate_limits(l: &crate::config::StreamLimits) -> Result<()> {
+    if l.max_concurrent_streams == 0 {
+        return Err(Error::InvalidArgument("--max-concurrent-streams must be at least 1".into()));
+    }
+    if l.max_buffered_bytes < MIN_BUFFERED_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "--max-buffered-bytes {} is below the minimum of {}",
+            human_size(l.max_buffered_bytes),
+            human_size(MIN_BUFFERED_BYTES)
+        )));
+    }
+    Ok(())
+}
+
+/// Runs blocking store work (blob file I/O, hashing, fsync, Tree decoding,
+/// anything under the store's commit lock) off the async workers and maps its
+/// error to a status. Point lookups in RocksDB (FindMissingBlobs, existence
+/// checks) are answered from its caches in microseconds and run inline: a
+/// thread hand-off would cost more than the lookup.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
     T: Send + 'static,
