@@ -82,21 +82,32 @@ async fn stalled_streams_do_not_stall_the_server() {
     write(&mut bs(&setup), &fresh_upload_name(&dbig), &big).await.expect("upload the blob to read");
 
     let (conns, per_conn) = (12, 50);
+    let chans: Vec<Channel> = futures::future::join_all((0..conns).map(|_| connect(&server))).await;
+    // The writes first, each taken in before the reads start: reads in
+    // flight hold buffer budget, and a new upload past the budget is refused
+    // (by design), which is not what this test is about.
     let mut writes = Vec::new();
     let mut names = Vec::new();
-    let reads_open = Arc::new(AtomicUsize::new(0));
-    let mut reads = Vec::new();
-    for c in 0..conns {
-        let ch = connect(&server).await;
+    for (c, ch) in chans.iter().enumerate() {
         for i in 0..per_conn {
             // Half the writes declare a small (in-memory) blob, half a large one.
             let size = if i % 2 == 0 { 100 << 10 } else { 8 * MIB };
             let target = sha256(&gen_blob((c * 1000 + i) as u64 + 10, 64));
             let name = fresh_upload_name(&digest(&target.hash, size as i64));
-            writes.push(stall_write(&ch, first_message(&name, &gen_blob(7, 16 << 10))));
+            writes.push(stall_write(ch, first_message(&name, &gen_blob(7, 16 << 10))));
             names.push(name);
-
-            let mut client = bs(&ch);
+        }
+    }
+    // Asked on a connection of its own: once the reads below have filled
+    // their connections' flow-control windows, nothing more arrives on those.
+    for name in &names {
+        tokio::time::timeout(LIVENESS, wait_committed(&setup, name, 16 << 10)).await.expect("stalled write taken in");
+    }
+    let reads_open = Arc::new(AtomicUsize::new(0));
+    let mut reads = Vec::new();
+    for ch in &chans {
+        for _ in 0..per_conn {
+            let mut client = bs(ch);
             let req = ReadRequest { resource_name: read_name("", &dbig), read_offset: 0, read_limit: 0 };
             let open = reads_open.clone();
             reads.push(tokio::spawn(async move {
@@ -117,11 +128,6 @@ async fn stalled_streams_do_not_stall_the_server() {
             conns * per_conn
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Asked on a connection of its own: the unread reads have filled their
-    // connections' flow-control windows, so nothing more arrives on those.
-    for name in &names {
-        tokio::time::timeout(LIVENESS, wait_committed(&setup, name, 16 << 10)).await.expect("stalled write taken in");
     }
 
     // A fresh client, on its own connection, is fully served.
