@@ -217,14 +217,53 @@ impl Compressor {
 }
 
 /// Path segments REAPI reserves; an instance name may not contain them, which
-/// is what makes resource names parse unambiguously.
-const RESERVED_SEGMENTS: [&str; 6] = ["blobs", "uploads", "compressed-blobs", "actions", "actionResults", "operations"];
+/// is what makes resource names parse unambiguously. `capabilities` is
+/// reserved by REAPI too (remote_execution.proto, resource name rules).
+const RESERVED_SEGMENTS: [&str; 7] =
+    ["blobs", "uploads", "compressed-blobs", "actions", "actionResults", "operations", "capabilities"];
 
-/// Validates an instance name: `/`-separated segments, none empty, `.` or
-/// `..`, none reserved. The empty name is the default instance.
+/// Longest instance name accepted, in bytes. Instance names key ActionCache
+/// entries and are stored with each one; real ones are a few words
+/// ("main", "ci/linux-x86"), and REAPI leaves the syntax to the server.
+pub const MAX_INSTANCE_NAME: usize = 255;
+
+/// Longest upload id (the `{uuid}` of an upload name) accepted, in bytes. A
+/// UUID is 36; the slack admits other identifiers some clients use.
+pub const MAX_UPLOAD_ID: usize = 128;
+
+/// Longest ByteStream resource name accepted, in bytes: a 255-byte instance,
+/// an upload id and the longest blob part (about 140 bytes) leave ~1.4 KiB
+/// for the optional trailing metadata of upload names, which cairn ignores
+/// but keeps as the key of a resumable upload.
+pub const MAX_RESOURCE_NAME: usize = 2048;
+
+/// Shows the start of a client-supplied string in an error message; a
+/// 4 MiB name must not become a 4 MiB log line.
+fn shown(s: &str) -> String {
+    const SHOWN: usize = 80;
+    if s.len() <= SHOWN {
+        return format!("{s:?}");
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &s[..end], s.len())
+}
+
+/// Validates an instance name: at most [`MAX_INSTANCE_NAME`] bytes of
+/// `/`-separated segments, none empty, `.` or `..`, none reserved. The empty
+/// name is the default instance.
 pub fn validate_instance(name: &str) -> Result<()> {
     if name.is_empty() {
         return Ok(());
+    }
+    if name.len() > MAX_INSTANCE_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "instance name {} is {} bytes, longer than the {MAX_INSTANCE_NAME} bytes cairn accepts",
+            shown(name),
+            name.len()
+        )));
     }
     for seg in name.split('/') {
         let problem = if seg.is_empty() {
@@ -232,7 +271,7 @@ pub fn validate_instance(name: &str) -> Result<()> {
         } else if seg == "." || seg == ".." {
             Some("a '.' or '..' segment")
         } else if RESERVED_SEGMENTS.contains(&seg) {
-            Some("a segment REAPI reserves (blobs, uploads, compressed-blobs, ...)")
+            Some("a segment REAPI reserves (blobs, uploads, compressed-blobs, capabilities, ...)")
         } else if seg.bytes().any(|b| b.is_ascii_control()) {
             Some("a control character")
         } else {
@@ -241,6 +280,41 @@ pub fn validate_instance(name: &str) -> Result<()> {
         if let Some(p) = problem {
             return Err(Error::InvalidArgument(format!("instance name {name:?} contains {p}")));
         }
+    }
+    Ok(())
+}
+
+/// Validates the `{uuid}` segment of an upload name: an identifier of 1 to
+/// [`MAX_UPLOAD_ID`] ASCII letters, digits and `-_.~+=`, not made of dots
+/// only and not a reserved segment. It names an upload, never a path.
+pub fn validate_upload_id(id: &str) -> Result<()> {
+    let problem = if id.is_empty() {
+        Some("is empty".to_string())
+    } else if id.len() > MAX_UPLOAD_ID {
+        Some(format!("is {} bytes, longer than {MAX_UPLOAD_ID}", id.len()))
+    } else if id.bytes().all(|b| b == b'.') {
+        Some("is a '.' or '..' path segment".to_string())
+    } else if RESERVED_SEGMENTS.contains(&id) {
+        Some("is a reserved segment, not an identifier".to_string())
+    } else if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.~+=".contains(*c))) {
+        Some(format!("contains {c:?}; use letters, digits and -_.~+= (a UUID)"))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::InvalidArgument(format!("upload id {} {p}", shown(id)))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses resource names over [`MAX_RESOURCE_NAME`] before splitting them.
+fn check_name_length(name: &str) -> Result<()> {
+    if name.len() > MAX_RESOURCE_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "resource name {} is {} bytes, longer than the {MAX_RESOURCE_NAME} bytes cairn accepts",
+            shown(name),
+            name.len()
+        )));
     }
     Ok(())
 }
@@ -259,6 +333,7 @@ impl ResourceName {
     /// Parses a read name: `{instance}/blobs/{function/}{hash}/{size}` or
     /// `{instance}/compressed-blobs/{compressor}/{function/}{hash}/{size}`.
     pub fn parse_read(name: &str) -> Result<ResourceName> {
+        check_name_length(name)?;
         let segs: Vec<&str> = name.split('/').collect();
         let at = segs
             .iter()
@@ -275,6 +350,7 @@ impl ResourceName {
     /// Parses a write name: `{instance}/uploads/{uuid}/blobs/{function/}{hash}/{size}{/metadata}`
     /// or the `compressed-blobs/{compressor}/...` form. Trailing metadata is allowed and ignored.
     pub fn parse_write(name: &str) -> Result<ResourceName> {
+        check_name_length(name)?;
         let segs: Vec<&str> = name.split('/').collect();
         let at = segs
             .iter()
@@ -282,7 +358,11 @@ impl ResourceName {
             .ok_or_else(|| bad_name(name, "expected {instance}/uploads/{uuid}/blobs/{hash}/{size}"))?;
         let instance = instance_from(&segs[..at])?;
         let upload_id = match segs.get(at + 1) {
-            Some(id) if !id.is_empty() && *id != "blobs" && *id != "compressed-blobs" => id.to_string(),
+            Some(id) if *id != "blobs" && *id != "compressed-blobs" => {
+                validate_upload_id(id)
+                    .map_err(|e| Error::InvalidArgument(format!("resource name {}: {e}", shown(name))))?;
+                id.to_string()
+            }
             _ => return Err(bad_name(name, "missing upload id after 'uploads/'")),
         };
         let (compressor, digest, _metadata) = parse_blob_part(name, &segs[at + 2..])?;
@@ -459,11 +539,88 @@ mod tests {
 
     #[test]
     fn validates_instance_names() {
-        for ok in ["", "main", "a/b/c", "ci-2024_x.y"] {
+        let longest = "i".repeat(MAX_INSTANCE_NAME);
+        let segmented = format!("{}/{}", "a".repeat(127), "b".repeat(127));
+        for ok in ["", "main", "a/b/c", "ci-2024_x.y", "capability", "my-capabilities", &longest, &segmented] {
             validate_instance(ok).unwrap();
         }
-        for bad in ["..", "a/../b", "a/", "/a", "a/blobs", "uploads", "a\nb"] {
-            assert!(validate_instance(bad).is_err(), "{bad:?}");
+        let too_long = "i".repeat(MAX_INSTANCE_NAME + 1);
+        let huge = "x/".repeat(1 << 20);
+        let cases = [
+            ("..", "'.' or '..'"),
+            ("a/../b", "'.' or '..'"),
+            ("a/", "empty path segment"),
+            ("/a", "empty path segment"),
+            ("a/blobs", "reserves"),
+            ("uploads", "reserves"),
+            ("capabilities", "reserves"),
+            ("x/capabilities/y", "reserves"),
+            ("a\nb", "control character"),
+            (&too_long, "256 bytes, longer than the 255"),
+            (&huge, "longer than the 255"),
+        ];
+        for (bad, want) in cases {
+            let err = validate_instance(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{want}: {msg}");
+            assert!(msg.len() < 400, "the message quotes only the start of a long name: {} bytes", msg.len());
+        }
+    }
+
+    #[test]
+    fn instance_name_limits_apply_to_resource_names() {
+        let longest = "i".repeat(MAX_INSTANCE_NAME);
+        let too_long = "i".repeat(MAX_INSTANCE_NAME + 1);
+        assert_eq!(ResourceName::parse_read(&format!("{longest}/blobs/{H}/3")).unwrap().instance, longest);
+        assert_eq!(ResourceName::parse_write(&format!("{longest}/uploads/u/blobs/{H}/3")).unwrap().instance, longest);
+        // (instance prefix, blob part, expected error)
+        let many = "a/".repeat(2000);
+        let cases = [
+            (format!("{too_long}/"), "blobs", "longer than the 255"),
+            ("capabilities/".to_string(), "blobs", "reserves"),
+            ("a/capabilities/".to_string(), "compressed-blobs/zstd", "reserves"),
+            (many, "blobs", "longer than the 2048"),
+        ];
+        for (prefix, part, want) in cases {
+            let err = ResourceName::parse_read(&format!("{prefix}{part}/{H}/3")).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+            let err = ResourceName::parse_write(&format!("{prefix}uploads/u/{part}/{H}/3")).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let meta = "m".repeat(MAX_RESOURCE_NAME);
+        let err = ResourceName::parse_write(&format!("uploads/u/blobs/{H}/3/{meta}")).unwrap_err().to_string();
+        assert!(err.contains("longer than the 2048"), "{err}");
+    }
+
+    #[test]
+    fn upload_ids_are_identifiers() {
+        for ok in ["u", "2f1c9b1e-4d6a-4c1b-9f7e-0a1b2c3d4e5f", "ULID01H8X_v2.3", "a~b+c=", &"u".repeat(MAX_UPLOAD_ID)]
+        {
+            let w = ResourceName::parse_write(&format!("inst/uploads/{ok}/blobs/{H}/3")).unwrap();
+            assert_eq!(w.upload_id.as_deref(), Some(ok));
+        }
+        let long = "u".repeat(MAX_UPLOAD_ID + 1);
+        let cases = [
+            ("..", "'.' or '..'"),
+            (".", "'.' or '..'"),
+            ("...", "'.' or '..'"),
+            ("", "is empty"),
+            ("a\\b", "contains '\\\\'"),
+            ("%2e%2e", "contains '%'"),
+            ("a b", "contains ' '"),
+            ("a\u{0}b", "contains"),
+            ("uuid\u{e9}", "contains"),
+            ("capabilities", "reserved"),
+            ("actions", "reserved"),
+            (&long, "longer than 128"),
+        ];
+        for (id, want) in cases {
+            let name = format!("uploads/{id}/blobs/{H}/3");
+            let err = ResourceName::parse_write(&name).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains("upload id") && msg.contains(want), "{id:?} ({want}): {msg}");
         }
     }
 }
