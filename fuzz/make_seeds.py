@@ -33,6 +33,10 @@ put('zstd_decode', 'hello-exact', zin(5, 3, z))
 put('zstd_decode', 'raw-window27', zin(5, 255, raw_frame(27, b'hello')))
 put('zstd_decode', 'raw-window23', zin(5, 255, raw_frame(23, b'hello')))
 put('zstd_decode', 'rle-bomb', zin(100, 16, rle(64)))
+# Regression: output that exactly fills the decoder's 64 KiB buffer at the end
+# of a frame was refused as "ends in the middle of a frame" (found by a unit test).
+whole = bytes(i % 7 for i in range(64 << 10))
+put('zstd_decode', 'regress-whole-chunk', zin(len(whole), 255, subprocess.run(['zstd', '-q', '-c', '-1'], input=whole, capture_output=True).stdout))
 put('zstd_decode', 'skippable', zin(0, 8, b'\x50\x2a\x4d\x18' + struct.pack('<I', 4) + b'abcd'))
 
 def varint(n):

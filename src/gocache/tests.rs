@@ -342,11 +342,7 @@ async fn a_panicking_handler_is_answered_even_if_logging_panics() {
     let subscriber = tracing_subscriber::fmt().with_writer(|| PanickingWriter).finish();
     let _logs = tracing::subscriber::set_default(subscriber);
     let (responses, mut rx) = mpsc::channel(4);
-    let mut work = Dispatcher {
-        tasks: JoinSet::new(),
-        slots: Arc::new(Semaphore::new(4)),
-        responses,
-    };
+    let mut work = Dispatcher { tasks: JoinSet::new(), slots: Arc::new(Semaphore::new(4)), responses };
     work.spawn(7, async {
         if id_is_cursed(7) {
             panic!("a bug in a handler");

@@ -79,10 +79,15 @@ impl BoundedZstd {
         let mut input = InBuffer::around(input);
         loop {
             let mut out = OutBuffer::around(&mut self.scratch[..]);
+            let before = input.pos;
             let ran = self.decoder.run(&mut input, &mut out);
             let n = out.pos();
             let hint = ran.map_err(|e| invalid(self.declared, e))?;
-            self.at_frame_end = hint == 0;
+            // Only a call that did something tells where we are: asked again
+            // after a frame ended, the decoder answers as if the next began.
+            if n > 0 || input.pos > before {
+                self.at_frame_end = hint == 0;
+            }
             if n > 0 {
                 self.produced += n as u64;
                 if self.produced > self.declared {
@@ -117,10 +122,14 @@ impl BoundedZstd {
 
 /// The client's error for data the decoder refused.
 fn invalid(declared: u64, e: std::io::Error) -> Error {
-    Error::InvalidArgument(format!(
-        "upload is not valid zstd data for a blob of {declared} bytes ({e}); frames may use a window of at most {} bytes",
-        1u64 << window_log_max(declared)
-    ))
+    // libzstd's words for a frame whose window is over `WindowLogMax`.
+    if e.to_string().contains("too much memory") {
+        return Error::InvalidArgument(format!(
+            "zstd frame asks for a window larger than the {} bytes allowed for a blob of {declared} bytes ({e})",
+            1u64 << window_log_max(declared)
+        ));
+    }
+    Error::InvalidArgument(format!("upload is not valid zstd data ({e})"))
 }
 
 /// Decodes a whole in-memory zstd blob of `declared` bytes (tests, fuzzing);
@@ -195,7 +204,7 @@ mod tests {
             assert_eq!(r.is_ok(), ok, "window 2^{window_log}, declared {declared}: {r:?}");
             if let Err(e) = r {
                 assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
-                assert!(e.to_string().contains("window of at most"), "{e}");
+                assert!(e.to_string().contains("window larger than the"), "{e}");
             }
         }
     }
@@ -218,6 +227,21 @@ mod tests {
             assert!(seen <= declared, "{seen} bytes reached the sink for a {declared}-byte blob");
             assert!(dec.produced() <= declared + OUT_CHUNK as u64);
         }
+    }
+
+    #[test]
+    fn outputs_of_whole_chunks_end_cleanly() {
+        // Output that exactly fills the decoder's buffer at the end of a frame.
+        for size in [OUT_CHUNK, 2 * OUT_CHUNK, 16 * OUT_CHUNK, 16 * OUT_CHUNK + 1] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 7) as u8).collect();
+            for level in [1, 19] {
+                let z = zstd::encode_all(data.as_slice(), level).unwrap();
+                assert_eq!(decode_all(&z, size as u64).unwrap(), data, "{size} bytes at level {level}");
+            }
+        }
+        let blocks = 16;
+        let out = decode_all(&rle_bomb(blocks), u64::from(blocks) << 17).unwrap();
+        assert_eq!(out.len(), (blocks as usize) << 17);
     }
 
     #[test]
