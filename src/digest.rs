@@ -288,6 +288,7 @@ pub fn validate_instance(name: &str) -> Result<()> {
 /// [`MAX_UPLOAD_ID`] ASCII letters, digits and `-_.~+=`, not made of dots
 /// only and not a reserved segment. It names an upload, never a path.
 pub fn validate_upload_id(id: &str) -> Result<()> {
+    let odd = |c: &char| !(c.is_ascii_alphanumeric() || "-_.~+=".contains(*c));
     let problem = if id.is_empty() {
         Some("is empty".to_string())
     } else if id.len() > MAX_UPLOAD_ID {
@@ -296,10 +297,8 @@ pub fn validate_upload_id(id: &str) -> Result<()> {
         Some("is a '.' or '..' path segment".to_string())
     } else if RESERVED_SEGMENTS.contains(&id) {
         Some("is a reserved segment, not an identifier".to_string())
-    } else if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.~+=".contains(*c))) {
-        Some(format!("contains {c:?}; use letters, digits and -_.~+= (a UUID)"))
     } else {
-        None
+        id.chars().find(odd).map(|c| format!("contains {c:?}; use letters, digits and -_.~+= (a UUID)"))
     };
     match problem {
         Some(p) => Err(Error::InvalidArgument(format!("upload id {} {p}", shown(id)))),

@@ -9,8 +9,11 @@ use crate::proto::reapi;
 use crate::wire::refs::{self, ResultRefs};
 use crate::wire::zstd::{decode_all, BoundedZstd};
 
+/// One fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name: `fuzz/fuzz_targets/{name}.rs` and `fuzz/corpus/{name}/`.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("resource_name", resource_name),
     ("zstd_decode", zstd_decode),
     ("action_result_refs", action_result_refs),
