@@ -120,6 +120,10 @@ impl Uploads {
         if let Some(r) = self.try_reserve(bytes, budget) {
             return Ok(r);
         }
+        if bytes > budget {
+            // Could never fit: don't drop anyone's parked upload for it.
+            return Err(self.budget_full(bytes, budget));
+        }
         // Dropped outside the lock: dropping a writer deletes its temp file.
         let mut evicted = Vec::new();
         {
@@ -148,15 +152,18 @@ impl Uploads {
             tracing::info!(count = evicted.len(), "dropped parked uploads to make room in the upload budget");
         }
         drop(evicted);
-        self.try_reserve(bytes, budget).ok_or_else(|| {
-            Error::ResourceExhausted(format!(
-                "uploads in progress hold {} of the {} upload budget (--max-tmp-size, CAIRN_MAX_TMP_SIZE), \
-                 so this upload of {} must wait: retry later, or raise --max-tmp-size",
-                human_size(self.reserved()),
-                human_size(budget),
-                human_size(bytes)
-            ))
-        })
+        self.try_reserve(bytes, budget).ok_or_else(|| self.budget_full(bytes, budget))
+    }
+
+    /// The client's answer when an upload of `bytes` does not fit.
+    fn budget_full(&self, bytes: u64, budget: u64) -> Error {
+        Error::ResourceExhausted(format!(
+            "uploads in progress hold {} of the {} upload budget (--max-tmp-size, CAIRN_MAX_TMP_SIZE), \
+             so this upload of {} must wait: retry later, or raise --max-tmp-size",
+            human_size(self.reserved()),
+            human_size(budget),
+            human_size(bytes)
+        ))
     }
 
     /// Reserves `bytes` if they fit in `budget` now.
