@@ -17,7 +17,7 @@ pub const DEFAULT_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(
 /// per-blob framing so a full batch still fits in one message.
 pub const DEFAULT_MAX_BATCH_TOTAL_SIZE: u64 = 4 * 1024 * 1024 - 64 * 1024;
 
-// --- Stream and connection limits (server helper, issue 9) ---
+// --- Stream and connection limits ---
 
 /// Default HTTP/2 streams (calls in flight) per connection. Bazel multiplexes
 /// up to 100 calls on one connection and opens more connections beyond that,
@@ -87,6 +87,50 @@ pub fn nonzero(d: std::time::Duration) -> Option<std::time::Duration> {
 
 // --- end of stream and connection limits ---
 
+// --- Upload limits ---
+
+/// Default largest blob accepted: 4 GiB. Larger than the build outputs that
+/// are worth caching (linked binaries with debug info and container layers
+/// run to 1-3 GiB), and 40% of the default `--max-size`: one blob must not be
+/// able to flush the whole cache. Raise it together with `--max-size`.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 4 << 30;
+
+/// Default bound on the declared bytes of uploads in progress or parked for
+/// resumption: 8 GiB. Two maximum-size uploads at once, or thousands of
+/// ordinary ones; the data dir's disk needs this much room beyond `--max-size`.
+pub const DEFAULT_MAX_TMP_SIZE: u64 = 8 << 30;
+
+/// What an upload may claim; read by the store when an upload begins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// Largest blob an upload may declare (advertised as
+    /// `max_cas_blob_size_bytes`); larger ones are INVALID_ARGUMENT.
+    pub max_blob_size: u64,
+    /// Bound on the declared sizes of all uploads in progress or parked,
+    /// reserved up front; a full budget is RESOURCE_EXHAUSTED.
+    pub max_tmp_size: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits { max_blob_size: DEFAULT_MAX_BLOB_SIZE, max_tmp_size: DEFAULT_MAX_TMP_SIZE }
+    }
+}
+
+impl Config {
+    /// The upload limits in force. The blob limit is never above the cache's
+    /// size (such a blob could not be kept) nor the tmp budget (it could never
+    /// be uploaded), so what Capabilities advertises is what is accepted.
+    pub fn upload_limits(&self) -> UploadLimits {
+        UploadLimits {
+            max_blob_size: self.max_blob_size.min(self.max_size).min(self.max_tmp_size),
+            max_tmp_size: self.max_tmp_size,
+        }
+    }
+}
+
+// --- end of upload limits ---
+
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -100,6 +144,10 @@ pub struct Config {
     pub max_batch_total_size: u64,
     /// Connection and stream limits (see [`StreamLimits`]).
     pub streams: StreamLimits,
+    /// Largest blob accepted (`--max-blob-size`); see [`Config::upload_limits`].
+    pub max_blob_size: u64,
+    /// Budget for uploads in progress (`--max-tmp-size`).
+    pub max_tmp_size: u64,
 }
 
 impl Config {
@@ -111,6 +159,8 @@ impl Config {
             min_age: DEFAULT_MIN_AGE,
             max_batch_total_size: DEFAULT_MAX_BATCH_TOTAL_SIZE,
             streams: StreamLimits::default(),
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            max_tmp_size: DEFAULT_MAX_TMP_SIZE,
         }
     }
 }
@@ -230,6 +280,16 @@ mod tests {
         for bad in ["", "h", "12", "12x", "-1h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn blob_limit_never_exceeds_what_fits() {
+        let mut c = Config::for_data_dir("/nonexistent");
+        assert_eq!(c.upload_limits(), UploadLimits::default());
+        c.max_size = 1 << 30;
+        assert_eq!(c.upload_limits().max_blob_size, 1 << 30);
+        c.max_tmp_size = 100 << 20;
+        assert_eq!(c.upload_limits(), UploadLimits { max_blob_size: 100 << 20, max_tmp_size: 100 << 20 });
     }
 
     #[test]

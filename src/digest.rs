@@ -217,14 +217,53 @@ impl Compressor {
 }
 
 /// Path segments REAPI reserves; an instance name may not contain them, which
-/// is what makes resource names parse unambiguously.
-const RESERVED_SEGMENTS: [&str; 6] = ["blobs", "uploads", "compressed-blobs", "actions", "actionResults", "operations"];
+/// is what makes resource names parse unambiguously. `capabilities` is
+/// reserved by REAPI too (remote_execution.proto, resource name rules).
+const RESERVED_SEGMENTS: [&str; 7] =
+    ["blobs", "uploads", "compressed-blobs", "actions", "actionResults", "operations", "capabilities"];
 
-/// Validates an instance name: `/`-separated segments, none empty, `.` or
-/// `..`, none reserved. The empty name is the default instance.
+/// Longest instance name accepted, in bytes. Instance names key ActionCache
+/// entries and are stored with each one; real ones are a few words
+/// ("main", "ci/linux-x86"), and REAPI leaves the syntax to the server.
+pub const MAX_INSTANCE_NAME: usize = 255;
+
+/// Longest upload id (the `{uuid}` of an upload name) accepted, in bytes. A
+/// UUID is 36; the slack admits other identifiers some clients use.
+pub const MAX_UPLOAD_ID: usize = 128;
+
+/// Longest ByteStream resource name accepted, in bytes: a 255-byte instance,
+/// an upload id and the longest blob part (about 140 bytes) leave ~1.4 KiB
+/// for the optional trailing metadata of upload names, which cairn ignores
+/// but keeps as the key of a resumable upload.
+pub const MAX_RESOURCE_NAME: usize = 2048;
+
+/// Shows the start of a client-supplied string in an error message; a
+/// 4 MiB name must not become a 4 MiB log line.
+fn shown(s: &str) -> String {
+    const SHOWN: usize = 80;
+    if s.len() <= SHOWN {
+        return format!("{s:?}");
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &s[..end], s.len())
+}
+
+/// Validates an instance name: at most [`MAX_INSTANCE_NAME`] bytes of
+/// `/`-separated segments, none empty, `.` or `..`, none reserved. The empty
+/// name is the default instance.
 pub fn validate_instance(name: &str) -> Result<()> {
     if name.is_empty() {
         return Ok(());
+    }
+    if name.len() > MAX_INSTANCE_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "instance name {} is {} bytes, longer than the {MAX_INSTANCE_NAME} bytes cairn accepts",
+            shown(name),
+            name.len()
+        )));
     }
     for seg in name.split('/') {
         let problem = if seg.is_empty() {
@@ -232,7 +271,7 @@ pub fn validate_instance(name: &str) -> Result<()> {
         } else if seg == "." || seg == ".." {
             Some("a '.' or '..' segment")
         } else if RESERVED_SEGMENTS.contains(&seg) {
-            Some("a segment REAPI reserves (blobs, uploads, compressed-blobs, ...)")
+            Some("a segment REAPI reserves (blobs, uploads, compressed-blobs, capabilities, ...)")
         } else if seg.bytes().any(|b| b.is_ascii_control()) {
             Some("a control character")
         } else {
@@ -241,6 +280,40 @@ pub fn validate_instance(name: &str) -> Result<()> {
         if let Some(p) = problem {
             return Err(Error::InvalidArgument(format!("instance name {name:?} contains {p}")));
         }
+    }
+    Ok(())
+}
+
+/// Validates the `{uuid}` segment of an upload name: an identifier of 1 to
+/// [`MAX_UPLOAD_ID`] ASCII letters, digits and `-_.~+=`, not made of dots
+/// only and not a reserved segment. It names an upload, never a path.
+pub fn validate_upload_id(id: &str) -> Result<()> {
+    let odd = |c: &char| !(c.is_ascii_alphanumeric() || "-_.~+=".contains(*c));
+    let problem = if id.is_empty() {
+        Some("is empty".to_string())
+    } else if id.len() > MAX_UPLOAD_ID {
+        Some(format!("is {} bytes, longer than {MAX_UPLOAD_ID}", id.len()))
+    } else if id.bytes().all(|b| b == b'.') {
+        Some("is a '.' or '..' path segment".to_string())
+    } else if RESERVED_SEGMENTS.contains(&id) {
+        Some("is a reserved segment, not an identifier".to_string())
+    } else {
+        id.chars().find(odd).map(|c| format!("contains {c:?}; use letters, digits and -_.~+= (a UUID)"))
+    };
+    match problem {
+        Some(p) => Err(Error::InvalidArgument(format!("upload id {} {p}", shown(id)))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses resource names over [`MAX_RESOURCE_NAME`] before splitting them.
+fn check_name_length(name: &str) -> Result<()> {
+    if name.len() > MAX_RESOURCE_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "resource name {} is {} bytes, longer than the {MAX_RESOURCE_NAME} bytes cairn accepts",
+            shown(name),
+            name.len()
+        )));
     }
     Ok(())
 }
@@ -259,6 +332,7 @@ impl ResourceName {
     /// Parses a read name: `{instance}/blobs/{function/}{hash}/{size}` or
     /// `{instance}/compressed-blobs/{compressor}/{function/}{hash}/{size}`.
     pub fn parse_read(name: &str) -> Result<ResourceName> {
+        check_name_length(name)?;
         let segs: Vec<&str> = name.split('/').collect();
         let at = segs
             .iter()
@@ -275,6 +349,7 @@ impl ResourceName {
     /// Parses a write name: `{instance}/uploads/{uuid}/blobs/{function/}{hash}/{size}{/metadata}`
     /// or the `compressed-blobs/{compressor}/...` form. Trailing metadata is allowed and ignored.
     pub fn parse_write(name: &str) -> Result<ResourceName> {
+        check_name_length(name)?;
         let segs: Vec<&str> = name.split('/').collect();
         let at = segs
             .iter()
@@ -282,7 +357,11 @@ impl ResourceName {
             .ok_or_else(|| bad_name(name, "expected {instance}/uploads/{uuid}/blobs/{hash}/{size}"))?;
         let instance = instance_from(&segs[..at])?;
         let upload_id = match segs.get(at + 1) {
-            Some(id) if !id.is_empty() && *id != "blobs" && *id != "compressed-blobs" => id.to_string(),
+            Some(id) if *id != "blobs" && *id != "compressed-blobs" => {
+                validate_upload_id(id)
+                    .map_err(|e| Error::InvalidArgument(format!("resource name {}: {e}", shown(name))))?;
+                id.to_string()
+            }
             _ => return Err(bad_name(name, "missing upload id after 'uploads/'")),
         };
         let (compressor, digest, _metadata) = parse_blob_part(name, &segs[at + 2..])?;
@@ -346,124 +425,5 @@ fn bad_name(name: &str, why: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-    const H: &str = "a665a45920422f9d417e4867efdc4fb8a04a1f3fff1fa07e998e86f7f7a27ae3";
-
-    #[test]
-    fn parses_good_digest() {
-        let d = Digest::parse(DigestFunction::Sha256, H, 3).unwrap();
-        assert_eq!(d.hex(), H);
-        assert_eq!(d.size, 3);
-        assert_eq!(d, DigestFunction::Sha256.digest_of(b"123"));
-    }
-
-    #[test]
-    fn empty_blob_is_known() {
-        assert_eq!(DigestFunction::Sha256.empty().hex(), EMPTY_SHA);
-        assert!(Digest::parse(DigestFunction::Sha256, EMPTY_SHA, 0).unwrap().is_empty_blob());
-        assert!(!Digest::parse(DigestFunction::Sha256, H, 0).unwrap().is_empty_blob());
-        assert_eq!(
-            DigestFunction::Blake3.empty().hex(),
-            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-        );
-    }
-
-    #[test]
-    fn rejects_bad_digests() {
-        let upper = H.to_uppercase();
-        let long = format!("{H}0");
-        let nonhex = format!("{}g", &H[..63]);
-        let cases: [(&str, i64, &str); 6] = [
-            (&H[..63], 3, "63 characters"),
-            (&long, 3, "65 characters"),
-            (&upper, 3, "lower-case hex"),
-            (&nonhex, 3, "lower-case hex"),
-            ("", 3, "0 characters"),
-            (H, -1, "negative size"),
-        ];
-        for (hash, size, want) in cases {
-            let err = Digest::parse(DigestFunction::Sha256, hash, size).unwrap_err().to_string();
-            assert!(err.contains(want), "{hash:?}/{size}: {err}");
-        }
-    }
-
-    #[test]
-    fn digest_functions_from_proto() {
-        assert_eq!(DigestFunction::from_proto(0).unwrap(), DigestFunction::Sha256);
-        assert_eq!(DigestFunction::from_proto(1).unwrap(), DigestFunction::Sha256);
-        assert_eq!(DigestFunction::from_proto(9).unwrap(), DigestFunction::Blake3);
-        assert!(DigestFunction::from_proto(2).unwrap_err().to_string().contains("SHA1"));
-        assert!(DigestFunction::from_proto(99).unwrap_err().to_string().contains("99"));
-    }
-
-    #[test]
-    fn parses_read_names() {
-        let r = ResourceName::parse_read(&format!("blobs/{H}/3")).unwrap();
-        assert_eq!(r.instance, "");
-        assert_eq!(r.digest.size, 3);
-        assert_eq!(r.compressor, Compressor::Identity);
-        let r = ResourceName::parse_read(&format!("my/inst/blobs/{H}/3")).unwrap();
-        assert_eq!(r.instance, "my/inst");
-        let r = ResourceName::parse_read(&format!("x/compressed-blobs/zstd/{H}/3")).unwrap();
-        assert_eq!(r.compressor, Compressor::Zstd);
-        let r = ResourceName::parse_read(&format!("blobs/blake3/{H}/3")).unwrap();
-        assert_eq!(r.digest.function, DigestFunction::Blake3);
-    }
-
-    #[test]
-    fn parses_write_names() {
-        let w = ResourceName::parse_write(&format!("i/uploads/u-1/blobs/{H}/3")).unwrap();
-        assert_eq!(w.instance, "i");
-        assert_eq!(w.upload_id.as_deref(), Some("u-1"));
-        let w = ResourceName::parse_write(&format!("uploads/u/blobs/{H}/3/some/metadata")).unwrap();
-        assert_eq!(w.instance, "");
-        let w = ResourceName::parse_write(&format!("uploads/u/compressed-blobs/zstd/blake3/{H}/3")).unwrap();
-        assert_eq!(w.compressor, Compressor::Zstd);
-        assert_eq!(w.digest.function, DigestFunction::Blake3);
-    }
-
-    #[test]
-    fn rejects_bad_names() {
-        let cases = [
-            (format!("blobs/{H}"), "missing size"),
-            (format!("blobs/{H}/abc"), "not a decimal"),
-            (format!("blobs/{H}/-5"), "negative size"),
-            (format!("blobs/{}/3", &H[..10]), "10 characters"),
-            (format!("blobs/{H}/3/extra"), "unexpected segments"),
-            (format!("../etc/blobs/{H}/3"), "'.' or '..'"),
-            (format!("a//b/blobs/{H}/3"), "empty path segment"),
-            (format!("/blobs/{H}/3"), "empty path segment"),
-            (format!("compressed-blobs/brotli/{H}/3"), "brotli"),
-            (format!("blobs/md5/{H}/3"), "md5"),
-            ("nothing/here".to_string(), "expected"),
-            (String::new(), "expected"),
-        ];
-        for (name, want) in cases {
-            let err = ResourceName::parse_read(&name).unwrap_err().to_string();
-            assert!(err.contains(want), "{name:?}: {err}");
-        }
-        let wcases = [
-            (format!("uploads/blobs/{H}/3"), "missing upload id"),
-            (format!("blobs/{H}/3"), "expected"),
-            (format!("../uploads/u/blobs/{H}/3"), "'.' or '..'"),
-            (format!("uploads/u/blobs/{H}"), "missing size"),
-        ];
-        for (name, want) in wcases {
-            let err = ResourceName::parse_write(&name).unwrap_err().to_string();
-            assert!(err.contains(want), "{name:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn validates_instance_names() {
-        for ok in ["", "main", "a/b/c", "ci-2024_x.y"] {
-            validate_instance(ok).unwrap();
-        }
-        for bad in ["..", "a/../b", "a/", "/a", "a/blobs", "uploads", "a\nb"] {
-            assert!(validate_instance(bad).is_err(), "{bad:?}");
-        }
-    }
-}
+#[path = "digest_tests.rs"]
+mod tests;

@@ -30,6 +30,7 @@ pub enum Error {
         source: io::Error,
     },
     /// RocksDB trouble.
+    #[cfg(feature = "server")]
     #[error("rocksdb: {0}")]
     Db(#[from] rocksdb::Error),
     /// A broken invariant inside cairn.
@@ -51,6 +52,7 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         match self {
             Error::Io { source, .. } => is_disk_full_io(source),
+            #[cfg(feature = "server")]
             Error::Db(e) => {
                 let msg = e.to_string();
                 msg.contains("No space left") || msg.contains("Disk quota exceeded")

@@ -13,15 +13,27 @@
 //! - [`client`]: the one typed REAPI client, shared by the Go shim and the bench.
 //! - [`bench`]: `cairn bench`, the load generator behind BENCHMARKS.md.
 //! - [`gocache`]: `cairn gocacheprog`, Go's cache protocol and its local tier.
+//! - [`wire`]: pure decoding of what clients send, with its limits (bounded
+//!   zstd, the digests an ActionResult or Tree names): no storage, no I/O.
+//! - [`fuzzing`]: the entry points the fuzz targets (`fuzz/`) and the corpus
+//!   replay test share.
 //!
-//! Layers only look down: server → store → digest/error; gocache → client → digest.
+//! Layers only look down: server → store → wire → digest/error; gocache → client → digest.
+//!
+//! The default `server` feature builds the server, its RocksDB store and the
+//! bench; without it (the fuzz crate) only the pure parsers and the client build.
 
+#[cfg(feature = "server")]
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod fuzzing;
 pub mod gocache;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod store;
+pub mod wire;

@@ -58,7 +58,7 @@ struct ServeArgs {
     /// Entries used more recently than this are never evicted (e.g. 12h, 90m, 0).
     #[arg(long, env = "CAIRN_MIN_AGE", default_value = "12h", value_parser = config::parse_duration)]
     min_age: std::time::Duration,
-    // --- Stream and connection limits (server helper, issue 9) ---
+    // --- Stream and connection limits ---
     /// HTTP/2 calls in flight per connection; more wait in the client.
     #[arg(long, env = "CAIRN_MAX_CONCURRENT_STREAMS", default_value_t = config::DEFAULT_MAX_CONCURRENT_STREAMS)]
     max_concurrent_streams: u32,
@@ -78,6 +78,14 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_MAX_BUFFERED_BYTES", default_value = "256MiB", value_parser = config::parse_size)]
     max_buffered_bytes: u64,
     // --- end of stream and connection limits ---
+    // --- upload limits ---
+    /// Largest blob accepted (advertised as max_cas_blob_size_bytes; capped at --max-size).
+    #[arg(long, env = "CAIRN_MAX_BLOB_SIZE", default_value = "4GiB", value_parser = config::parse_size)]
+    max_blob_size: u64,
+    /// Bound on the declared bytes of uploads in progress or parked for resumption (spooled under tmp/).
+    #[arg(long, env = "CAIRN_MAX_TMP_SIZE", default_value = "8GiB", value_parser = config::parse_size)]
+    max_tmp_size: u64,
+    // --- end of upload limits ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -159,7 +167,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::for_data_dir(args.data_dir.unwrap_or_else(config::default_data_dir));
     config.max_size = args.max_size;
     config.min_age = args.min_age;
-    // --- Stream and connection limits (server helper, issue 9) ---
+    // --- Stream and connection limits ---
     config.streams = config::StreamLimits {
         max_concurrent_streams: args.max_concurrent_streams,
         http2_keepalive_interval: config::nonzero(args.http2_keepalive_interval),
@@ -169,6 +177,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_buffered_bytes: args.max_buffered_bytes,
     };
     // --- end of stream and connection limits ---
+    config.max_blob_size = args.max_blob_size;
+    config.max_tmp_size = args.max_tmp_size;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -99,18 +99,8 @@ fn inline_output(store: &Store, function: DigestFunction, d: Option<&reapi::Dige
     Ok(store.read_all(&d)?.unwrap_or_default())
 }
 
-/// Checks every digest inside a result is well formed, naming the bad one.
+/// Checks every digest inside a result is well formed, naming the bad one
+/// (output directories: `tree_digest` and/or `root_directory_digest`).
 fn validate_result(function: DigestFunction, r: &reapi::ActionResult) -> Result<(), Error> {
-    for f in &r.output_files {
-        Digest::from_proto(function, f.digest.as_ref(), &format!("output file {:?}", f.path))?;
-    }
-    for d in &r.output_directories {
-        Digest::from_proto(function, d.tree_digest.as_ref(), &format!("output directory {:?} tree_digest", d.path))?;
-    }
-    for (what, d) in [("stdout_digest", &r.stdout_digest), ("stderr_digest", &r.stderr_digest)] {
-        if d.is_some() {
-            Digest::from_proto(function, d.as_ref(), what)?;
-        }
-    }
-    Ok(())
+    crate::wire::refs::ResultRefs::parse(function, r).map(|_| ())
 }

@@ -12,6 +12,8 @@ use crate::server::status::IntoStatus;
 /// The Capabilities service.
 pub struct CapabilitiesService {
     pub max_batch_total_size: u64,
+    /// Largest blob accepted, advertised as `max_cas_blob_size_bytes`.
+    pub max_blob_size: u64,
 }
 
 fn version(minor: i32) -> Option<SemVer> {
@@ -35,7 +37,8 @@ impl Capabilities for CapabilitiesService {
             symlink_absolute_path_strategy: reapi::symlink_absolute_path_strategy::Value::Allowed as i32,
             supported_compressors: vec![reapi::compressor::Value::Zstd as i32],
             supported_batch_update_compressors: vec![reapi::compressor::Value::Zstd as i32],
-            max_cas_blob_size_bytes: 0,
+            // Uploads over it are refused with INVALID_ARGUMENT.
+            max_cas_blob_size_bytes: self.max_blob_size.min(i64::MAX as u64) as i64,
         };
         Ok(Response::new(reapi::ServerCapabilities {
             cache_capabilities: Some(cache),

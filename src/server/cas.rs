@@ -66,8 +66,7 @@ impl ContentAddressableStorage for CasService {
         let req = request.into_inner();
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
-        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
-        self.check_batch_size("carries", total).status()?;
+        self.check_batch_size("carries", update_batch_size(&req.requests)).status()?;
         let store = self.store.clone();
         let responses =
             blocking(move || Ok(req.requests.into_iter().map(|r| update_one(&store, function, r)).collect())).await?;
@@ -95,6 +94,22 @@ impl ContentAddressableStorage for CasService {
     async fn get_tree(&self, request: Request<reapi::GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
         get_tree::get_tree(self.store.clone(), request.into_inner()).await
     }
+}
+
+/// The bytes a batch update amounts to, counted as the limit is defined: by
+/// the blobs' declared (uncompressed) sizes, so 4 MiB of zstd frames cannot
+/// make the server decompress and hash gigabytes. Identity items also count
+/// their data, whichever is larger. Saturating: absurd sizes must not wrap.
+fn update_batch_size(requests: &[reapi::batch_update_blobs_request::Request]) -> u64 {
+    requests.iter().fold(0u64, |total, r| {
+        let declared = r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64);
+        let item = if r.compressor == reapi::compressor::Value::Identity as i32 {
+            declared.max(r.data.len() as u64)
+        } else {
+            declared
+        };
+        total.saturating_add(item)
+    })
 }
 
 /// Stores one blob of a batch; failures become that blob's status.

@@ -39,6 +39,7 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
             .await
             .map_err(|e| Error::Internal(format!("opening the store: {e}")))??
     };
+    store.uploads().set_limits(&config.upload_limits());
     let addr = listener.local_addr().map_err(|e| Error::io("reading the listen address", e))?;
     let stats = store.stats();
     tracing::info!(
@@ -73,6 +74,7 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
         .add_service(health_service)
         .add_service(CapabilitiesServer::new(capabilities::CapabilitiesService {
             max_batch_total_size: config.max_batch_total_size,
+            max_blob_size: config.upload_limits().max_blob_size,
         }))
         .add_service(
             ActionCacheServer::new(action_cache::ActionCacheService { store: store.clone() })

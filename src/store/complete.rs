@@ -1,32 +1,31 @@
 //! ActionCache completeness: an action result is only worth returning when
 //! every blob it names is still in the CAS (output files, stdout/stderr, each
-//! output directory's Tree blob and every file listed inside it). Bazel's
-//! download-minimal mode never fetches outputs up front, so a dangling
-//! result would break the build later instead of causing a rebuild now.
+//! output directory's Tree blob and every file listed inside it, or its root
+//! Directory and every Directory and file below it). Bazel's download-minimal
+//! mode never fetches outputs up front, so a dangling result would break the
+//! build later instead of causing a rebuild now.
+//!
+//! Which digests a result, Tree or Directory names is protocol knowledge and
+//! lives in [`crate::wire::refs`]; this module only asks the store.
 
-use prost::Message;
+use std::collections::HashSet;
 
 use super::Store;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Result;
 use crate::proto::reapi;
+use crate::wire::refs::{self, ResultRefs};
 
-/// Largest Tree blob inspected; bigger trees are trusted as they are.
+/// Largest Tree blob inspected, and the most Directory bytes read walking
+/// one output directory; past it the rest is trusted as it is.
 const MAX_TREE_BYTES: u64 = 64 << 20;
 
 /// The first blob `result` refers to that the CAS lacks, or `None` when the
 /// result is complete.
 pub fn first_missing(store: &Store, function: DigestFunction, result: &reapi::ActionResult) -> Result<Option<Digest>> {
-    let mut wanted = Vec::new();
-    let files = result.output_files.iter().map(|f| f.digest.as_ref());
-    for d in files.chain([result.stdout_digest.as_ref(), result.stderr_digest.as_ref()]) {
-        push_digest(&mut wanted, function, d);
-    }
-    for dir in &result.output_directories {
-        let Some(td) = dir.tree_digest.as_ref() else { continue };
-        let Ok(tree_digest) = Digest::parse(function, &td.hash, td.size_bytes) else {
-            continue;
-        };
+    let refs = ResultRefs::lenient(function, result);
+    let mut wanted = refs.blobs;
+    for tree_digest in refs.trees {
         if tree_digest.size > MAX_TREE_BYTES {
             wanted.push(tree_digest);
             continue;
@@ -35,23 +34,44 @@ pub fn first_missing(store: &Store, function: DigestFunction, result: &reapi::Ac
             return Ok(Some(tree_digest));
         };
         // A Tree that does not decode can't be used by the client either.
-        let Ok(tree) = reapi::Tree::decode(bytes.as_slice()) else {
+        let Ok(files) = refs::tree_files(function, &bytes) else {
             return Ok(Some(tree_digest));
         };
-        for d in tree.root.iter().chain(tree.children.iter()) {
-            for f in &d.files {
-                push_digest(&mut wanted, function, f.digest.as_ref());
-            }
+        wanted.extend(files);
+    }
+    for root in refs.root_directories {
+        if let Some(gone) = walk_directories(store, function, root, &mut wanted)? {
+            return Ok(Some(gone));
         }
     }
     Ok(store.find_missing(&wanted)?.into_iter().next())
 }
 
-/// Adds a well-formed digest to `wanted` (malformed ones were rejected on update).
-fn push_digest(wanted: &mut Vec<Digest>, function: DigestFunction, d: Option<&reapi::Digest>) {
-    if let Some(d) = d {
-        if let Ok(d) = Digest::parse(function, &d.hash, d.size_bytes) {
-            wanted.push(d);
+/// Reads the Directory hierarchy under `root`, adding its files to `wanted`.
+/// Returns the first Directory that is missing or does not decode.
+fn walk_directories(
+    store: &Store,
+    function: DigestFunction,
+    root: Digest,
+    wanted: &mut Vec<Digest>,
+) -> Result<Option<Digest>> {
+    let mut queue = vec![root];
+    let mut seen = HashSet::from([root]);
+    let mut budget = MAX_TREE_BYTES;
+    while let Some(d) = queue.pop() {
+        if d.size > budget {
+            wanted.push(d); // Too much to read: only check it exists.
+            continue;
         }
+        budget -= d.size;
+        let Some(bytes) = store.read_all(&d)? else {
+            return Ok(Some(d));
+        };
+        let Ok(dir) = refs::directory_refs(function, &bytes) else {
+            return Ok(Some(d));
+        };
+        wanted.extend(dir.files);
+        queue.extend(dir.directories.into_iter().filter(|c| seen.insert(*c)));
     }
+    Ok(None)
 }

@@ -3,11 +3,18 @@
 //! and hash and only then publishes the blob. Dropping a writer without
 //! committing discards its bytes, so a failed or abandoned upload leaves
 //! nothing readable behind.
+//!
+//! Beginning an upload is where the upload limits apply: a declared size over
+//! `--max-blob-size` is refused (INVALID_ARGUMENT, as REAPI prescribes for
+//! blobs over `max_cas_blob_size_bytes`; retrying cannot help), and the
+//! declared size is reserved from the `--max-tmp-size` budget for as long as
+//! the writer lives (RESOURCE_EXHAUSTED when full: retrying later can).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 
+use super::uploads::Reservation;
 use super::{Store, INLINE_MAX};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
@@ -19,6 +26,8 @@ pub struct BlobWriter {
     hasher: Hasher,
     written: u64,
     spool: Spool,
+    /// This upload's share of the upload budget, released when the writer goes.
+    _reservation: Reservation,
 }
 
 enum Spool {
@@ -44,6 +53,15 @@ impl Drop for TempFile {
 
 impl BlobWriter {
     pub(super) fn new(store: Store, digest: Digest) -> Result<BlobWriter> {
+        let limits = store.uploads().limits();
+        if digest.size > limits.max_blob_size {
+            return Err(Error::InvalidArgument(format!(
+                "blob {digest} is larger than the {} bytes this cache accepts (--max-blob-size, advertised as \
+                 max_cas_blob_size_bytes); keep it out of the remote cache",
+                limits.max_blob_size
+            )));
+        }
+        let reservation = store.uploads().reserve(digest.size)?;
         let spool = if digest.size <= INLINE_MAX {
             Spool::Memory(Vec::with_capacity(digest.size as usize))
         } else {
@@ -52,7 +70,7 @@ impl BlobWriter {
                 File::create(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
             Spool::File(TempFile { file, path, published: false })
         };
-        Ok(BlobWriter { store, hasher: digest.function.hasher(), digest, written: 0, spool })
+        Ok(BlobWriter { store, hasher: digest.function.hasher(), digest, written: 0, spool, _reservation: reservation })
     }
 
     /// The digest this upload must match.
@@ -124,5 +142,68 @@ fn disk_error(what: &str, e: std::io::Error) -> Error {
         Error::ResourceExhausted(format!("{what}: the cache's disk is full ({err}); reads still work"))
     } else {
         err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UploadLimits;
+    use crate::digest::DigestFunction;
+
+    fn store(max_blob_size: u64, max_tmp_size: u64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.uploads().set_limits(&UploadLimits { max_blob_size, max_tmp_size });
+        (dir, store)
+    }
+
+    fn blob(seed: u8, size: usize) -> (Digest, Vec<u8>) {
+        let data: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        (DigestFunction::Sha256.digest_of(&data), data)
+    }
+
+    #[test]
+    fn blobs_over_the_limit_are_refused_when_the_upload_begins() {
+        let (_dir, store) = store(1000, 1 << 20);
+        for (size, ok) in [(0, true), (999, true), (1000, true), (1001, false), (u64::MAX >> 1, false)] {
+            let d = Digest { size, ..DigestFunction::Sha256.empty() };
+            match store.begin_write(d) {
+                Ok(_) => assert!(ok, "{size} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{size} refused: {e}");
+                    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+                    assert!(e.to_string().contains("--max-blob-size"), "{e}");
+                }
+            }
+        }
+        assert_eq!(store.uploads().reserved(), 0, "refused and dropped uploads hold nothing");
+    }
+
+    #[test]
+    fn the_budget_is_reserved_up_front_and_released() {
+        let (_dir, store) = store(1 << 20, 1 << 20);
+        let (a, a_data) = blob(3, 600 << 10);
+        let (b, b_data) = blob(5, 600 << 10);
+        let w = store.begin_write(a).unwrap();
+        assert_eq!(store.uploads().reserved(), a.size, "reserved before any byte arrives");
+        let err = store.begin_write(b).err().expect("no room for a second upload");
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+        assert!(err.to_string().contains("--max-tmp-size"), "{err}");
+        drop(w); // Abandoned: released.
+        assert_eq!(store.uploads().reserved(), 0);
+        store.put(b, &b_data).unwrap(); // Committed: released.
+        assert_eq!(store.uploads().reserved(), 0);
+
+        // A parked upload keeps its reservation, and gives way to a new one.
+        let mut w = store.begin_write(a).unwrap();
+        w.write(&a_data[..1000]).unwrap();
+        store.uploads().park("parked".into(), w);
+        assert_eq!(store.uploads().reserved(), a.size);
+        let (c, c_data) = blob(7, 600 << 10);
+        store.put(c, &c_data).unwrap();
+        assert!(store.uploads().take("parked").is_none(), "dropped to make room");
+        assert_eq!(store.uploads().reserved(), 0);
+        assert!(std::fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "its temp file went with it");
     }
 }

@@ -1,7 +1,10 @@
-//! zstd on the wire: uploads of `compressed-blobs/zstd/...` are decompressed
-//! as they stream in, into an ordinary [`BlobWriter`] that verifies the
-//! uncompressed digest; reads compress on the fly. The declared (uncompressed)
-//! size bounds decompression, so a zstd bomb fails as soon as it overflows it.
+//! zstd on the wire: uploads of `compressed-blobs/zstd/...` (and zstd items
+//! of BatchUpdateBlobs) are decompressed as they stream in, into an ordinary
+//! [`BlobWriter`] that verifies the uncompressed digest; reads compress on the
+//! fly. Decoding is [`wire::zstd::BoundedZstd`]: its window follows the
+//! declared size and it stops as soon as the output passes it, so a zstd bomb
+//! costs at most its declared size (itself bounded by `--max-blob-size` and
+//! reserved from the upload budget when the writer begins).
 
 use std::io::Write;
 
@@ -9,78 +12,40 @@ use bytes::Bytes;
 
 use super::{BlobReader, BlobWriter};
 use crate::error::{Error, Result};
+use crate::wire::zstd::BoundedZstd;
 
 /// Compression level for blobs served compressed: cheap, still a good ratio.
 const READ_LEVEL: i32 = 1;
 
 /// An upload whose bytes arrive zstd-compressed.
 pub struct ZstdUpload {
-    decoder: zstd::stream::write::Decoder<'static, Sink>,
-    /// Compressed bytes received: the offset space of this upload's stream.
-    compressed: u64,
-}
-
-/// Receives decompressed bytes, keeping the writer's own error (the writer
-/// speaks cairn errors, the decoder io errors).
-struct Sink {
+    decoder: BoundedZstd,
     writer: BlobWriter,
-    error: Option<Error>,
-}
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.writer.write(buf) {
-            Ok(()) => Ok(buf.len()),
-            Err(e) => {
-                let msg = e.to_string();
-                self.error = Some(e);
-                Err(std::io::Error::other(msg))
-            }
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 impl ZstdUpload {
+    /// Decompresses into `writer`, bounded by the size its digest declares.
     pub fn new(writer: BlobWriter) -> Result<ZstdUpload> {
-        let decoder = zstd::stream::write::Decoder::new(Sink { writer, error: None })
-            .map_err(|e| Error::Internal(format!("creating a zstd decoder: {e}")))?;
-        Ok(ZstdUpload { decoder, compressed: 0 })
+        Ok(ZstdUpload { decoder: BoundedZstd::new(writer.digest().size)?, writer })
     }
 
     /// Compressed bytes received so far.
     pub fn compressed_written(&self) -> u64 {
-        self.compressed
+        self.decoder.consumed()
     }
 
-    /// Feeds compressed bytes.
+    /// Feeds compressed bytes. INVALID_ARGUMENT for data that is not zstd
+    /// or decompresses past the declared size; the writer's own errors (a
+    /// full disk) pass through.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        if let Err(e) = self.decoder.write_all(data) {
-            return Err(self.failure(e));
-        }
-        self.compressed += data.len() as u64;
-        Ok(())
+        let writer = &mut self.writer;
+        self.decoder.feed(data, &mut |chunk| writer.write(chunk))
     }
 
-    /// Finishes decompression, then verifies and publishes as any upload.
-    pub fn commit(mut self) -> Result<()> {
-        if let Err(e) = self.decoder.flush() {
-            return Err(self.failure(e));
-        }
-        self.decoder.into_inner().writer.commit()
-    }
-
-    /// The writer's own error if it refused the bytes (too many, disk full),
-    /// else the decoder's: the data is not zstd.
-    fn failure(&mut self, e: std::io::Error) -> Error {
-        self.decoder
-            .get_mut()
-            .error
-            .take()
-            .unwrap_or_else(|| Error::InvalidArgument(format!("upload is not valid zstd data: {e}")))
+    /// Checks the last frame is complete, then verifies and publishes as any upload.
+    pub fn commit(self) -> Result<()> {
+        self.decoder.finish()?;
+        self.writer.commit()
     }
 }
 
@@ -158,7 +123,7 @@ mod tests {
         let bomb = zstd::encode_all(vec![0u8; 10 << 20].as_slice(), 19).unwrap();
         let mut up = ZstdUpload::new(store.begin_write(d).unwrap()).unwrap();
         let err = up.write(&bomb).unwrap_err().to_string();
-        assert!(err.contains("more than"), "{err}");
+        assert!(err.contains("more than the 5 bytes"), "{err}");
         let mut up = ZstdUpload::new(store.begin_write(d).unwrap()).unwrap();
         let err = up.write(b"definitely not zstd").unwrap_err().to_string();
         assert!(err.contains("zstd"), "{err}");
