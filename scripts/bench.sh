@@ -146,7 +146,7 @@ fi
         echo "## Soak (cairn)"
         echo
         echo "One server at its size limit under well-behaved and misbehaving clients at once"
-        echo "(docs/readme-soak.md says what each row checks)."
+        echo "(README.md, "Proof at scale", says what each row checks)."
         echo
         sed -n '/^| workload/,/^$/p' "$work/cairn-soak.json.md"
         sed -n '/^#### Goals/,$p' "$work/cairn-soak.json.md" | tail -n +3

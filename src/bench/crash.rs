@@ -30,7 +30,7 @@ use crate::proto::reapi;
 #[derive(clap::Args, Clone, Debug)]
 pub struct CrashArgs {
     /// Instead of loading a server: N rounds of start, mixed writes, kill -9
-    /// at a random moment, restart and check (see docs/readme-soak.md).
+    /// at a random moment, restart and check (see README, "Proof at scale").
     #[arg(long)]
     pub crash_loop: Option<u64>,
     /// Concurrent writers in each round.

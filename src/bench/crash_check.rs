@@ -187,7 +187,8 @@ pub async fn after_restart(c: &Client, bin: &Path, dir: &Path, k: &mut Known, f:
             }
         }
         if let Some(r) = got {
-            k.stored_ac.insert(a, r.encoded_len() as u64);
+            // The crash loop writes under the default (empty) instance name.
+            k.stored_ac.insert(a, crate::store::action_entry_bytes("", &a, r.encoded_len()));
         }
     }
     let (orphans, missing_files, tmp) = disk(dir, k)?;

@@ -25,7 +25,7 @@ use crate::config::{human_size, parse_duration, parse_size};
 /// Flags of the soak (and the server flags shared with the crash loop).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SoakArgs {
-    /// Instead of the workload families: run the soak (see docs/readme-soak.md).
+    /// Instead of the workload families: run the soak (see README, "Proof at scale").
     /// With --start-cairn the bench starts the server at the soak's limits.
     #[arg(long)]
     pub soak: bool,

@@ -18,6 +18,12 @@ pub(super) fn entry_bytes(key_len: usize, value_len: usize) -> i64 {
     value_len as i64 + KEY_COPIES * key_len as i64
 }
 
+/// Bytes a stored ActionResult of `result_len` bytes under `instance` counts
+/// in `ac_bytes` (what `cairn stats` reports and `--max-size` bounds).
+pub fn action_entry_bytes(instance: &str, action: &Digest, result_len: usize) -> u64 {
+    entry_bytes(ac_key(instance, action).len(), result_len) as u64
+}
+
 /// `meta` key recording how stored bytes are accounted; absent in data dirs
 /// from before ActionCache keys were counted.
 const ACCOUNTING_KEY: &[u8] = b"accounting";

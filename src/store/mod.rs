@@ -55,6 +55,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
 
+pub use ac::action_entry_bytes;
 pub use counters::Stats;
 pub use lru::Clock;
 pub use reader::BlobReader;
