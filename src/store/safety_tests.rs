@@ -175,3 +175,32 @@ fn existence_checks_read_only_the_index() {
     assert!(read < 256 << 10, "FindMissingBlobs of 64 inline blobs read {read} bytes from disk");
     assert_eq!(store.read_all(&digests[5]).unwrap().unwrap(), blob(200 << 10, 5));
 }
+
+#[test]
+fn evicted_inline_bytes_leave_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) = open_manual(dir.path(), 1 << 20);
+    for _ in 0..2000 {
+        clock.advance(1);
+        // Incompressible, so the table files hold every byte.
+        let mut data = vec![0u8; 10_000];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+        store.put(DigestFunction::Sha256.digest_of(&data), &data).unwrap();
+    }
+    let data_cf = store.inner.cf(CF_CAS_DATA);
+    let on_disk = || store.inner.db.property_int_value_cf(data_cf, "rocksdb.total-sst-files-size").unwrap().unwrap();
+    store.inner.db.flush_cf(data_cf).unwrap();
+    let full = on_disk();
+    assert!(full > 15 << 20, "{full}");
+    // Evict down to the 1 MiB limit: ~19 MB of inline blobs deleted.
+    store.maintain().unwrap();
+    assert!(store.stats().cas_bytes <= 1 << 20);
+    store.inner.db.flush_cf(data_cf).unwrap();
+    // The deletions alone (a few small table files) would never trigger a
+    // size-based compaction; the tombstone-heavy file must.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while on_disk() > 4 << 20 {
+        assert!(std::time::Instant::now() < deadline, "{} bytes of table files for 1 MiB of live blobs", on_disk());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
