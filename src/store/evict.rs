@@ -132,7 +132,7 @@ impl Inner {
     /// Renames a file into `tmp/` (wiped at start-up) to be unlinked later;
     /// `None` if it is already gone.
     pub(super) fn move_to_tmp(&self, path: &Path) -> Option<PathBuf> {
-        let doomed = self.root.join("tmp").join(format!("removed-{}", uuid::Uuid::new_v4()));
+        let doomed = self.tmp_dir().join(format!("removed-{}", uuid::Uuid::new_v4()));
         match std::fs::rename(path, &doomed) {
             Ok(()) => Some(doomed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

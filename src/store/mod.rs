@@ -243,13 +243,18 @@ impl Store {
     }
 
     fn tmp_dir(&self) -> PathBuf {
-        self.inner.root.join("tmp")
+        self.inner.tmp_dir()
     }
 }
 
 impl Inner {
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    /// Uploads in progress, and removed files waiting to be unlinked; wiped at start-up.
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     /// Where the file of a blob above [`INLINE_MAX`] lives.

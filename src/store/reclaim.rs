@@ -69,8 +69,8 @@ fn sweep_dir(inner: &Inner, function: DigestFunction, dir: &Path) -> Result<(u64
         let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
         // Only files named as blobs are ours to judge; leave anything else.
-        let Some(hash) = name.to_str().and_then(parse_hash) else { continue };
-        found.push((Digest { function, hash, size: 0 }, entry.path()));
+        let Some(d) = name.to_str().and_then(|n| Digest::parse(function, n, 0).ok()) else { continue };
+        found.push((d, entry.path()));
     }
     let (mut files, mut bytes) = (0, 0);
     for chunk in found.chunks(LOOKUP_CHUNK) {
@@ -105,14 +105,6 @@ fn accounts_for_file(record: Option<&[u8]>) -> Result<bool> {
         Some(v) => parse_cas_value(v)?.0 == KIND_FILE,
         None => false,
     })
-}
-
-/// Parses a blob file name: 64 lower-case hex digits.
-fn parse_hash(name: &str) -> Option<[u8; 32]> {
-    if name.len() != 64 || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    hex::decode(name).ok()?.try_into().ok()
 }
 
 impl Store {
