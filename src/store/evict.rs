@@ -330,5 +330,15 @@ impl Store {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        // Record the uses noted since the last tick (so the next start evicts
+        // by true recency) and write the memtables out, so a restart replays
+        // no log. Both are only tidiness: the log makes a crash just as safe.
+        if let Err(e) = flush_touches(&self.inner) {
+            tracing::warn!(error = %e, "recording recent uses at shutdown failed");
+        }
+        let cfs: Vec<_> = super::ALL_CFS.iter().map(|name| self.inner.cf(name)).collect();
+        if let Err(e) = self.inner.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default()) {
+            tracing::warn!(error = %e, "flushing the database at shutdown failed");
+        }
     }
 }

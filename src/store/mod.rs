@@ -72,6 +72,8 @@ const CF_AC: &str = "ac";
 const CF_META: &str = "meta";
 const CF_ATIME: &str = "atime";
 const CF_LRU: &str = "lru";
+/// Every column family, for work that spans them all (the flush at close).
+const ALL_CFS: [&str; 6] = [CF_CAS, CF_CAS_DATA, CF_AC, CF_META, CF_ATIME, CF_LRU];
 
 /// What the store must keep within.
 #[derive(Clone, Debug)]

@@ -204,3 +204,29 @@ fn evicted_inline_bytes_leave_the_disk() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn uses_noted_just_before_close_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_000_000);
+    let limits = Limits { max_size: 3_500, min_age: Duration::ZERO, clock: clock.clone() };
+    let (first, second) = {
+        let store = Store::open_with(dir.path(), limits.clone()).unwrap();
+        let first = put_blob(&store, 1, 1000);
+        clock.advance(1);
+        let second = put_blob(&store, 2, 1000);
+        store.maintain().unwrap();
+        clock.advance(1);
+        // Read by a build moments before the server is stopped.
+        assert!(store.read_all(&first).unwrap().is_some());
+        store.close();
+        (first, second)
+    };
+    let store = Store::open_with(dir.path(), limits).unwrap();
+    clock.advance(1);
+    put_blob(&store, 3, 1000);
+    put_blob(&store, 4, 1000);
+    store.maintain().unwrap();
+    assert!(store.contains(&first).unwrap(), "a use noted before shutdown was lost, so its blob was evicted first");
+    assert!(!store.contains(&second).unwrap());
+}
