@@ -131,6 +131,15 @@ impl Config {
 
 // --- end of upload limits ---
 
+// --- lifecycle ---
+
+/// Default time in-flight calls get to finish after SIGTERM or SIGINT before
+/// the server closes anyway. Long enough for a 1 GiB upload on a slow link
+/// to complete; a second signal skips the wait.
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+// --- end of lifecycle ---
+
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -148,6 +157,8 @@ pub struct Config {
     pub max_blob_size: u64,
     /// Budget for uploads in progress (`--max-tmp-size`).
     pub max_tmp_size: u64,
+    /// After the shutdown signal, how long in-flight calls may run on (`--drain-timeout`).
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -161,6 +172,7 @@ impl Config {
             streams: StreamLimits::default(),
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_tmp_size: DEFAULT_MAX_TMP_SIZE,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }

@@ -86,6 +86,12 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_MAX_TMP_SIZE", default_value = "8GiB", value_parser = config::parse_size)]
     max_tmp_size: u64,
     // --- end of upload limits ---
+    // --- lifecycle ---
+    /// After SIGTERM/SIGINT, how long in-flight calls may finish before the server closes anyway
+    /// (a second signal exits at once).
+    #[arg(long, env = "CAIRN_DRAIN_TIMEOUT", default_value = "30s", value_parser = config::parse_duration)]
+    drain_timeout: std::time::Duration,
+    // --- end of lifecycle ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,7 +113,14 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => {
+            let served = runtime.block_on(serve(args));
+            // Calls still running after the drain timeout may sit in blocking
+            // tasks; don't wait for them (what they had not committed was
+            // never acknowledged, and the data dir is crash-safe).
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served
+        }
         Command::Stats(args) => stats(args),
         Command::Bench(args) => runtime.block_on(cairn::bench::run(*args)),
         Command::GoCacheProg(args) => {
@@ -179,6 +192,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // --- end of stream and connection limits ---
     config.max_blob_size = args.max_blob_size;
     config.max_tmp_size = args.max_tmp_size;
+    config.drain_timeout = args.drain_timeout;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -186,8 +200,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM, starting a graceful shutdown.
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM, starting a graceful
+/// shutdown; a second one exits at once, for an operator who won't wait.
 async fn shutdown_signal() {
+    next_signal().await;
+    tracing::info!("shutting down: no new calls; a second signal exits at once");
+    tokio::spawn(async {
+        next_signal().await;
+        tracing::warn!("second signal: exiting without waiting for in-flight calls");
+        // Everything acknowledged is already durable; the rest was never promised.
+        std::process::exit(130);
+    });
+}
+
+/// Resolves on the next SIGINT or SIGTERM.
+async fn next_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -203,5 +230,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down");
 }

@@ -63,7 +63,14 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     // Small unary calls dominate: don't let Nagle delay them.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(limits.tcp_keepalive);
     let budget = budget::Budget::new(limits.max_buffered_bytes, limits.stream_idle_timeout);
-    let served = tonic::transport::Server::builder()
+    // New connections stop at the signal and in-flight calls drain, for at
+    // most the drain timeout: a stalled client can't hold the shutdown.
+    let (stop_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let signalled = async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    };
+    let serving = tonic::transport::Server::builder()
         // Grow HTTP/2 flow-control windows with the measured bandwidth-delay
         // product, so large uploads aren't throttled by fixed 1 MiB windows
         // on fast or distant links.
@@ -96,15 +103,32 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
             })
             .max_decoding_message_size(BYTESTREAM_MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+        .serve_with_incoming_shutdown(incoming, signalled);
+    let served = tokio::select! {
+        r = serving => r.map_err(|e| Error::Internal(format!("gRPC server: {e}"))),
+        () = drain_deadline(stopping, config.drain_timeout) => {
+            tracing::warn!(
+                "calls still running {:?} after the shutdown signal; closing without them \
+                 (none of them was acknowledged)",
+                config.drain_timeout
+            );
+            Ok(())
+        }
+    };
     // Stop the eviction thread and close RocksDB before returning, so the
     // data dir can be reopened at once (tests restart servers this way).
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     served?;
     tracing::info!("cairn stopped");
     Ok(())
+}
+
+/// Resolves `timeout` after the shutdown signal; never if the server ends first.
+async fn drain_deadline(stopping: tokio::sync::oneshot::Receiver<()>, timeout: std::time::Duration) {
+    match stopping.await {
+        Ok(()) => tokio::time::sleep(timeout).await,
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Largest ByteStream message accepted: 4 MiB of data (gRPC's default message

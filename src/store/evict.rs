@@ -340,5 +340,11 @@ impl Store {
         if let Err(e) = self.inner.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default()) {
             tracing::warn!(error = %e, "flushing the database at shutdown failed");
         }
+        // Uploads still running now (past the server's drain timeout) will
+        // never be acknowledged: take their temp files, so a stopped server
+        // leaves no partial data behind. A late rename of one fails cleanly.
+        if let Err(e) = super::wipe_dir(&self.inner.tmp_dir()) {
+            tracing::warn!(error = %e, "removing unfinished uploads at shutdown failed");
+        }
     }
 }

@@ -5,12 +5,15 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A `cairn serve` child process listening on an ephemeral loopback port.
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Every line the server has logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -28,6 +31,8 @@ impl ServerProcess {
             .expect("spawn cairn serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -39,6 +44,7 @@ impl ServerProcess {
                     }
                 }
                 eprintln!("[cairn] {line}");
+                lines.lock().unwrap().push(line);
             }
         });
         let addr = rx
@@ -46,7 +52,36 @@ impl ServerProcess {
             .ok()
             .flatten()
             .expect("cairn serve did not report its listen address");
-        ServerProcess { child, addr }
+        ServerProcess { child, addr, log }
+    }
+
+    /// Waits (up to 60 s) until the server logs a line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(Instant::now() < deadline, "cairn serve never logged {needle:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the server.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits (up to `limit`) for the server to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "cairn serve did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn http_url(&self) -> String {
