@@ -64,8 +64,14 @@ impl Inner {
         batch.put_cf(self.cf(CF_LRU), lru_key(now, entry), []);
     }
 
+    /// What `--max-size` bounds: bytes stored, plus bytes of uploads already
+    /// in temp files (they are on the disk too, and most will be stored).
+    pub(super) fn bytes_held(&self) -> u64 {
+        (self.counters.snapshot().total_bytes().max(0) as u64).saturating_add(self.uploads.spooled())
+    }
+
     pub(super) fn wake_if_over_limit(&self) {
-        if self.counters.snapshot().total_bytes() as u64 > self.limits.max_size {
+        if self.bytes_held() > self.limits.max_size {
             self.wake.notify();
         }
     }
@@ -202,13 +208,13 @@ pub(super) fn flush_touches(inner: &Inner) -> Result<()> {
 /// Evicts least recently used entries while the store is over its limit.
 pub(super) fn evict(inner: &Inner) -> Result<()> {
     let max = inner.limits.max_size;
-    if inner.counters.snapshot().total_bytes() as u64 <= max {
+    if inner.bytes_held() <= max {
         return Ok(());
     }
     let target = (max as f64 * LOW_WATER) as u64;
     let cutoff = inner.limits.clock.now().saturating_sub(inner.limits.min_age.as_secs());
     let (mut evicted, mut freed) = (0u64, 0u64);
-    while inner.counters.snapshot().total_bytes() as u64 > target {
+    while inner.bytes_held() > target {
         let rows: Vec<Box<[u8]>> = inner
             .db
             .iterator_cf(inner.cf(CF_LRU), IteratorMode::Start)
@@ -237,7 +243,7 @@ pub(super) fn evict(inner: &Inner) -> Result<()> {
                 freed += removed;
                 evicted += 1;
             }
-            if inner.counters.snapshot().total_bytes() as u64 <= target {
+            if inner.bytes_held() <= target {
                 break;
             }
         }

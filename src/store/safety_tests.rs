@@ -230,3 +230,36 @@ fn uses_noted_just_before_close_are_recorded() {
     assert!(store.contains(&first).unwrap(), "a use noted before shutdown was lost, so its blob was evicted first");
     assert!(!store.contains(&second).unwrap());
 }
+
+#[test]
+fn room_is_made_while_a_large_upload_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    const MIB: usize = 1 << 20;
+    let (store, clock) = open_manual(dir.path(), 10 * MIB as u64);
+    let old: Vec<Digest> = (0..8u8)
+        .map(|i| {
+            clock.advance(1);
+            put_blob(&store, i, MIB)
+        })
+        .collect();
+    store.maintain().unwrap();
+    clock.advance(1);
+    let data = blob(4 * MIB, 99);
+    let d = DigestFunction::Sha256.digest_of(&data);
+    let mut w = store.begin_write(d).unwrap();
+    w.write(&data[..3 * MIB]).unwrap();
+    assert_eq!(store.uploads().spooled(), 3 * MIB as u64);
+    // A round while the upload is still arriving makes room for its bytes.
+    store.maintain().unwrap();
+    let held = store.stats().total_bytes() as u64 + store.uploads().spooled();
+    assert!(held <= 10 * MIB as u64, "stored + arriving = {held} bytes, over the 10 MiB limit");
+    w.write(&data[3 * MIB..]).unwrap();
+    w.commit().unwrap();
+    assert_eq!(store.uploads().spooled(), 0, "a committed upload's bytes are counted as stored only");
+    assert!(
+        store.stats().total_bytes() as u64 <= 10 * MIB as u64 + MIB as u64,
+        "the stored total overshoots by at most the bytes that arrived since the last round"
+    );
+    assert!(store.read_all(&d).unwrap().is_some());
+    assert!(!store.contains(&old[0]).unwrap(), "the least recently used blob made room");
+}

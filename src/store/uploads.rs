@@ -35,6 +35,9 @@ pub struct Uploads {
     max_blob_size: AtomicU64,
     /// `--max-tmp-size`: the bound on `reserved`.
     max_tmp_size: AtomicU64,
+    /// Bytes in the temp files of uploads in progress or parked: on the
+    /// cache's disk already, so eviction counts them against `--max-size`.
+    spooled: Arc<AtomicU64>,
 }
 
 /// Bytes of the upload budget held by one upload; given back on drop, so a
@@ -89,7 +92,18 @@ impl Uploads {
             reserved: Arc::new(AtomicU64::new(0)),
             max_blob_size: AtomicU64::new(UploadLimits::default().max_blob_size),
             max_tmp_size: AtomicU64::new(UploadLimits::default().max_tmp_size),
+            spooled: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Bytes in upload temp files right now (see [`Uploads::spooled`]'s field).
+    pub fn spooled(&self) -> u64 {
+        self.spooled.load(Ordering::Acquire)
+    }
+
+    /// The shared counter a temp file adds its bytes to and removes them from.
+    pub(super) fn spool_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.spooled)
     }
 
     /// Sets the upload limits (the server does, from its config, before it

@@ -13,6 +13,8 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::uploads::Reservation;
 use super::{Store, INLINE_MAX};
@@ -41,10 +43,15 @@ struct TempFile {
     file: File,
     path: PathBuf,
     published: bool,
+    /// Bytes written, and the store-wide count of spooled bytes they are in.
+    bytes: u64,
+    spooled: Arc<AtomicU64>,
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
+        // Published bytes are in the stored total by now; others are deleted.
+        self.spooled.fetch_sub(self.bytes, Ordering::AcqRel);
         if !self.published {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -68,7 +75,7 @@ impl BlobWriter {
             let path = store.tmp_dir().join(uuid::Uuid::new_v4().to_string());
             let file =
                 File::create(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
-            Spool::File(TempFile { file, path, published: false })
+            Spool::File(TempFile { file, path, published: false, bytes: 0, spooled: store.uploads().spool_counter() })
         };
         Ok(BlobWriter { store, hasher: digest.function.hasher(), digest, written: 0, spool, _reservation: reservation })
     }
@@ -97,7 +104,14 @@ impl BlobWriter {
         self.hasher.update(data);
         match &mut self.spool {
             Spool::Memory(buf) => buf.extend_from_slice(data),
-            Spool::File(t) => t.file.write_all(data).map_err(|e| disk_error("writing upload", e))?,
+            Spool::File(t) => {
+                t.file.write_all(data).map_err(|e| disk_error("writing upload", e))?;
+                t.bytes += data.len() as u64;
+                t.spooled.fetch_add(data.len() as u64, Ordering::AcqRel);
+                // Room is made while the bytes arrive, not after a large
+                // blob has landed: the disk stays within --max-size.
+                self.store.inner.wake_if_over_limit();
+            }
         }
         self.written += data.len() as u64;
         Ok(())
