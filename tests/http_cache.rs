@@ -285,3 +285,52 @@ async fn large_blobs_stream_through_a_small_budget() {
     assert!(r.text().contains("--max-blob-size"), "{}", r.text());
     server.stop().await;
 }
+
+/// The real binary's peak memory stays far below the size of a blob sent up
+/// and read back over HTTP: neither direction holds a body whole.
+#[test]
+fn server_memory_stays_below_the_blob_size() {
+    use std::io::{BufRead, BufReader};
+    const SIZE: usize = 256 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--max-buffered-bytes", "16MiB"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("http listening on ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("http listening line");
+    let peak_kib = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let data: Vec<u8> = (0..SIZE as u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8).collect();
+    let hash = sha(&data).hex();
+    let file = write(dir.path(), "big", &data);
+    drop(data);
+    let run = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "-w", "%{http_code}"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let url = format!("http://{addr}/cas/{hash}");
+    assert_eq!(run(&["-o", "/dev/null", "-T", &file, &url]), "200");
+    let back = dir.path().join("back").to_string_lossy().into_owned();
+    assert_eq!(run(&["-o", &back, &url]), "200");
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&file).unwrap(), "read back different bytes");
+    let peak = peak_kib();
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!("server peak RSS {} MiB for a {} MiB blob up and down", peak >> 10, SIZE >> 20);
+    assert!(peak < (SIZE as u64 >> 10) / 2, "peak RSS {peak} KiB: a body was held whole");
+}
