@@ -334,3 +334,55 @@ fn server_memory_stays_below_the_blob_size() {
     eprintln!("server peak RSS {} MiB for a {} MiB blob up and down", peak >> 10, SIZE >> 20);
     assert!(peak < (SIZE as u64 >> 10) / 2, "peak RSS {peak} KiB: a body was held whole");
 }
+
+/// A full disk: a PUT is 507 saying so, GETs keep working, nothing partial
+/// is readable, and PUTs work again once space returns. The data dir is on a
+/// small tmpfs mounted for the test (tests run as root here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_is_507_and_reads_keep_working() {
+    let mnt = tempfile::tempdir().unwrap();
+    let out = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(mnt.path()).output().unwrap();
+    assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let server = TestServer::start_http(Some(Config::for_data_dir(mnt.path().join("data")))).await;
+    let url = server.http_cache_url();
+    let dir = tempfile::tempdir().unwrap();
+    let stored: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
+    let f = write(dir.path(), "stored", &stored);
+    assert_eq!(curl(&["-T", &f, &format!("{url}/cas/{}", sha(&stored).hex())]).await.code, 200);
+
+    // Fill the disk, leaving less than the next upload needs.
+    let filler = mnt.path().join("filler");
+    {
+        use std::io::Write;
+        let mut w = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while w.write_all(&chunk).is_ok() {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(std::fs::metadata(&filler).unwrap().len() - (256 << 10))
+        .unwrap();
+    let big: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 241) as u8).collect();
+    let big_url = format!("{url}/cas/{}", sha(&big).hex());
+    let f = write(dir.path(), "big", &big);
+    let r = curl(&["-T", &f, &big_url]).await;
+    assert_eq!(r.code, 507, "{}", r.text());
+    assert!(r.text().contains("disk is full"), "{}", r.text());
+    assert_eq!(curl(&[&big_url]).await.code, 404, "a failed upload became readable");
+    let r = curl(&[&format!("{url}/cas/{}", sha(&stored).hex())]).await;
+    assert!(r.code == 200 && r.body == stored, "reads keep working");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(curl(&["-T", &f, &big_url]).await.code, 200, "space returned");
+    assert_eq!(curl(&[&big_url]).await.body.len(), big.len());
+    server.stop().await;
+}
