@@ -76,7 +76,7 @@ pub fn resolve(mut cmd: Command, args: Vec<OsString>, subcommand: &str) -> Resul
             let extra = file_args(&sub_cmd, sub, path, &mut from_file)?;
             let mut args = args;
             args.extend(extra);
-            cmd.clone().try_get_matches_from(&args).map_err(|e| file_error(e, path, &from_file))?
+            cmd.clone().try_get_matches_from(&args).map_err(|e| file_error(e, &sub_cmd, path, &from_file))?
         }
     };
     let sub = matches.subcommand_matches(subcommand).expect("parsed above");
@@ -150,14 +150,17 @@ fn scalar(v: &toml::Value) -> Option<String> {
 
 /// Rewords clap's error about a value that came from the file as one line
 /// naming the file and the key; errors about flags stay clap's.
-fn file_error(e: clap::Error, path: &Path, from_file: &HashSet<String>) -> Failure {
+fn file_error(e: clap::Error, sub_cmd: &Command, path: &Path, from_file: &HashSet<String>) -> Failure {
     let arg = match e.get(ContextKind::InvalidArg) {
         Some(clap::error::ContextValue::String(s)) => s.clone(),
         _ => return Failure::Clap(e),
     };
     // "--max-size <MAX_SIZE>" -> "max-size"
     let key = arg.trim_start_matches('-').split([' ', '=']).next().unwrap_or("").to_string();
-    if !from_file.contains(&key.replace('-', "_")) {
+    let from_the_file = settings(sub_cmd)
+        .find(|a| a.get_long() == Some(key.as_str()))
+        .is_some_and(|a| from_file.contains(a.get_id().as_str()));
+    if !from_the_file {
         return Failure::Clap(e);
     }
     let value = match e.get(ContextKind::InvalidValue) {
