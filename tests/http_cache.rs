@@ -137,6 +137,10 @@ async fn round_trips_and_refusals_with_curl() {
     let r = curl(&["-T", &broken, &format!("{url}/ac/{action}")]).await;
     assert_eq!(r.code, 400, "{}", r.text());
     assert!(r.text().contains("xyz"), "{}", r.text());
+    // Larger than any ActionResult gRPC would take: 413.
+    let huge = write(dir.path(), "huge.pb", &vec![0u8; 6 << 20]);
+    let r = curl(&["-T", &huge, &format!("{url}/ac/{action}")]).await;
+    assert_eq!(r.code, 413, "{}", r.text());
     // The good entry survived the refused ones.
     assert_eq!(curl(&[&format!("{url}/ac/{action}")]).await.code, 200);
 
