@@ -139,6 +139,24 @@ impl Config {
 pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 // --- end of lifecycle ---
+// --- http cache ---
+
+/// A listen address or `off`: the value of `--http-listen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<std::net::SocketAddr>);
+
+/// Parses `off` (nothing to listen on) or a socket address such as `0.0.0.0:8080`.
+pub fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptionalAddr(None));
+    }
+    s.trim()
+        .parse()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|_| format!("{s:?} is neither `off` nor an address such as 127.0.0.1:8080"))
+}
+
+// --- end of http cache ---
 
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
@@ -302,6 +320,16 @@ mod tests {
         assert_eq!(c.upload_limits().max_blob_size, 1 << 30);
         c.max_tmp_size = 100 << 20;
         assert_eq!(c.upload_limits(), UploadLimits { max_blob_size: 100 << 20, max_tmp_size: 100 << 20 });
+    }
+
+    #[test]
+    fn parses_optional_addrs() {
+        assert_eq!(parse_optional_addr("off").unwrap(), OptionalAddr(None));
+        assert_eq!(
+            parse_optional_addr("127.0.0.1:8080").unwrap(),
+            OptionalAddr(Some("127.0.0.1:8080".parse().unwrap()))
+        );
+        assert!(parse_optional_addr("8080").unwrap_err().contains("off"));
     }
 
     #[test]

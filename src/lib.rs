@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`proto`]: generated REAPI, ByteStream and google.rpc types (from `proto/`).
+//! - [`config_file`]: `cairn serve --config FILE` (TOML keys named like the
+//!   flags) and `--print-config`, on top of clap.
 //! - [`digest`]: digests, digest functions and ByteStream resource names, parsed
 //!   and validated once at the edge; nothing inward handles raw strings.
 //! - [`error`]: the library's one error type.
@@ -27,6 +29,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod digest;
 pub mod error;
 pub mod fuzzing;

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use tracing_subscriber::EnvFilter;
 
 use cairn::config::{self, Config};
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(name = "cairn", version, about = "A remote build cache for Bazel (REAPI v2) and Go (GOCACHEPROG)")]
 struct Cli {
     /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. `cairn=debug`)
@@ -49,9 +49,9 @@ struct ServeArgs {
     /// Address to listen on (use 0.0.0.0:9092 to serve other machines).
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:9092")]
     listen: SocketAddr,
-    /// Data directory [default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn].
-    #[arg(long, env = "CAIRN_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    /// Data directory ($XDG_CACHE_HOME/cairn, else ~/.cache/cairn, by default).
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value_os_t = config::default_data_dir())]
+    data_dir: PathBuf,
     /// Bound on stored bytes, e.g. 10GiB, 500MB or plain bytes.
     #[arg(long, env = "CAIRN_MAX_SIZE", default_value = "10GiB", value_parser = config::parse_size)]
     max_size: u64,
@@ -92,10 +92,27 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_DRAIN_TIMEOUT", default_value = "30s", value_parser = config::parse_duration)]
     drain_timeout: std::time::Duration,
     // --- end of lifecycle ---
+    // --- http cache ---
+    /// Also serve Bazel's HTTP cache protocol (GET/HEAD/PUT /ac/ and /cas/) on this address,
+    /// e.g. 0.0.0.0:8080 (`off`: not at all).
+    #[arg(long, env = "CAIRN_HTTP_LISTEN", default_value = "off", value_parser = config::parse_optional_addr)]
+    http_listen: config::OptionalAddr,
+    // --- end of http cache ---
+    // --- config file ---
+    /// TOML file of settings named like these flags (max-size = "50GiB"); flags and CAIRN_*
+    /// variables override it [default: none].
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (each value with where it came from) and exit.
+    #[arg(long)]
+    print_config: bool,
+    // --- end of config file ---
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // --- config file ---
+    let cli: Cli = cairn::config_file::parse("serve");
+    // --- end of config file ---
     let default_level =
         if matches!(cli.command, Command::GoCacheProg(_) | Command::Bench(_)) { "warn" } else { "info" };
     let level = cli.log_level.as_deref().unwrap_or(default_level);
@@ -177,7 +194,7 @@ fn raise_fd_limit() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::for_data_dir(args.data_dir.unwrap_or_else(config::default_data_dir));
+    let mut config = Config::for_data_dir(&args.data_dir);
     config.max_size = args.max_size;
     config.min_age = args.min_age;
     // --- Stream and connection limits ---
@@ -196,7 +213,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    cairn::server::serve(listener, config, shutdown_signal()).await?;
+    // --- http cache ---
+    let http = match args.http_listen.0 {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?,
+        ),
+        None => None,
+    };
+    let listeners = cairn::server::Listeners { grpc: listener, http };
+    // --- end of http cache ---
+    cairn::server::serve(listeners, config, shutdown_signal()).await?;
     Ok(())
 }
 

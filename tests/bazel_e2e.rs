@@ -225,3 +225,35 @@ async fn changed_input_reruns_only_dependent_actions() {
     drop(bazel);
     server.stop().await;
 }
+
+/// Bazel's HTTP cache protocol (`--remote_cache=http://…`, served on
+/// `--http-listen`), under an instance prefix in the URL: the cold build
+/// uploads every result, the rebuild after `clean --expunge` is all hits
+/// with the same bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_cache_rebuild_is_all_remote_hits() {
+    let _serial = BAZEL_LOCK.lock().await;
+    let server = TestServer::start_http(None).await;
+    let bazel = Bazel::new("original");
+    let flags = vec![format!("--remote_cache={}/team", server.http_cache_url())];
+
+    let cold = bazel.build(&flags).await;
+    assert_cold("cold over HTTP", &cold);
+    let before = bazel.hash_outputs();
+    check_special_outputs(&bazel, &before);
+
+    bazel.clean_expunge().await;
+    let warm = bazel.build(&flags).await;
+    assert_all_hits("rebuild over HTTP", &warm, &cold);
+    let after = bazel.hash_outputs();
+    check_special_outputs(&bazel, &after);
+    assert_same_outputs(&before, &after);
+
+    // The results were stored under the prefix's instance: another prefix misses.
+    bazel.clean_expunge().await;
+    let other = bazel.build(&[format!("--remote_cache={}/other", server.http_cache_url())]).await;
+    assert_no_hits("other prefix over HTTP", &other, &cold);
+
+    drop(bazel);
+    server.stop().await;
+}

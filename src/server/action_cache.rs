@@ -61,7 +61,7 @@ impl ActionCache for ActionCacheService {
     }
 }
 
-fn get_action_result(
+pub(super) fn get_action_result(
     store: &Store,
     req: &reapi::GetActionResultRequest,
     action: &Digest,
@@ -101,6 +101,6 @@ fn inline_output(store: &Store, function: DigestFunction, d: Option<&reapi::Dige
 
 /// Checks every digest inside a result is well formed, naming the bad one
 /// (output directories: `tree_digest` and/or `root_directory_digest`).
-fn validate_result(function: DigestFunction, r: &reapi::ActionResult) -> Result<(), Error> {
+pub(super) fn validate_result(function: DigestFunction, r: &reapi::ActionResult) -> Result<(), Error> {
     crate::wire::refs::ResultRefs::parse(function, r).map(|_| ())
 }

@@ -10,6 +10,8 @@ mod cas;
 mod download;
 mod get_tree;
 mod get_tree_token;
+mod http_blobs;
+pub mod http_cache;
 pub mod status;
 mod upload;
 
@@ -27,10 +29,29 @@ use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use crate::store::{Limits, Store};
 
-/// Runs the cache on `listener` until `shutdown` resolves, then drains
+/// The sockets the server answers on: gRPC, and optionally Bazel's HTTP
+/// cache protocol (`--http-listen`). Bound by the caller, so tests can bind
+/// `127.0.0.1:0` and learn the ports.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Listeners {
+        Listeners { grpc, http: None }
+    }
+}
+
+/// Runs the cache on `listeners` until `shutdown` resolves, then drains
 /// in-flight calls and closes the store. `cairn serve` and the tests both
 /// call this, so tests exercise the production wiring.
-pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+pub async fn serve(
+    listeners: impl Into<Listeners>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let Listeners { grpc: listener, http } = listeners.into();
     validate_limits(&config.streams)?;
     let store = {
         let dir = config.data_dir.clone();
@@ -51,8 +72,7 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
         stats.ac_count,
     );
 
-    // Batch requests carry up to max_batch_total_size of data plus framing.
-    let max_message = (config.max_batch_total_size as usize + (1 << 20)).max(4 << 20);
+    let max_message = max_message(&config);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ActionCacheServer<action_cache::ActionCacheService>>().await;
     health_reporter.set_serving::<ContentAddressableStorageServer<cas::CasService>>().await;
@@ -60,17 +80,22 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     health_reporter.set_serving::<CapabilitiesServer<capabilities::CapabilitiesService>>().await;
 
     let limits = &config.streams;
-    // Small unary calls dominate: don't let Nagle delay them.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(limits.tcp_keepalive);
     let budget = budget::Budget::new(limits.max_buffered_bytes, limits.stream_idle_timeout);
-    // New connections stop at the signal and in-flight calls drain, for at
-    // most the drain timeout: a stalled client can't hold the shutdown.
+    // Both front ends stop on the same signal: dropping `stop` (when the
+    // gRPC server is told to shut down, or fails) stops the HTTP one. New
+    // connections stop at the signal and in-flight calls drain, for at most
+    // the drain timeout: a stalled client can't hold the shutdown.
+    let (stop, stopped) = tokio::sync::watch::channel(());
     let (stop_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-    let signalled = async move {
+    let shutdown = async move {
         shutdown.await;
+        drop(stop);
         let _ = stop_tx.send(());
     };
-    let serving = tonic::transport::Server::builder()
+    let http_served = serve_http(http, store.clone(), &config, budget.clone(), stopped);
+    // Small unary calls dominate: don't let Nagle delay them.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(limits.tcp_keepalive);
+    let grpc_served = tonic::transport::Server::builder()
         // Grow HTTP/2 flow-control windows with the measured bandwidth-delay
         // product, so large uploads aren't throttled by fixed 1 MiB windows
         // on fast or distant links.
@@ -103,9 +128,13 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
             })
             .max_decoding_message_size(BYTESTREAM_MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(incoming, signalled);
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let both = async {
+        let (grpc_served, http_served) = tokio::join!(grpc_served, http_served);
+        grpc_served.map_err(|e| Error::Internal(format!("gRPC server: {e}"))).and(http_served)
+    };
     let served = tokio::select! {
-        r = serving => r.map_err(|e| Error::Internal(format!("gRPC server: {e}"))),
+        r = both => r,
         () = drain_deadline(stopping, config.drain_timeout) => {
             tracing::warn!(
                 "calls still running {:?} after the shutdown signal; closing without them \
@@ -129,6 +158,37 @@ async fn drain_deadline(stopping: tokio::sync::oneshot::Receiver<()>, timeout: s
         Ok(()) => tokio::time::sleep(timeout).await,
         Err(_) => std::future::pending().await,
     }
+}
+
+/// Serves Bazel's HTTP cache protocol on `listener`, if there is one, until
+/// `stopped` changes or closes.
+async fn serve_http(
+    listener: Option<TcpListener>,
+    store: Store,
+    config: &Config,
+    budget: budget::Budget,
+    mut stopped: tokio::sync::watch::Receiver<()>,
+) -> Result<()> {
+    let Some(listener) = listener else { return Ok(()) };
+    let addr = listener.local_addr().map_err(|e| Error::io("reading the HTTP listen address", e))?;
+    tracing::info!("http listening on {addr} (Bazel's HTTP cache protocol: --remote_cache=http://{addr})");
+    let cache = http_cache::HttpCache {
+        store,
+        budget,
+        idle: config.streams.stream_idle_timeout,
+        max_action_result: max_message(config),
+        max_blob_size: config.upload_limits().max_blob_size,
+    };
+    http_cache::run(listener, cache, async move {
+        let _ = stopped.changed().await;
+    })
+    .await
+}
+
+/// Largest gRPC message of a unary call: batch requests carry up to
+/// `max_batch_total_size` of data plus framing.
+fn max_message(config: &Config) -> usize {
+    (config.max_batch_total_size as usize + (1 << 20)).max(4 << 20)
 }
 
 /// Largest ByteStream message accepted: 4 MiB of data (gRPC's default message

@@ -39,6 +39,7 @@ mod cas;
 pub mod complete;
 mod counters;
 mod evict;
+mod lookup;
 mod lru;
 mod reader;
 mod reclaim;

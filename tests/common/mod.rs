@@ -15,6 +15,8 @@ pub mod process;
 /// A running server; dropped or `stop`ped at the end of a test.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where Bazel's HTTP cache protocol is served, if asked for ([`TestServer::start_http`]).
+    pub http_addr: Option<SocketAddr>,
     pub config: Config,
     /// Keeps the temp data dir alive as long as the server (None if the caller owns the dir).
     _dir: Option<tempfile::TempDir>,
@@ -35,19 +37,42 @@ impl TestServer {
         Self::start_inner(config, None).await
     }
 
+    /// Starts a server that also serves Bazel's HTTP cache protocol, with
+    /// `config` (a fresh temp data dir when None).
+    pub async fn start_http(config: Option<Config>) -> TestServer {
+        let (config, dir) = match config {
+            Some(c) => (c, None),
+            None => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                (Config::for_data_dir(dir.path()), Some(dir))
+            }
+        };
+        Self::start_listeners(config, dir, true).await
+    }
+
     async fn start_inner(config: Config, dir: Option<tempfile::TempDir>) -> TestServer {
+        Self::start_listeners(config, dir, false).await
+    }
+
+    async fn start_listeners(config: Config, dir: Option<tempfile::TempDir>, with_http: bool) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let http = match with_http {
+            true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http")),
+            false => None,
+        };
+        let http_addr = http.as_ref().map(|l| l.local_addr().expect("http addr"));
+        let listeners = cairn::server::Listeners { grpc: listener, http };
         let (tx, rx) = oneshot::channel::<()>();
         let cfg = config.clone();
         let task = tokio::spawn(async move {
-            cairn::server::serve(listener, cfg, async {
+            cairn::server::serve(listeners, cfg, async {
                 let _ = rx.await;
             })
             .await
             .expect("server failed");
         });
-        TestServer { addr, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, http_addr, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -57,6 +82,11 @@ impl TestServer {
     /// `grpc://127.0.0.1:PORT`, as Bazel's --remote_cache wants it.
     pub fn grpc_url(&self) -> String {
         format!("grpc://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT` of the HTTP cache (panics if it was not started).
+    pub fn http_cache_url(&self) -> String {
+        format!("http://{}", self.http_addr.expect("server started without --http-listen"))
     }
 
     /// `http://127.0.0.1:PORT`, as tonic's endpoint wants it.
