@@ -131,6 +131,22 @@ impl Config {
 
 // --- end of upload limits ---
 
+// --- security ---
+
+/// TLS and access control. The default is what cairn always was: plain
+/// gRPC, open to anyone who can reach the port.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (None: plain TCP).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// `--tokens FILE` (None: no access control).
+    pub tokens: Option<PathBuf>,
+    /// `--anonymous`: what callers without credentials may do.
+    pub anonymous: crate::auth::Anonymous,
+}
+
+// --- end of security ---
+
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -148,6 +164,8 @@ pub struct Config {
     pub max_blob_size: u64,
     /// Budget for uploads in progress (`--max-tmp-size`).
     pub max_tmp_size: u64,
+    /// TLS and access control (`--tls-*`, `--tokens`, `--anonymous`).
+    pub security: Security,
 }
 
 impl Config {
@@ -161,6 +179,7 @@ impl Config {
             streams: StreamLimits::default(),
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_tmp_size: DEFAULT_MAX_TMP_SIZE,
+            security: Security::default(),
         }
     }
 }

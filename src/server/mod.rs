@@ -3,6 +3,7 @@
 //! map the result; storage logic never lives here.
 
 mod action_cache;
+pub mod auth;
 pub mod budget;
 mod bytestream;
 mod capabilities;
@@ -19,6 +20,8 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
+use std::sync::Arc;
+
 use crate::config::{human_size, Config};
 use crate::error::{Error, Result};
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
@@ -32,6 +35,9 @@ use crate::store::{Limits, Store};
 /// call this, so tests exercise the production wiring.
 pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     validate_limits(&config.streams)?;
+    // --- security ---
+    let (guard, tls) = security(&config.security)?;
+    // --- end of security ---
     let store = {
         let dir = config.data_dir.clone();
         let limits = Limits { max_size: config.max_size, min_age: config.min_age, ..Limits::default() };
@@ -40,15 +46,26 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
             .map_err(|e| Error::Internal(format!("opening the store: {e}")))??
     };
     store.uploads().set_limits(&config.upload_limits());
+    // --- security ---
+    // Registered before the listening line, so a SIGHUP sent after it never
+    // meets the default action (exit).
+    let reloader = reload_on_sighup(guard.0.clone(), tls.clone());
+    // --- end of security ---
     let addr = listener.local_addr().map_err(|e| Error::io("reading the listen address", e))?;
     let stats = store.stats();
     tracing::info!(
-        "cairn listening on {addr}, storing in {}, size limit {} (holding {} in {} blobs and {} action results)",
+        "cairn listening on {addr}, storing in {}, size limit {} (holding {} in {} blobs and {} action results); {}; {}",
         config.data_dir.display(),
         human_size(config.max_size),
         human_size(stats.total_bytes().max(0) as u64),
         stats.cas_count,
         stats.ac_count,
+        match &tls {
+            None => "plain gRPC (no TLS)",
+            Some(t) if t.mutual() => "TLS with client certificates (mTLS)",
+            Some(_) => "TLS",
+        },
+        guard.0.describe(),
     );
 
     // Batch requests carry up to max_batch_total_size of data plus framing.
@@ -60,10 +77,8 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     health_reporter.set_serving::<CapabilitiesServer<capabilities::CapabilitiesService>>().await;
 
     let limits = &config.streams;
-    // Small unary calls dominate: don't let Nagle delay them.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(limits.tcp_keepalive);
     let budget = budget::Budget::new(limits.max_buffered_bytes, limits.stream_idle_timeout);
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // Grow HTTP/2 flow-control windows with the measured bandwidth-delay
         // product, so large uploads aren't throttled by fixed 1 MiB windows
         // on fast or distant links.
@@ -75,15 +90,17 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
         .add_service(CapabilitiesServer::new(capabilities::CapabilitiesService {
             max_batch_total_size: config.max_batch_total_size,
             max_blob_size: config.upload_limits().max_blob_size,
+            guard: guard.clone(),
         }))
         .add_service(
-            ActionCacheServer::new(action_cache::ActionCacheService { store: store.clone() })
+            ActionCacheServer::new(action_cache::ActionCacheService { store: store.clone(), guard: guard.clone() })
                 .max_decoding_message_size(max_message),
         )
         .add_service(
             ContentAddressableStorageServer::new(cas::CasService {
                 store: store.clone(),
                 max_batch_total_size: config.max_batch_total_size,
+                guard: guard.clone(),
             })
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
@@ -93,12 +110,26 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
                 store: store.clone(),
                 budget,
                 idle: limits.stream_idle_timeout,
+                guard: guard.clone(),
             })
             .max_decoding_message_size(BYTESTREAM_MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+        );
+    // --- security ---
+    let tcp = crate::tls::TcpSettings { nodelay: true, keepalive: limits.tcp_keepalive };
+    let served = match tls {
+        Some(tls) => {
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::tls::incoming(listener, tls, tcp));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        None => {
+            // Small unary calls dominate: don't let Nagle delay them.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(tcp.keepalive);
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+    }
+    .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+    reloader.abort();
+    // --- end of security ---
     // Stop the eviction thread and close RocksDB before returning, so the
     // data dir can be reopened at once (tests restart servers this way).
     tokio::task::spawn_blocking(move || store.close()).await.ok();
@@ -106,6 +137,59 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     tracing::info!("cairn stopped");
     Ok(())
 }
+
+// --- security ---
+
+/// The access policy and TLS configuration `config` asks for; a bad tokens
+/// file or certificate stops the start with an error naming the file.
+fn security(config: &crate::config::Security) -> Result<(auth::Guard, Option<Arc<crate::tls::TlsAcceptor>>)> {
+    let policy = match &config.tokens {
+        Some(path) => crate::auth::Auth::from_file(path, config.anonymous).map_err(Error::InvalidArgument)?,
+        None => crate::auth::Auth::open(),
+    };
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(crate::tls::TlsAcceptor::load(files.clone()).map_err(Error::InvalidArgument)?)),
+        None => None,
+    };
+    Ok((auth::Guard(Arc::new(policy)), tls))
+}
+
+/// On each SIGHUP, re-reads the tokens file and the TLS files; a file that
+/// fails to load keeps what was in force and logs why. New connections get
+/// the new certificate; calls already running finish under the old policy.
+/// The handler is installed before this returns; abort the task to stop.
+fn reload_on_sighup(
+    auth: Arc<crate::auth::Auth>,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
+) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hup) = hup else {
+                tracing::warn!("cannot listen for SIGHUP; certificates and tokens reload only on restart");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match auth.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: {}", auth.describe()),
+                    Err(e) => tracing::error!("SIGHUP: keeping the previous tokens: {e}"),
+                }
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+                        Err(e) => tracing::error!("SIGHUP: keeping the previous TLS certificate: {e}"),
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (auth, tls);
+    })
+}
+
+// --- end of security ---
 
 /// Largest ByteStream message accepted: 4 MiB of data (gRPC's default message
 /// limit, which clients size their chunks by) plus room for the resource name.
