@@ -97,8 +97,9 @@ pub(super) struct Shared {
     /// later ones only go to the debug log (one warning per kind).
     warned_corrupt: AtomicBool,
     warned_local: AtomicBool,
-    /// A write was refused (a read-only token): warned once, not a failure.
-    warned_refused: AtomicBool,
+    /// A write was refused (a read-only token): warned once, by whichever
+    /// of the uploader and the manifest store meets it first; not a failure.
+    pub(super) warned_refused: AtomicBool,
 }
 
 /// How fetching one output ended.

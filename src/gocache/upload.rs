@@ -136,10 +136,12 @@ async fn run(mut rx: mpsc::Receiver<Job>, mut client: Client, shared: Arc<Shared
         if refused.load(Ordering::Relaxed) {
             // A read-only token (or none, with anonymous reads): keep reading,
             // stop uploading, and keep taking jobs so puts never see a full queue.
-            tracing::warn!(
-                "cairn gocacheprog: the remote cache refuses uploads from this client (read-only token?); \
-                 using it read-only"
-            );
+            if !shared.warned_refused.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cairn gocacheprog: the remote cache refuses uploads from this client (read-only token?); \
+                     using it read-only"
+                );
+            }
             while rx.recv().await.is_some() {}
             return;
         }
