@@ -17,7 +17,7 @@ pub type Transport = InterceptedService<Channel, Bearer>;
 /// Credentials and trust for reaching a server (`--tls-ca`, `--tls-cert`,
 /// `--tls-key`, and a token). The default: no TLS settings (system roots
 /// for `grpcs://`), no token.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Security {
     /// PEM CA certificates the server's certificate must chain to
     /// (`grpcs://` only; default: the system's roots).
@@ -28,6 +28,18 @@ pub struct Security {
     pub tls_key: Option<PathBuf>,
     /// Sent as `authorization: Bearer TOKEN` on every call.
     pub token: Option<String>,
+}
+
+/// Never prints the token (configs end up in debug logs).
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 /// Adds `authorization: Bearer TOKEN` to every call (when there is a token).
@@ -130,5 +142,7 @@ mod tests {
         assert!(matches!(tls_config(&half), Err(ClientError::Tls(_))));
         assert!(matches!(Bearer::new(Some("bad\ntoken")), Err(ClientError::Tls(_))));
         assert!(Bearer::new(Some("  ")).unwrap().0.is_none());
+        let secret = Security { token: Some("cairn_secret".into()), ..Security::default() };
+        assert!(!format!("{secret:?}").contains("cairn_secret"));
     }
 }
