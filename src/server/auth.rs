@@ -5,8 +5,9 @@
 //! [`Guard::check`] once they have parsed the instance name.
 //!
 //! Health is not guarded (load balancers and probes carry no credentials and
-//! learn nothing from it); Capabilities is a read of its instance, as in
-//! Buildbarn, so a client with a bad token fails at its first call.
+//! learn nothing from it); Capabilities is a read of its instance, so a
+//! client with a bad token fails at its first call (Bazel's first is
+//! GetCapabilities).
 
 use std::sync::Arc;
 
