@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::digest::{Digest, DigestFunction};
@@ -17,6 +16,10 @@ use crate::proto::reapi::{
     self, action_cache_client::ActionCacheClient, capabilities_client::CapabilitiesClient,
     content_addressable_storage_client::ContentAddressableStorageClient,
 };
+
+mod connect;
+
+pub use connect::{Bearer, Security, Transport};
 
 /// Blobs at most this large go through the batch calls; larger ones through ByteStream.
 pub const BATCH_BLOB_MAX: u64 = 1 << 20;
@@ -30,7 +33,7 @@ const DEFAULT_BATCH_TOTAL: u64 = 4 * 1024 * 1024 - 64 * 1024;
 /// What can go wrong talking to a cache server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid server address {0:?}: use grpc://host:port or http://host:port")]
+    #[error("invalid server address {0:?}: use grpc://host:port (or grpcs://host:port for TLS)")]
     BadAddress(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: tonic::transport::Error },
@@ -40,6 +43,8 @@ pub enum ClientError {
     Corrupt { digest: String, why: String },
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error("TLS or token settings: {0}")]
+    Tls(String),
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -51,43 +56,32 @@ fn rpc(rpc: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
 /// A connection to one REAPI server and instance.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: Transport,
     instance: String,
     function: DigestFunction,
     max_batch_total: u64,
-}
-
-/// The endpoint settings shared by [`Client::connect`] and [`Client::connect_lazy`].
-fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(endpoint_uri(addr)?)
-        .map_err(|_| ClientError::BadAddress(addr.to_string()))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .http2_keep_alive_interval(Duration::from_secs(30)))
-}
-
-/// Turns `grpc://h:p` (Bazel's spelling) into `http://h:p` for tonic.
-fn endpoint_uri(addr: &str) -> Result<String> {
-    let rest = addr
-        .strip_prefix("grpc://")
-        .or_else(|| addr.strip_prefix("http://"))
-        .ok_or_else(|| ClientError::BadAddress(addr.to_string()))?;
-    if rest.is_empty() {
-        return Err(ClientError::BadAddress(addr.to_string()));
-    }
-    Ok(format!("http://{rest}"))
 }
 
 impl Client {
     /// Connects to `addr` (grpc://host:port), failing after `connect_timeout`.
     /// The connection is made now, so an unreachable server is reported at once.
     pub async fn connect(addr: &str, instance: &str, connect_timeout: Duration) -> Result<Client> {
-        let channel = endpoint(addr, connect_timeout)?
+        Client::connect_with(addr, instance, connect_timeout, &Security::default()).await
+    }
+
+    /// [`Client::connect`] with TLS settings and a token (`grpcs://` for TLS).
+    pub async fn connect_with(
+        addr: &str,
+        instance: &str,
+        connect_timeout: Duration,
+        security: &Security,
+    ) -> Result<Client> {
+        let bearer = Bearer::new(security.token.as_deref())?;
+        let channel = connect::endpoint(addr, connect_timeout, security)?
             .connect()
             .await
             .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
-        Ok(Client::over(channel, instance))
+        Ok(Client::over(Transport::new(channel, bearer), instance))
     }
 
     /// Like [`Client::connect`], but connects on first use instead of now:
@@ -98,10 +92,23 @@ impl Client {
     /// with `tokio::time::timeout`: a server that accepts connections and
     /// never answers is not detected otherwise. Needs a tokio runtime.
     pub fn connect_lazy(addr: &str, instance: &str, connect_timeout: Duration) -> Result<Client> {
-        Ok(Client::over(endpoint(addr, connect_timeout)?.connect_lazy(), instance))
+        Client::connect_lazy_with(addr, instance, connect_timeout, &Security::default())
     }
 
-    fn over(channel: Channel, instance: &str) -> Client {
+    /// [`Client::connect_lazy`] with TLS settings and a token. TLS files are
+    /// read now, so a missing one fails here rather than on every call.
+    pub fn connect_lazy_with(
+        addr: &str,
+        instance: &str,
+        connect_timeout: Duration,
+        security: &Security,
+    ) -> Result<Client> {
+        let bearer = Bearer::new(security.token.as_deref())?;
+        let channel = connect::endpoint(addr, connect_timeout, security)?.connect_lazy();
+        Ok(Client::over(Transport::new(channel, bearer), instance))
+    }
+
+    fn over(channel: Transport, instance: &str) -> Client {
         Client {
             channel,
             instance: instance.to_string(),
@@ -130,7 +137,7 @@ impl Client {
         &self.instance
     }
 
-    fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+    fn cas(&self) -> ContentAddressableStorageClient<Transport> {
         ContentAddressableStorageClient::new(self.channel.clone())
             .max_decoding_message_size(self.max_batch_total as usize + (1 << 20))
             .max_encoding_message_size(self.max_batch_total as usize + (1 << 20))
@@ -503,14 +510,6 @@ fn batches<'a, T: 'a>(items: impl Iterator<Item = (&'a T, u64)>, limit: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses() {
-        assert_eq!(endpoint_uri("grpc://127.0.0.1:9092").unwrap(), "http://127.0.0.1:9092");
-        assert_eq!(endpoint_uri("http://h:1").unwrap(), "http://h:1");
-        assert!(endpoint_uri("127.0.0.1:9092").is_err());
-        assert!(endpoint_uri("grpc://").is_err());
-    }
 
     #[tokio::test]
     async fn lazy_connect_does_no_io_and_checks_the_address() {

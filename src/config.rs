@@ -157,6 +157,21 @@ pub fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
 }
 
 // --- end of http cache ---
+// --- security ---
+
+/// TLS and access control. The default is what cairn always was: plain
+/// gRPC, open to anyone who can reach the port.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (None: plain TCP).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// `--tokens FILE` (None: no access control).
+    pub tokens: Option<PathBuf>,
+    /// `--anonymous`: what callers without credentials may do.
+    pub anonymous: crate::auth::Anonymous,
+}
+
+// --- end of security ---
 
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
@@ -177,6 +192,8 @@ pub struct Config {
     pub max_tmp_size: u64,
     /// After the shutdown signal, how long in-flight calls may run on (`--drain-timeout`).
     pub drain_timeout: std::time::Duration,
+    /// TLS and access control (`--tls-*`, `--tokens`, `--anonymous`).
+    pub security: Security,
 }
 
 impl Config {
@@ -191,6 +208,7 @@ impl Config {
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_tmp_size: DEFAULT_MAX_TMP_SIZE,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            security: Security::default(),
         }
     }
 }

@@ -12,6 +12,9 @@
 //! - [`server`]: one file per gRPC service; the only place errors become
 //!   `tonic::Status`. [`server::run`] is the whole server; `main.rs` and the
 //!   tests call the same function.
+//! - [`auth`]: the tokens file and the one access decision (who may read or
+//!   write which instance), shared by every front end; no transport.
+//! - [`tls`]: rustls for the listeners: PEM loading, reload, handshakes.
 //! - [`client`]: the one typed REAPI client, shared by the Go shim and the bench.
 //! - [`bench`]: `cairn bench`, the load generator behind BENCHMARKS.md.
 //! - [`gocache`]: `cairn gocacheprog`, Go's cache protocol and its local tier.
@@ -25,6 +28,7 @@
 //! The default `server` feature builds the server, its RocksDB store and the
 //! bench; without it (the fuzz crate) only the pure parsers and the client build.
 
+pub mod auth;
 #[cfg(feature = "server")]
 pub mod bench;
 pub mod client;
@@ -39,4 +43,5 @@ pub mod proto;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -32,7 +32,28 @@ enum Command {
     Stats(StatsArgs),
     /// Load a REAPI server (cairn or a peer) and report speed against this machine's limits.
     Bench(Box<cairn::bench::BenchArgs>),
+    // --- security ---
+    /// Access tokens for `cairn serve --tokens`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    // --- end of security ---
 }
+
+// --- security ---
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh random token (first line) and the tokens-file line that grants it (second line).
+    New {
+        /// Who holds it (shown in refusals and logs), e.g. ci-main.
+        name: String,
+        /// ro: read only; rw: read and write.
+        #[arg(value_parser = ["ro", "rw"])]
+        mode: String,
+        /// Instance names it may use (each covers names below it); none: every instance.
+        prefixes: Vec<String>,
+    },
+}
+// --- end of security ---
 
 #[derive(clap::Args)]
 struct StatsArgs {
@@ -107,6 +128,24 @@ struct ServeArgs {
     #[arg(long)]
     print_config: bool,
     // --- end of config file ---
+    // --- security ---
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key). Reloaded on SIGHUP.
+    #[arg(long, env = "CAIRN_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Reloaded on SIGHUP.
+    #[arg(long, env = "CAIRN_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate signed by one (mTLS). Reloaded on SIGHUP.
+    #[arg(long, env = "CAIRN_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Tokens file, one `NAME ro|rw SHA256-HEX|cert:CN [INSTANCE-PREFIX...]` per line (see `cairn token new`);
+    /// unset: the server is open to anyone who reaches it. Reloaded on SIGHUP.
+    #[arg(long, env = "CAIRN_TOKENS", value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// What callers without a token or known certificate may do under --tokens: none, or ro (read every instance).
+    #[arg(long, env = "CAIRN_ANONYMOUS", default_value = "none")]
+    anonymous: cairn::auth::Anonymous,
+    // --- end of security ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +178,14 @@ fn main() -> anyhow::Result<()> {
             served
         }
         Command::Stats(args) => stats(args),
+        // --- security ---
+        Command::Token(TokenCommand::New { name, mode, prefixes }) => {
+            let (token, line) = cairn::auth::new_token(&name, mode == "rw", &prefixes);
+            println!("{token}\n{line}");
+            eprintln!("# Give the token (first line) to {name}; add the second line to the --tokens file and send cairn serve a SIGHUP.");
+            Ok(())
+        }
+        // --- end of security ---
         Command::Bench(args) => runtime.block_on(cairn::bench::run(*args)),
         Command::GoCacheProg(args) => {
             let config = args.into_config()?;
@@ -210,6 +257,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_blob_size = args.max_blob_size;
     config.max_tmp_size = args.max_tmp_size;
     config.drain_timeout = args.drain_timeout;
+    // --- security ---
+    config.security = config::Security {
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(cairn::tls::TlsFiles { cert, key, client_ca: args.tls_client_ca }),
+            _ => None,
+        },
+        tokens: args.tokens,
+        anonymous: args.anonymous,
+    };
+    // --- end of security ---
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

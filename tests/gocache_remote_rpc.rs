@@ -42,6 +42,7 @@ fn remote(url: &str, key: &str) -> RemoteConfig {
         prefetch: true,
         prefetch_key: Some(key.to_string()),
         wait_for_uploads: false,
+        security: Default::default(),
     }
 }
 

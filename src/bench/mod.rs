@@ -128,6 +128,14 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    // --- security ---
+    /// PEM CA of a grpcs:// --target's certificate [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Token sent as `authorization: Bearer` on every call (a server run with --tokens).
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    // --- end of security ---
     /// Write the results as Markdown here (stdout always gets them).
     #[arg(long)]
     pub markdown: Option<PathBuf>,
@@ -262,7 +270,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let mut c = Client::connect(&url, &args.instance, Duration::from_secs(10)).await?;
+        let security =
+            crate::client::Security { tls_ca: args.tls_ca.clone(), token: args.token.clone(), ..Default::default() };
+        let mut c = Client::connect_with(&url, &args.instance, Duration::from_secs(10), &security).await?;
         c.capabilities().await?;
         clients.push(c);
     }

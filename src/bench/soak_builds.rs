@@ -101,7 +101,7 @@ fn fail(e: ClientError) -> Fail {
     let code = match &e {
         ClientError::Rpc { status, .. } => format!("{:?}", status.code()),
         ClientError::Corrupt { .. } => "corrupt data".into(),
-        ClientError::Connect { .. } | ClientError::BadAddress(_) => "connect".into(),
+        ClientError::Connect { .. } | ClientError::BadAddress(_) | ClientError::Tls(_) => "connect".into(),
         ClientError::Io { .. } => "client I/O".into(),
     };
     Fail::Error(code, e.to_string())

@@ -129,6 +129,26 @@ pub struct GoCacheArgs {
     #[arg(long, env = "CAIRN_WAIT_FOR_UPLOADS", value_name = "BOOL", default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub wait_for_uploads: bool,
+    // --- security ---
+    /// File whose first line is the token sent to the remote on every call
+    /// (`authorization: Bearer`).
+    #[arg(long, env = "CAIRN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The token itself, when there is no --token-file (an environment
+    /// variable is safer than the command line, which other users can see).
+    #[arg(long, env = "CAIRN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificates a grpcs:// remote's certificate must chain to
+    /// [default: the system's roots].
+    #[arg(long, env = "CAIRN_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate for a remote that requires one (mTLS).
+    #[arg(long, env = "CAIRN_TLS_CLIENT_CERT", value_name = "FILE", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, env = "CAIRN_TLS_CLIENT_KEY", value_name = "FILE", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+    // --- end of security ---
 }
 
 /// Validated settings for [`run`] / [`serve`].
@@ -179,6 +199,12 @@ impl GoCacheArgs {
         if self.max_local_size == 0 {
             return Err(Error::Config("--max-local-size must be more than 0".into()));
         }
+        let security = crate::client::Security {
+            token: read_token(self.token_file.as_deref(), self.token)?,
+            tls_ca: self.tls_ca,
+            tls_cert: self.tls_client_cert,
+            tls_key: self.tls_client_key,
+        };
         let remote = self.remote.filter(|r| !r.is_empty()).map(|url| RemoteConfig {
             url,
             instance: self.instance,
@@ -186,8 +212,22 @@ impl GoCacheArgs {
             prefetch: self.prefetch,
             prefetch_key: self.prefetch_key.filter(|k| !k.is_empty()),
             wait_for_uploads: self.wait_for_uploads,
+            security,
         });
         Ok(GoCacheConfig { dir, max_local_size: self.max_local_size, remote, finish_timeout: self.finish_timeout })
+    }
+}
+
+/// The token: the first non-empty line of `file` if given, else `token`.
+fn read_token(file: Option<&Path>, token: Option<String>) -> Result<Option<String>, Error> {
+    let Some(file) = file.filter(|f| !f.as_os_str().is_empty()) else {
+        return Ok(token.filter(|t| !t.trim().is_empty()));
+    };
+    let text =
+        std::fs::read_to_string(file).map_err(|e| Error::Config(format!("--token-file {}: {e}", file.display())))?;
+    match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(t) => Ok(Some(t.to_string())),
+        None => Err(Error::Config(format!("--token-file {} is empty", file.display()))),
     }
 }
 

@@ -65,6 +65,8 @@ pub struct RemoteConfig {
     pub prefetch_key: Option<String>,
     /// Finish uploads before answering go's `close` (`--wait-for-uploads`).
     pub wait_for_uploads: bool,
+    /// TLS trust, client certificate and token (`--tls-ca`, `--token-file`, ...).
+    pub security: crate::client::Security,
 }
 
 /// The remote tier.
@@ -95,6 +97,9 @@ pub(super) struct Shared {
     /// later ones only go to the debug log (one warning per kind).
     warned_corrupt: AtomicBool,
     warned_local: AtomicBool,
+    /// A write was refused (a read-only token): warned once, by whichever
+    /// of the uploader and the manifest store meets it first; not a failure.
+    pub(super) warned_refused: AtomicBool,
 }
 
 /// How fetching one output ended.
@@ -112,7 +117,7 @@ impl Remote {
     /// connect on first use), and starts the uploader and the prefetcher.
     /// `None` (with a warning) only for an unusable address.
     pub fn connect(config: &RemoteConfig, local: &Arc<LocalStore>) -> Option<Remote> {
-        let lazy = || Client::connect_lazy(&config.url, &config.instance, CONNECT_TIMEOUT);
+        let lazy = || Client::connect_lazy_with(&config.url, &config.instance, CONNECT_TIMEOUT, &config.security);
         let (client, upload_client) = match (lazy(), lazy()) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
@@ -128,6 +133,7 @@ impl Remote {
             downloads: Downloads::default(),
             warned_corrupt: AtomicBool::new(false),
             warned_local: AtomicBool::new(false),
+            warned_refused: AtomicBool::new(false),
         });
         let (uploads, uploader) = upload::start(upload_client, shared.clone());
         let (prefetch, prefetcher) = prefetch::start(config, shared.clone());
@@ -356,6 +362,8 @@ impl Shared {
         let once = match e {
             ClientError::Corrupt { .. } => &self.warned_corrupt,
             ClientError::Io { .. } => &self.warned_local,
+            // A read-only token: reads go on, so no back-off.
+            ClientError::Rpc { status, .. } if status.code() == tonic::Code::PermissionDenied => &self.warned_refused,
             _ => return self.health.failed(what, e),
         };
         if once.swap(true, Ordering::Relaxed) {

@@ -406,6 +406,7 @@ fn config_flags() {
             prefetch: true,
             prefetch_key: None,
             wait_for_uploads: false,
+            security: Default::default(),
         })
     );
     assert_eq!(c.finish_timeout, Duration::from_secs(10));

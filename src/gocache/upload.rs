@@ -22,6 +22,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,7 +131,20 @@ async fn run(mut rx: mpsc::Receiver<Job>, mut client: Client, shared: Arc<Shared
         }
         let n = pending.len().min(ROUND_JOBS);
         let round: Vec<(Job, u32)> = pending.drain(..n).collect();
-        let retry = upload_round(&client, &shared, round, &mut present).await;
+        let refused = AtomicBool::new(false);
+        let retry = upload_round(&client, &shared, round, &mut present, &refused).await;
+        if refused.load(Ordering::Relaxed) {
+            // A read-only token (or none, with anonymous reads): keep reading,
+            // stop uploading, and keep taking jobs so puts never see a full queue.
+            if !shared.warned_refused.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cairn gocacheprog: the remote cache refuses uploads from this client (read-only token?); \
+                     using it read-only"
+                );
+            }
+            while rx.recv().await.is_some() {}
+            return;
+        }
         for (job, attempts) in retry.into_iter().rev() {
             if attempts + 1 < MAX_ATTEMPTS {
                 pending.push_front((job, attempts + 1));
@@ -175,6 +189,7 @@ async fn upload_round(
     shared: &Shared,
     round: Vec<(Job, u32)>,
     present: &mut HashSet<Digest>,
+    refused: &AtomicBool,
 ) -> Vec<(Job, u32)> {
     // 1. Which blobs does the server lack?
     let mut asked = HashSet::new();
@@ -224,7 +239,8 @@ async fn upload_round(
     let uploads = small.into_iter().map(Upload::Batch).chain(large.into_iter().map(|(d, p)| Upload::Stream(d, p)));
     let mut failed_blobs = HashSet::new();
     let mut failures = 0;
-    let mut done = futures::stream::iter(uploads.map(|u| u.run(client, shared))).buffer_unordered(BLOB_CONCURRENCY);
+    let mut done =
+        futures::stream::iter(uploads.map(|u| u.run(client, shared, refused))).buffer_unordered(BLOB_CONCURRENCY);
     while let Some((digests, ok)) = done.next().await {
         if ok {
             present.extend(digests);
@@ -257,6 +273,7 @@ async fn upload_round(
     while let Some((job, attempts, outcome)) = updates.next().await {
         match outcome {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if is_refusal(&e) => refused.store(true, Ordering::Relaxed),
             Ok(Err(e)) => {
                 failures += 1;
                 shared.failed("UpdateActionResult", &e);
@@ -286,7 +303,7 @@ enum Upload {
 impl Upload {
     /// Runs the call; returns the digests it covered and whether it worked.
     /// A file that vanished (trimmed) is left out, not a failure.
-    async fn run(self, client: &Client, shared: &Shared) -> (Vec<Digest>, bool) {
+    async fn run(self, client: &Client, shared: &Shared, refused: &AtomicBool) -> (Vec<Digest>, bool) {
         match self {
             Upload::Batch(items) => {
                 let blobs = match tokio::task::spawn_blocking(move || read_all(items)).await {
@@ -296,23 +313,38 @@ impl Upload {
                 let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
                 let bytes = digests.iter().map(|d| d.size).sum();
                 let call = timeout(CALL_TIMEOUT + download_allowance(bytes), client.batch_upload(&blobs));
-                (digests, outcome(shared, "BatchUpdateBlobs", call.await))
+                (digests, outcome(shared, refused, "BatchUpdateBlobs", call.await))
             }
             Upload::Stream(d, path) => {
                 let call = timeout(CALL_TIMEOUT + download_allowance(d.size), client.write_file(&d, &path));
                 match call.await {
                     // Local trouble (the file is gone): skip it.
                     Ok(Err(ClientError::Io { .. })) => (Vec::new(), true),
-                    other => (vec![d], outcome(shared, "ByteStream.Write", other)),
+                    other => (vec![d], outcome(shared, refused, "ByteStream.Write", other)),
                 }
             }
         }
     }
 }
 
-fn outcome(shared: &Shared, what: &str, r: Result<Result<(), ClientError>, tokio::time::error::Elapsed>) -> bool {
+/// A refusal is not a failing server: it must not make gets back off.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(e, ClientError::Rpc { status, .. }
+        if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated))
+}
+
+fn outcome(
+    shared: &Shared,
+    refused: &AtomicBool,
+    what: &str,
+    r: Result<Result<(), ClientError>, tokio::time::error::Elapsed>,
+) -> bool {
     match r {
         Ok(Ok(())) => true,
+        Ok(Err(e)) if is_refusal(&e) => {
+            refused.store(true, Ordering::Relaxed);
+            false
+        }
         Ok(Err(e)) => {
             shared.failed(what, &e);
             false

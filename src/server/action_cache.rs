@@ -6,9 +6,11 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Access;
 use crate::digest::{validate_instance, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi::{self, action_cache_server::ActionCache};
+use crate::server::auth::Guard;
 use crate::server::blocking;
 use crate::server::status::IntoStatus;
 use crate::store::{complete, Store};
@@ -19,6 +21,8 @@ const MAX_INLINE_OUTPUT: u64 = 1 << 20;
 /// The ActionCache service.
 pub struct ActionCacheService {
     pub store: Store,
+    /// Who may read and write which instance.
+    pub guard: Guard,
 }
 
 #[tonic::async_trait]
@@ -27,6 +31,7 @@ impl ActionCache for ActionCacheService {
         &self,
         request: Request<reapi::GetActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
+        self.guard.check_request(&request, &request.get_ref().instance_name, Access::Read)?;
         let req = request.into_inner();
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
@@ -46,6 +51,7 @@ impl ActionCache for ActionCacheService {
         &self,
         request: Request<reapi::UpdateActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
+        self.guard.check_request(&request, &request.get_ref().instance_name, Access::Write)?;
         let req = request.into_inner();
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;

@@ -13,9 +13,11 @@ use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Access;
 use crate::digest::{Compressor, ResourceName};
 use crate::error::Error;
 use crate::proto::bytestream::{self, byte_stream_server::ByteStream};
+use crate::server::auth::{credentials, Guard};
 use crate::server::blocking;
 use crate::server::budget::{Budget, Held, ZSTD_STATE_BYTES};
 use crate::server::download::{self, Accounting, Chunks, ReadStream};
@@ -31,6 +33,8 @@ pub struct ByteStreamService {
     pub budget: Budget,
     /// A stream without progress for this long is cancelled.
     pub idle: Option<Duration>,
+    /// Who may read and write which instance.
+    pub guard: Guard,
 }
 
 impl ByteStreamService {
@@ -61,8 +65,10 @@ impl ByteStream for ByteStreamService {
     type ReadStream = ReadStream;
 
     async fn read(&self, request: Request<bytestream::ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let creds = credentials(&request);
         let req = request.into_inner();
         let name = ResourceName::parse_read(&req.resource_name).status()?;
+        self.guard.check(&creds, &name.instance, Access::Read)?;
         // ByteStream: "A read_offset that is negative or greater than the size
         // of the resource will cause an OUT_OF_RANGE error."
         if req.read_offset < 0 {
@@ -109,6 +115,7 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<bytestream::WriteRequest>>,
     ) -> Result<Response<bytestream::WriteResponse>, Status> {
+        let creds = credentials(&request);
         let mut stream = request.into_inner();
         let first = match self.idle {
             Some(idle) => tokio::time::timeout(idle, stream.message()).await.map_err(|_| {
@@ -120,6 +127,7 @@ impl ByteStream for ByteStreamService {
         .ok_or_else(|| Status::invalid_argument("write stream ended before its first message"))?;
         let resource = first.resource_name.clone();
         let name = ResourceName::parse_write(&resource).status()?;
+        self.guard.check(&creds, &name.instance, Access::Write)?;
         let digest = name.digest;
         let compressed = name.compressor != Compressor::Identity;
 
@@ -246,8 +254,11 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<bytestream::QueryWriteStatusRequest>,
     ) -> Result<Response<bytestream::QueryWriteStatusResponse>, Status> {
+        let creds = credentials(&request);
         let resource = request.into_inner().resource_name;
         let name = ResourceName::parse_write(&resource).status()?;
+        // Only writers have uploads to ask about.
+        self.guard.check(&creds, &name.instance, Access::Write)?;
         let digest = name.digest;
         if self.store.contains(&digest).status()? {
             return Ok(Response::new(bytestream::QueryWriteStatusResponse {

@@ -3,10 +3,12 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Access;
 use crate::digest::validate_instance;
 use crate::digest::DigestFunction;
 use crate::proto::reapi::{self, capabilities_server::Capabilities};
 use crate::proto::semver::SemVer;
+use crate::server::auth::Guard;
 use crate::server::status::IntoStatus;
 
 /// The Capabilities service.
@@ -14,6 +16,8 @@ pub struct CapabilitiesService {
     pub max_batch_total_size: u64,
     /// Largest blob accepted, advertised as `max_cas_blob_size_bytes`.
     pub max_blob_size: u64,
+    /// Capabilities is a read of the instance it names.
+    pub guard: Guard,
 }
 
 fn version(minor: i32) -> Option<SemVer> {
@@ -27,6 +31,7 @@ impl Capabilities for CapabilitiesService {
         request: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
         validate_instance(&request.get_ref().instance_name).status()?;
+        self.guard.check_request(&request, &request.get_ref().instance_name, Access::Read)?;
         let functions = DigestFunction::ALL.iter().map(|f| f.to_proto() as i32).collect();
         let cache = reapi::CacheCapabilities {
             digest_functions: functions,

@@ -4,9 +4,11 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Access;
 use crate::digest::{validate_instance, Compressor, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi::{self, content_addressable_storage_server::ContentAddressableStorage};
+use crate::server::auth::Guard;
 use crate::server::blocking;
 use crate::server::get_tree;
 use crate::server::status::{ok_rpc_status, to_rpc_status, IntoStatus};
@@ -17,6 +19,8 @@ pub struct CasService {
     pub store: Store,
     /// Bound on blob bytes per batch call, as advertised in Capabilities.
     pub max_batch_total_size: u64,
+    /// Who may read and write which instance.
+    pub guard: Guard,
 }
 
 impl CasService {
@@ -39,6 +43,7 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<reapi::FindMissingBlobsRequest>,
     ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        self.guard.check_request(&request, &request.get_ref().instance_name, Access::Read)?;
         let req = request.into_inner();
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
@@ -63,6 +68,7 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<reapi::BatchUpdateBlobsRequest>,
     ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        self.guard.check_request(&request, &request.get_ref().instance_name, Access::Write)?;
         let req = request.into_inner();
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
@@ -77,6 +83,7 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<reapi::BatchReadBlobsRequest>,
     ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        self.guard.check_request(&request, &request.get_ref().instance_name, Access::Read)?;
         let req = request.into_inner();
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
@@ -92,6 +99,7 @@ impl ContentAddressableStorage for CasService {
     type GetTreeStream = get_tree::GetTreeStream;
 
     async fn get_tree(&self, request: Request<reapi::GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+        self.guard.check_request(&request, &request.get_ref().instance_name, Access::Read)?;
         get_tree::get_tree(self.store.clone(), request.into_inner()).await
     }
 }

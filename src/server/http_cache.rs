@@ -45,6 +45,8 @@ pub struct HttpCache {
     pub max_action_result: usize,
     /// Largest blob accepted on `PUT /cas/` (`--max-blob-size`).
     pub max_blob_size: u64,
+    /// The same access policy as the gRPC port (`--tokens`, `--anonymous`).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// Serves the HTTP cache on `listener` until `shutdown` resolves, then lets
@@ -83,12 +85,7 @@ pub struct Target {
     pub hash: [u8; 32],
 }
 
-/// What a request wants to do, for [`HttpCache::authorize`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-}
+pub use crate::auth::Access;
 
 /// Parses `/{instance/}ac|cas/{hash}`: the last two segments are the
 /// keyspace and the hash, whatever precedes them is the instance name.
@@ -147,11 +144,16 @@ async fn handle(State(cache): State<Arc<HttpCache>>, req: Request) -> Response {
 
 impl HttpCache {
     /// Decides whether a request may `access` `instance`, once per request
-    /// before any store call. The port is as open as the gRPC one (no
-    /// credentials are configured yet), so everything is allowed; token and
-    /// certificate checks belong here, seeing the request's headers.
-    fn authorize(&self, _headers: &HeaderMap, _instance: &str, _access: Access) -> Result<(), HttpError> {
-        Ok(())
+    /// before any store call, by the same policy as the gRPC port. The token
+    /// comes as `Authorization: Bearer TOKEN` (Bazel's `--remote_header`), or
+    /// as the password of Basic auth (`http://name:TOKEN@host/…` in Bazel's
+    /// `--remote_cache`, or `curl -u name:TOKEN`).
+    fn authorize(&self, headers: &HeaderMap, instance: &str, access: Access) -> Result<(), HttpError> {
+        let creds = crate::auth::Credentials { bearer: bearer_token(headers), client_cn: None };
+        self.auth.check(&creds, instance, access).map_err(|d| match d {
+            crate::auth::Denied::Unauthenticated(m) => HttpError::new(StatusCode::UNAUTHORIZED, m),
+            crate::auth::Denied::PermissionDenied(m) => HttpError::new(StatusCode::FORBIDDEN, m),
+        })
     }
 
     /// `GET`/`HEAD /ac/{hash}`: the ActionResult, only when every blob it
@@ -221,6 +223,27 @@ pub struct HttpError {
     pub message: String,
 }
 
+/// The token an HTTP request carries, if any: a Bearer token, or the
+/// password of Basic auth. Any other scheme or garbage is an unknown token
+/// (refused as such), never "no token".
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let value = headers.get(header::AUTHORIZATION)?;
+    let (scheme, rest) = value.to_str().ok().and_then(|v| v.split_once(' ')).unwrap_or(("", ""));
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        Some(rest.trim().to_string())
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|pair| pair.split_once(':').map(|(_, password)| password.to_string()))
+    } else {
+        None
+    };
+    Some(token.unwrap_or_default())
+}
+
 impl HttpError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> HttpError {
         HttpError { status, message: message.into() }
@@ -259,6 +282,10 @@ impl IntoResponse for HttpError {
         let mut r = (self.status, format!("{}\n", self.message)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // Lets curl and Bazel's netrc support send Basic credentials.
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"cairn\""));
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD, PUT"));

@@ -3,6 +3,7 @@
 //! map the result; storage logic never lives here.
 
 mod action_cache;
+pub mod auth;
 pub mod budget;
 mod bytestream;
 mod capabilities;
@@ -20,6 +21,8 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
+
+use std::sync::Arc;
 
 use crate::config::{human_size, Config};
 use crate::error::{Error, Result};
@@ -53,6 +56,18 @@ pub async fn serve(
 ) -> Result<()> {
     let Listeners { grpc: listener, http } = listeners.into();
     validate_limits(&config.streams)?;
+    // --- security ---
+    let (guard, tls) = security(&config.security)?;
+    if tls.is_some() && http.is_some() {
+        // Serving tokens or cache entries in clear text beside a TLS port
+        // would defeat it; TLS on the HTTP port is not built yet.
+        return Err(Error::InvalidArgument(
+            "--http-listen does not support TLS yet: with --tls-cert, leave --http-listen off \
+             (or put the HTTP port behind a TLS-terminating proxy on loopback)"
+                .into(),
+        ));
+    }
+    // --- end of security ---
     let store = {
         let dir = config.data_dir.clone();
         let limits = Limits { max_size: config.max_size, min_age: config.min_age, ..Limits::default() };
@@ -61,15 +76,26 @@ pub async fn serve(
             .map_err(|e| Error::Internal(format!("opening the store: {e}")))??
     };
     store.uploads().set_limits(&config.upload_limits());
+    // --- security ---
+    // Registered before the listening line, so a SIGHUP sent after it never
+    // meets the default action (exit).
+    let reloader = reload_on_sighup(guard.0.clone(), tls.clone());
+    // --- end of security ---
     let addr = listener.local_addr().map_err(|e| Error::io("reading the listen address", e))?;
     let stats = store.stats();
     tracing::info!(
-        "cairn listening on {addr}, storing in {}, size limit {} (holding {} in {} blobs and {} action results)",
+        "cairn listening on {addr}, storing in {}, size limit {} (holding {} in {} blobs and {} action results); {}; {}",
         config.data_dir.display(),
         human_size(config.max_size),
         human_size(stats.total_bytes().max(0) as u64),
         stats.cas_count,
         stats.ac_count,
+        match &tls {
+            None => "plain gRPC (no TLS)",
+            Some(t) if t.mutual() => "TLS with client certificates (mTLS)",
+            Some(_) => "TLS",
+        },
+        guard.0.describe(),
     );
 
     let max_message = max_message(&config);
@@ -92,10 +118,8 @@ pub async fn serve(
         drop(stop);
         let _ = stop_tx.send(());
     };
-    let http_served = serve_http(http, store.clone(), &config, budget.clone(), stopped);
-    // Small unary calls dominate: don't let Nagle delay them.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(limits.tcp_keepalive);
-    let grpc_served = tonic::transport::Server::builder()
+    let http_served = serve_http(http, store.clone(), &config, budget.clone(), guard.0.clone(), stopped);
+    let router = tonic::transport::Server::builder()
         // Grow HTTP/2 flow-control windows with the measured bandwidth-delay
         // product, so large uploads aren't throttled by fixed 1 MiB windows
         // on fast or distant links.
@@ -107,15 +131,17 @@ pub async fn serve(
         .add_service(CapabilitiesServer::new(capabilities::CapabilitiesService {
             max_batch_total_size: config.max_batch_total_size,
             max_blob_size: config.upload_limits().max_blob_size,
+            guard: guard.clone(),
         }))
         .add_service(
-            ActionCacheServer::new(action_cache::ActionCacheService { store: store.clone() })
+            ActionCacheServer::new(action_cache::ActionCacheService { store: store.clone(), guard: guard.clone() })
                 .max_decoding_message_size(max_message),
         )
         .add_service(
             ContentAddressableStorageServer::new(cas::CasService {
                 store: store.clone(),
                 max_batch_total_size: config.max_batch_total_size,
+                guard: guard.clone(),
             })
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
@@ -125,10 +151,26 @@ pub async fn serve(
                 store: store.clone(),
                 budget,
                 idle: limits.stream_idle_timeout,
+                guard: guard.clone(),
             })
             .max_decoding_message_size(BYTESTREAM_MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown);
+        );
+    // --- security ---
+    let tcp = crate::tls::TcpSettings { nodelay: true, keepalive: limits.tcp_keepalive };
+    let grpc_served = async move {
+        match tls {
+            Some(tls) => {
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::tls::incoming(listener, tls, tcp));
+                router.serve_with_incoming_shutdown(incoming, shutdown).await
+            }
+            None => {
+                // Small unary calls dominate: don't let Nagle delay them.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(tcp.keepalive);
+                router.serve_with_incoming_shutdown(incoming, shutdown).await
+            }
+        }
+    };
+    // --- end of security ---
     let both = async {
         let (grpc_served, http_served) = tokio::join!(grpc_served, http_served);
         grpc_served.map_err(|e| Error::Internal(format!("gRPC server: {e}"))).and(http_served)
@@ -144,6 +186,7 @@ pub async fn serve(
             Ok(())
         }
     };
+    reloader.abort();
     // Stop the eviction thread and close RocksDB before returning, so the
     // data dir can be reopened at once (tests restart servers this way).
     tokio::task::spawn_blocking(move || store.close()).await.ok();
@@ -167,6 +210,7 @@ async fn serve_http(
     store: Store,
     config: &Config,
     budget: budget::Budget,
+    auth: Arc<crate::auth::Auth>,
     mut stopped: tokio::sync::watch::Receiver<()>,
 ) -> Result<()> {
     let Some(listener) = listener else { return Ok(()) };
@@ -178,6 +222,7 @@ async fn serve_http(
         idle: config.streams.stream_idle_timeout,
         max_action_result: max_message(config),
         max_blob_size: config.upload_limits().max_blob_size,
+        auth,
     };
     http_cache::run(listener, cache, async move {
         let _ = stopped.changed().await;
@@ -190,6 +235,58 @@ async fn serve_http(
 fn max_message(config: &Config) -> usize {
     (config.max_batch_total_size as usize + (1 << 20)).max(4 << 20)
 }
+// --- security ---
+
+/// The access policy and TLS configuration `config` asks for; a bad tokens
+/// file or certificate stops the start with an error naming the file.
+fn security(config: &crate::config::Security) -> Result<(auth::Guard, Option<Arc<crate::tls::TlsAcceptor>>)> {
+    let policy = match &config.tokens {
+        Some(path) => crate::auth::Auth::from_file(path, config.anonymous).map_err(Error::InvalidArgument)?,
+        None => crate::auth::Auth::open(),
+    };
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(crate::tls::TlsAcceptor::load(files.clone()).map_err(Error::InvalidArgument)?)),
+        None => None,
+    };
+    Ok((auth::Guard(Arc::new(policy)), tls))
+}
+
+/// On each SIGHUP, re-reads the tokens file and the TLS files; a file that
+/// fails to load keeps what was in force and logs why. New connections get
+/// the new certificate; calls already running finish under the old policy.
+/// The handler is installed before this returns; abort the task to stop.
+fn reload_on_sighup(
+    auth: Arc<crate::auth::Auth>,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
+) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hup) = hup else {
+                tracing::warn!("cannot listen for SIGHUP; certificates and tokens reload only on restart");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match auth.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: {}", auth.describe()),
+                    Err(e) => tracing::error!("SIGHUP: keeping the previous tokens: {e}"),
+                }
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+                        Err(e) => tracing::error!("SIGHUP: keeping the previous TLS certificate: {e}"),
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (auth, tls);
+    })
+}
+
+// --- end of security ---
 
 /// Largest ByteStream message accepted: 4 MiB of data (gRPC's default message
 /// limit, which clients size their chunks by) plus room for the resource name.
