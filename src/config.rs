@@ -131,6 +131,47 @@ impl Config {
 
 // --- end of upload limits ---
 
+// --- observability ---
+
+/// The admin port `cairn serve` listens on by default (`--admin-listen`):
+/// loopback only, beside the gRPC default of 9092, like Prometheus exporters.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9093";
+
+/// Default `--log-slow`: calls that take longer get one log line. Lookups
+/// take milliseconds; 10 s is a stalled disk or a multi-GiB transfer.
+pub const DEFAULT_LOG_SLOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The admin HTTP port and request logging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observability {
+    /// Where `/metrics`, `/status`, `/healthz` and the status page are
+    /// served (None: no admin port). The library default is None so tests
+    /// and embedders never collide on a fixed port; the CLI's is
+    /// [`DEFAULT_ADMIN_LISTEN`].
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Calls longer than this are logged (None: never).
+    pub log_slow: Option<std::time::Duration>,
+}
+
+impl Default for Observability {
+    fn default() -> Self {
+        Observability { admin_listen: None, log_slow: Some(DEFAULT_LOG_SLOW) }
+    }
+}
+
+/// Parses `--admin-listen`: an address, or `off`.
+pub fn parse_admin_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9093 (or `off` to disable the admin port)"))
+}
+
+// --- end of observability ---
+
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -148,6 +189,10 @@ pub struct Config {
     pub max_blob_size: u64,
     /// Budget for uploads in progress (`--max-tmp-size`).
     pub max_tmp_size: u64,
+    // --- observability ---
+    /// Admin port and request logging.
+    pub observability: Observability,
+    // --- end of observability ---
 }
 
 impl Config {
@@ -161,6 +206,9 @@ impl Config {
             streams: StreamLimits::default(),
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_tmp_size: DEFAULT_MAX_TMP_SIZE,
+            // --- observability ---
+            observability: Observability::default(),
+            // --- end of observability ---
         }
     }
 }
@@ -290,6 +338,14 @@ mod tests {
         assert_eq!(c.upload_limits().max_blob_size, 1 << 30);
         c.max_tmp_size = 100 << 20;
         assert_eq!(c.upload_limits(), UploadLimits { max_blob_size: 100 << 20, max_tmp_size: 100 << 20 });
+    }
+
+    #[test]
+    fn parses_admin_addresses() {
+        assert_eq!(parse_admin_listen("off").unwrap(), None);
+        assert_eq!(parse_admin_listen(DEFAULT_ADMIN_LISTEN).unwrap(), Some("127.0.0.1:9093".parse().unwrap()));
+        assert_eq!(parse_admin_listen("[::1]:0").unwrap(), Some("[::1]:0".parse().unwrap()));
+        assert!(parse_admin_listen("localhost").unwrap_err().contains("off"));
     }
 
     #[test]

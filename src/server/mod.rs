@@ -3,6 +3,14 @@
 //! map the result; storage logic never lives here.
 
 mod action_cache;
+// --- observability ---
+pub mod admin;
+pub mod metrics;
+pub mod observe;
+pub mod overview;
+pub mod status_page;
+pub mod window;
+// --- end of observability ---
 pub mod budget;
 mod bytestream;
 mod capabilities;
@@ -14,6 +22,7 @@ pub mod status;
 mod upload;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -29,8 +38,27 @@ use crate::store::{Limits, Store};
 
 /// Runs the cache on `listener` until `shutdown` resolves, then drains
 /// in-flight calls and closes the store. `cairn serve` and the tests both
-/// call this, so tests exercise the production wiring.
+/// call this, so tests exercise the production wiring. The admin port, when
+/// `config.observability.admin_listen` names one, is bound first (a busy
+/// port fails before the store opens) and runs alongside.
 pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let admin = match config.observability.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::io(format!("cannot listen on {addr} for the admin port (--admin-listen; `off` disables it)"), e)
+        })?),
+        None => None,
+    };
+    serve_with_admin(listener, admin, config, shutdown).await
+}
+
+/// [`serve`] with the admin port's listener bound by the caller (None: no
+/// admin port), so tests can bind 127.0.0.1:0 and know its address.
+pub async fn serve_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     validate_limits(&config.streams)?;
     let store = {
         let dir = config.data_dir.clone();
@@ -63,7 +91,27 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     // Small unary calls dominate: don't let Nagle delay them.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(limits.tcp_keepalive);
     let budget = budget::Budget::new(limits.max_buffered_bytes, limits.stream_idle_timeout);
-    let served = tonic::transport::Server::builder()
+    // --- observability ---
+    let metrics = Arc::new(metrics::Metrics::new(store.clone(), config.max_size));
+    // One stop signal for both ports: set by `shutdown`, or by the gRPC
+    // server ending on its own (an error), so the admin port never outlives it.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_served = async {
+        let Some(admin) = admin else { return Ok(()) };
+        let at = admin.local_addr().map_err(|e| Error::io("reading the admin listen address", e))?;
+        // Tests and the bench read this line (after the gRPC one) for the port.
+        tracing::info!("admin listening on {at} (/metrics, /status, /healthz, status page at http://{at}/)");
+        admin::run(admin, metrics.clone(), stopped(stop_rx.clone())).await
+    };
+    let signal = async {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    };
+    // --- end of observability ---
+    let grpc_served = tonic::transport::Server::builder()
         // Grow HTTP/2 flow-control windows with the measured bandwidth-delay
         // product, so large uploads aren't throttled by fixed 1 MiB windows
         // on fast or distant links.
@@ -71,6 +119,9 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(limits.http2_keepalive_interval)
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        // --- observability ---
+        .layer(observe::ObserveLayer::new(metrics.clone(), config.observability.log_slow))
+        // --- end of observability ---
         .add_service(health_service)
         .add_service(CapabilitiesServer::new(capabilities::CapabilitiesService {
             max_batch_total_size: config.max_batch_total_size,
@@ -96,13 +147,22 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
             })
             .max_decoding_message_size(BYTESTREAM_MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+    let grpc_served = async {
+        let r = grpc_served.await.map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+        stop_tx.send_replace(true);
+        r
+    };
+    let (served, admin_served) = tokio::select! {
+        both = async { tokio::join!(grpc_served, admin_served) } => both,
+        // Never wins: after signalling it waits forever, and the join ends.
+        _ = async { signal.await; std::future::pending::<()>().await } => unreachable!(),
+    };
     // Stop the eviction thread and close RocksDB before returning, so the
     // data dir can be reopened at once (tests restart servers this way).
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     served?;
+    admin_served?;
     tracing::info!("cairn stopped");
     Ok(())
 }

@@ -10,11 +10,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+pub mod admin;
 pub mod process;
 
 /// A running server; dropped or `stop`ped at the end of a test.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin HTTP port (/metrics, /status, /healthz, /), on 127.0.0.1:0.
+    pub admin: SocketAddr,
     pub config: Config,
     /// Keeps the temp data dir alive as long as the server (None if the caller owns the dir).
     _dir: Option<tempfile::TempDir>,
@@ -38,16 +41,18 @@ impl TestServer {
     async fn start_inner(config: Config, dir: Option<tempfile::TempDir>) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin = admin_listener.local_addr().expect("admin addr");
         let (tx, rx) = oneshot::channel::<()>();
         let cfg = config.clone();
         let task = tokio::spawn(async move {
-            cairn::server::serve(listener, cfg, async {
+            cairn::server::serve_with_admin(listener, Some(admin_listener), cfg, async {
                 let _ = rx.await;
             })
             .await
             .expect("server failed");
         });
-        TestServer { addr, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, admin, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
     }
 
     pub fn data_dir(&self) -> &Path {
