@@ -224,7 +224,7 @@ fn log_call(call: &Call, code: Code, message: &str, elapsed: Duration) {
                 instance = call.instance.get().map(String::as_str).unwrap_or(""),
                 bytes_in = call.handles.received.get(),
                 bytes_out = call.handles.sent.get(),
-                message,
+                status_message = message,
                 $what
             )
         };
@@ -252,8 +252,7 @@ pub fn tool_name(headers: &HeaderMap) -> Option<String> {
 /// `grpc-status` (and `grpc-message`) of a header or trailer map.
 fn status_of(headers: &HeaderMap) -> Option<(Code, String)> {
     let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
-    let message =
-        headers.get("grpc-message").and_then(|m| m.to_str().ok()).map(|m| percent_decode(m)).unwrap_or_default();
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).map(percent_decode).unwrap_or_default();
     Some((Code::from_i32(code), message))
 }
 

@@ -164,12 +164,12 @@ fn chart(id: &str, series: &[Counts], caption: &str, start: &str) -> String {
             (step - 1.0).max(1.0),
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         svg,
         "<text x=\"0\" y=\"{}\" font-size=\"11\" fill=\"#666\">{start}</text>\
          <text x=\"{W}\" y=\"{}\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">now</text>\
          <text x=\"2\" y=\"11\" font-size=\"11\" fill=\"#666\">{}</text></svg>\
-         <figcaption class=\"muted\">{caption}</figcaption></figure>\n",
+         <figcaption class=\"muted\">{caption}</figcaption></figure>",
         H + 13.0,
         H + 13.0,
         max as u64

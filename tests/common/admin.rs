@@ -51,14 +51,17 @@ impl Scrape {
     /// A scrape once `calls` calls in all have been recorded (a call is
     /// recorded just after its client has the answer); panics after 10 s.
     pub async fn settled(addr: SocketAddr, calls: u64) -> Scrape {
+        let mut last = String::new();
         for _ in 0..200 {
             let m = Scrape::take(addr).await;
             if m.sum("cairn_requests_total", &[]) >= calls as f64 {
                 return m;
             }
+            last = m.text;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        panic!("the server did not record {calls} calls within 10 s")
+        let seen: Vec<&str> = last.lines().filter(|l| l.starts_with("cairn_requests")).collect();
+        panic!("the server did not record {calls} calls within 10 s: {seen:#?}")
     }
 
     /// Parses the text format; panics on a line that is not a sample or comment.
