@@ -7,7 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::metadata::{Binary, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::Code;
 
 use crate::digest::{Digest, DigestFunction};
@@ -60,6 +63,8 @@ pub struct Client {
     instance: String,
     function: DigestFunction,
     max_batch_total: u64,
+    /// RequestMetadata sent on every call (see [`Client::with_tool`]).
+    metadata: Option<MetadataValue<Binary>>,
 }
 
 impl Client {
@@ -114,12 +119,31 @@ impl Client {
             instance: instance.to_string(),
             function: DigestFunction::Sha256,
             max_batch_total: DEFAULT_BATCH_TOTAL,
+            metadata: None,
         }
+    }
+
+    /// Names the client in a REAPI RequestMetadata header on every call
+    /// (`tool_details` and one invocation id per client), as Bazel does, so
+    /// the server's metrics can tell its clients apart.
+    pub fn with_tool(mut self, name: &str, version: &str) -> Client {
+        let md = reapi::RequestMetadata {
+            tool_details: Some(reapi::ToolDetails { tool_name: name.into(), tool_version: version.into() }),
+            tool_invocation_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        };
+        self.metadata = Some(MetadataValue::from_bytes(&md.encode_to_vec()));
+        self
+    }
+
+    /// The channel with this client's RequestMetadata added to each call.
+    fn conn(&self) -> Conn {
+        InterceptedService::new(self.channel.clone(), AddMetadata(self.metadata.clone()))
     }
 
     /// Asks the server's capabilities and adopts its batch limit.
     pub async fn capabilities(&mut self) -> Result<reapi::ServerCapabilities> {
-        let caps = CapabilitiesClient::new(self.channel.clone())
+        let caps = CapabilitiesClient::new(self.conn())
             .get_capabilities(reapi::GetCapabilitiesRequest { instance_name: self.instance.clone() })
             .await
             .map_err(rpc("GetCapabilities"))?
@@ -137,8 +161,8 @@ impl Client {
         &self.instance
     }
 
-    fn cas(&self) -> ContentAddressableStorageClient<Transport> {
-        ContentAddressableStorageClient::new(self.channel.clone())
+    fn cas(&self) -> ContentAddressableStorageClient<Conn> {
+        ContentAddressableStorageClient::new(self.conn())
             .max_decoding_message_size(self.max_batch_total as usize + (1 << 20))
             .max_encoding_message_size(self.max_batch_total as usize + (1 << 20))
     }
@@ -261,7 +285,7 @@ impl Client {
                 })
                 .collect()
         };
-        ByteStreamClient::new(self.channel.clone())
+        ByteStreamClient::new(self.conn())
             .write(futures::stream::iter(chunks))
             .await
             .map_err(rpc("ByteStream.Write"))?;
@@ -301,7 +325,7 @@ impl Client {
                 }
             }
         });
-        let result = ByteStreamClient::new(self.channel.clone())
+        let result = ByteStreamClient::new(self.conn())
             .write(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .map_err(rpc("ByteStream.Write"));
@@ -312,7 +336,7 @@ impl Client {
 
     /// Starts a ByteStream read of the whole blob; `None` when the server lacks it.
     async fn open_read(&self, d: &Digest) -> Result<Option<tonic::Streaming<crate::proto::bytestream::ReadResponse>>> {
-        let resp = ByteStreamClient::new(self.channel.clone())
+        let resp = ByteStreamClient::new(self.conn())
             .read(ReadRequest { resource_name: self.read_name(d), read_offset: 0, read_limit: 0 })
             .await;
         match resp {
@@ -382,7 +406,7 @@ impl Client {
             off += msg.data.len() as u64;
             Some(msg)
         });
-        ByteStreamClient::new(self.channel.clone())
+        ByteStreamClient::new(self.conn())
             .write(futures::stream::iter(requests))
             .await
             .map_err(rpc("ByteStream.Write"))?;
@@ -420,7 +444,7 @@ impl Client {
     /// the server answers but is not serving.
     pub async fn health_check(&self) -> Result<bool> {
         use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-        let resp = HealthClient::new(self.channel.clone())
+        let resp = HealthClient::new(self.conn())
             .check(HealthCheckRequest { service: String::new() })
             .await
             .map_err(rpc("Health.Check"))?
@@ -430,7 +454,7 @@ impl Client {
 
     /// The stored result for an action, or `None` on a miss.
     pub async fn get_action_result(&self, action: &Digest) -> Result<Option<reapi::ActionResult>> {
-        let r = ActionCacheClient::new(self.channel.clone())
+        let r = ActionCacheClient::new(self.conn())
             .get_action_result(reapi::GetActionResultRequest {
                 instance_name: self.instance.clone(),
                 action_digest: Some(action.to_proto()),
@@ -447,7 +471,7 @@ impl Client {
 
     /// Stores `result` for `action`.
     pub async fn update_action_result(&self, action: &Digest, result: reapi::ActionResult) -> Result<()> {
-        ActionCacheClient::new(self.channel.clone())
+        ActionCacheClient::new(self.conn())
             .update_action_result(reapi::UpdateActionResultRequest {
                 instance_name: self.instance.clone(),
                 action_digest: Some(action.to_proto()),
@@ -505,6 +529,28 @@ fn batches<'a, T: 'a>(items: impl Iterator<Item = (&'a T, u64)>, limit: u64) -> 
         groups.push(current);
     }
     groups
+}
+
+/// The tool name `cairn gocacheprog` sends in its RequestMetadata.
+pub const GOCACHEPROG_TOOL_NAME: &str = "cairn-gocacheprog";
+
+/// The header REAPI clients put their RequestMetadata in.
+const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+
+/// A channel whose calls carry the client's RequestMetadata.
+type Conn = InterceptedService<Transport, AddMetadata>;
+
+/// Adds the RequestMetadata header (when set) to each call.
+#[derive(Clone)]
+struct AddMetadata(Option<MetadataValue<Binary>>);
+
+impl tonic::service::Interceptor for AddMetadata {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert_bin(REQUEST_METADATA_HEADER, v.clone());
+        }
+        Ok(req)
+    }
 }
 
 #[cfg(test)]

@@ -172,6 +172,35 @@ pub struct Security {
 }
 
 // --- end of security ---
+// --- observability ---
+
+/// The admin port `cairn serve` listens on by default (`--admin-listen`):
+/// loopback only, beside the gRPC default of 9092, like Prometheus exporters.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9093";
+
+/// Default `--log-slow`: calls that take longer get one log line. Lookups
+/// take milliseconds; 10 s is a stalled disk or a multi-GiB transfer.
+pub const DEFAULT_LOG_SLOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The admin HTTP port and request logging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observability {
+    /// Where `/metrics`, `/status`, `/healthz` and the status page are
+    /// served (None: no admin port). The library default is None so tests
+    /// and embedders never collide on a fixed port; the CLI's is
+    /// [`DEFAULT_ADMIN_LISTEN`].
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Calls longer than this are logged (None: never).
+    pub log_slow: Option<std::time::Duration>,
+}
+
+impl Default for Observability {
+    fn default() -> Self {
+        Observability { admin_listen: None, log_slow: Some(DEFAULT_LOG_SLOW) }
+    }
+}
+
+// --- end of observability ---
 
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
@@ -194,6 +223,10 @@ pub struct Config {
     pub drain_timeout: std::time::Duration,
     /// TLS and access control (`--tls-*`, `--tokens`, `--anonymous`).
     pub security: Security,
+    // --- observability ---
+    /// Admin port and request logging.
+    pub observability: Observability,
+    // --- end of observability ---
 }
 
 impl Config {
@@ -209,6 +242,9 @@ impl Config {
             max_tmp_size: DEFAULT_MAX_TMP_SIZE,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             security: Security::default(),
+            // --- observability ---
+            observability: Observability::default(),
+            // --- end of observability ---
         }
     }
 }
@@ -348,6 +384,11 @@ mod tests {
             OptionalAddr(Some("127.0.0.1:8080".parse().unwrap()))
         );
         assert!(parse_optional_addr("8080").unwrap_err().contains("off"));
+    fn parses_admin_addresses() {
+        assert_eq!(parse_optional_addr("off").unwrap().0, None);
+        assert_eq!(parse_optional_addr(DEFAULT_ADMIN_LISTEN).unwrap().0, Some("127.0.0.1:9093".parse().unwrap()));
+        assert_eq!(parse_optional_addr("[::1]:0").unwrap().0, Some("[::1]:0".parse().unwrap()));
+        assert!(parse_optional_addr("localhost").unwrap_err().contains("off"));
     }
 
     #[test]

@@ -17,6 +17,11 @@ struct Cli {
     /// [default: info; warn for gocacheprog, whose stderr is Go's, and for bench].
     #[arg(long, global = true, env = "CAIRN_LOG_LEVEL")]
     log_level: Option<String>,
+    // --- observability ---
+    /// Log one JSON object per line instead of text (for log shippers).
+    #[arg(long, global = true, env = "CAIRN_LOG_JSON")]
+    log_json: bool,
+    // --- end of observability ---
     #[command(subcommand)]
     command: Command,
 }
@@ -146,6 +151,15 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_ANONYMOUS", default_value = "none")]
     anonymous: cairn::auth::Anonymous,
     // --- end of security ---
+    // --- observability ---
+    /// Admin HTTP port: /metrics (Prometheus), /status (JSON), /healthz and a status page at /; `off` disables it.
+    #[arg(long, env = "CAIRN_ADMIN_LISTEN", default_value = config::DEFAULT_ADMIN_LISTEN,
+          value_parser = config::parse_optional_addr)]
+    admin_listen: config::OptionalAddr,
+    /// Log one line for each call slower than this (e.g. 10s, 2m; 0: never). Failed calls are always logged.
+    #[arg(long, env = "CAIRN_LOG_SLOW", default_value = "10s", value_parser = config::parse_duration)]
+    log_slow: std::time::Duration,
+    // --- end of observability ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -157,12 +171,15 @@ fn main() -> anyhow::Result<()> {
     let level = cli.log_level.as_deref().unwrap_or(default_level);
     let filter =
         EnvFilter::try_new(level).with_context(|| format!("--log-level {level:?} is not a level or tracing filter"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // --- observability ---
+    if cli.log_json {
+        logs.json().init();
+    } else {
         // Colour codes only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
+    // --- end of observability ---
     if matches!(cli.command, Command::Serve(_)) {
         limit_malloc_arenas();
         raise_fd_limit();
@@ -267,6 +284,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anonymous: args.anonymous,
     };
     // --- end of security ---
+    // --- observability ---
+    config.observability =
+        config::Observability { admin_listen: args.admin_listen.0, log_slow: config::nonzero(args.log_slow) };
+    // --- end of observability ---
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -279,7 +300,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let listeners = cairn::server::Listeners { grpc: listener, http };
+    let listeners = cairn::server::Listeners { grpc: listener, http, admin: None };
     // --- end of http cache ---
     cairn::server::serve(listeners, config, shutdown_signal()).await?;
     Ok(())

@@ -33,6 +33,12 @@ impl CairnChild {
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn,cairn::server=info", "--data-dir"])
             .arg(&dir)
+            // Its own admin port, so benches beside a running cache don't collide on 9093.
+            .args(if extra.iter().any(|a| a == "--admin-listen") {
+                &[][..]
+            } else {
+                &["--admin-listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -44,7 +50,7 @@ impl CairnChild {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
+                if !sent && !line.contains("admin listening on ") {
                     if let Some(rest) = line.split("listening on ").nth(1) {
                         let addr = rest.split([',', ' ']).next().unwrap_or("").to_string();
                         let _ = tx.send((addr, Instant::now()));

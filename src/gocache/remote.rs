@@ -117,7 +117,11 @@ impl Remote {
     /// connect on first use), and starts the uploader and the prefetcher.
     /// `None` (with a warning) only for an unusable address.
     pub fn connect(config: &RemoteConfig, local: &Arc<LocalStore>) -> Option<Remote> {
-        let lazy = || Client::connect_lazy_with(&config.url, &config.instance, CONNECT_TIMEOUT, &config.security);
+        // Every call names the shim, so the server's metrics count Go apart from Bazel.
+        let lazy = || {
+            Client::connect_lazy_with(&config.url, &config.instance, CONNECT_TIMEOUT, &config.security)
+                .map(|c| c.with_tool(crate::client::GOCACHEPROG_TOOL_NAME, env!("CARGO_PKG_VERSION")))
+        };
         let (client, upload_client) = match (lazy(), lazy()) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {

@@ -59,6 +59,7 @@ impl ContentAddressableStorage for CasService {
             .collect::<Result<Vec<_>, _>>()
             .status()?;
         let missing = self.store.find_missing(&digests).status()?;
+        crate::server::observe::note_lookups(digests.len() - missing.len(), missing.len());
         Ok(Response::new(reapi::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -91,8 +92,11 @@ impl ContentAddressableStorage for CasService {
         let total = req.digests.iter().fold(0u64, |t, d| t.saturating_add(d.size_bytes.max(0) as u64));
         self.check_batch_size("asks for", total).status()?;
         let store = self.store.clone();
-        let responses =
+        let responses: Vec<reapi::batch_read_blobs_response::Response> =
             blocking(move || Ok(req.digests.iter().map(|d| read_one(&store, function, d)).collect())).await?;
+        let found = responses.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0)).count();
+        let missing = responses.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code == 5)).count();
+        crate::server::observe::note_lookups(found, missing);
         Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
     }
 

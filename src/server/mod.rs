@@ -4,6 +4,14 @@
 
 mod action_cache;
 pub mod auth;
+// --- observability ---
+pub mod admin;
+pub mod metrics;
+pub mod observe;
+pub mod overview;
+pub mod status_page;
+pub mod window;
+// --- end of observability ---
 pub mod budget;
 mod bytestream;
 mod capabilities;
@@ -17,6 +25,7 @@ pub mod status;
 mod upload;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -38,23 +47,37 @@ use crate::store::{Limits, Store};
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: Option<TcpListener>,
+    /// The admin port (`--admin-listen`); when None, `serve` binds the
+    /// config's address itself, if it names one.
+    pub admin: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
     fn from(grpc: TcpListener) -> Listeners {
-        Listeners { grpc, http: None }
+        Listeners { grpc, http: None, admin: None }
     }
 }
 
 /// Runs the cache on `listeners` until `shutdown` resolves, then drains
 /// in-flight calls and closes the store. `cairn serve` and the tests both
-/// call this, so tests exercise the production wiring.
+/// call this, so tests exercise the production wiring. The admin port, when
+/// `config.observability.admin_listen` names one and the caller bound none,
+/// is bound first (a busy port fails before the store opens).
 pub async fn serve(
     listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let Listeners { grpc: listener, http } = listeners.into();
+    let Listeners { grpc: listener, http, admin } = listeners.into();
+    // --- observability ---
+    let admin = match (admin, config.observability.admin_listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::io(format!("cannot listen on {addr} for the admin port (--admin-listen; `off` disables it)"), e)
+        })?),
+        (None, None) => None,
+    };
+    // --- end of observability ---
     validate_limits(&config.streams)?;
     // --- security ---
     let (guard, tls) = security(&config.security)?;
@@ -118,7 +141,18 @@ pub async fn serve(
         drop(stop);
         let _ = stop_tx.send(());
     };
-    let http_served = serve_http(http, store.clone(), &config, budget.clone(), guard.0.clone(), stopped);
+    let http_served = serve_http(http, store.clone(), &config, budget.clone(), guard.0.clone(), stopped.clone());
+    // --- observability ---
+    let metrics = Arc::new(metrics::Metrics::new(store.clone(), config.max_size));
+    let admin_stopped = stopped;
+    let admin_served = async {
+        let Some(admin) = admin else { return Ok(()) };
+        let at = admin.local_addr().map_err(|e| Error::io("reading the admin listen address", e))?;
+        // Tests and the bench read this line (after the gRPC one) for the port.
+        tracing::info!("admin listening on {at} (/metrics, /status, /healthz, status page at http://{at}/)");
+        admin::run(admin, metrics.clone(), watch_closed(admin_stopped)).await
+    };
+    // --- end of observability ---
     let router = tonic::transport::Server::builder()
         // Grow HTTP/2 flow-control windows with the measured bandwidth-delay
         // product, so large uploads aren't throttled by fixed 1 MiB windows
@@ -127,6 +161,9 @@ pub async fn serve(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(limits.http2_keepalive_interval)
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        // --- observability ---
+        .layer(observe::ObserveLayer::new(metrics.clone(), config.observability.log_slow))
+        // --- end of observability ---
         .add_service(health_service)
         .add_service(CapabilitiesServer::new(capabilities::CapabilitiesService {
             max_batch_total_size: config.max_batch_total_size,
@@ -172,8 +209,8 @@ pub async fn serve(
     };
     // --- end of security ---
     let both = async {
-        let (grpc_served, http_served) = tokio::join!(grpc_served, http_served);
-        grpc_served.map_err(|e| Error::Internal(format!("gRPC server: {e}"))).and(http_served)
+        let (grpc_served, http_served, admin_served) = tokio::join!(grpc_served, http_served, admin_served);
+        grpc_served.map_err(|e| Error::Internal(format!("gRPC server: {e}"))).and(http_served).and(admin_served)
     };
     let served = tokio::select! {
         r = both => r,
@@ -191,6 +228,7 @@ pub async fn serve(
     // data dir can be reopened at once (tests restart servers this way).
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     served?;
+    admin_served?;
     tracing::info!("cairn stopped");
     Ok(())
 }
@@ -211,7 +249,7 @@ async fn serve_http(
     config: &Config,
     budget: budget::Budget,
     auth: Arc<crate::auth::Auth>,
-    mut stopped: tokio::sync::watch::Receiver<()>,
+    stopped: tokio::sync::watch::Receiver<()>,
 ) -> Result<()> {
     let Some(listener) = listener else { return Ok(()) };
     let addr = listener.local_addr().map_err(|e| Error::io("reading the HTTP listen address", e))?;
@@ -224,10 +262,13 @@ async fn serve_http(
         max_blob_size: config.upload_limits().max_blob_size,
         auth,
     };
-    http_cache::run(listener, cache, async move {
-        let _ = stopped.changed().await;
-    })
-    .await
+    http_cache::run(listener, cache, watch_closed(stopped)).await
+}
+
+/// Resolves when the watch's sender is dropped: the shutdown signal, or the
+/// gRPC server ending on its own, so no port outlives it.
+async fn watch_closed(mut stopped: tokio::sync::watch::Receiver<()>) {
+    while stopped.changed().await.is_ok() {}
 }
 
 /// Largest gRPC message of a unary call: batch requests carry up to

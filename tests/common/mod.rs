@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+pub mod admin;
 pub mod process;
 
 /// A running server; dropped or `stop`ped at the end of a test.
@@ -17,6 +18,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where Bazel's HTTP cache protocol is served, if asked for ([`TestServer::start_http`]).
     pub http_addr: Option<SocketAddr>,
+    /// The admin HTTP port (/metrics, /status, /healthz, /), on 127.0.0.1:0.
+    pub admin: SocketAddr,
     pub config: Config,
     /// Keeps the temp data dir alive as long as the server (None if the caller owns the dir).
     _dir: Option<tempfile::TempDir>,
@@ -62,7 +65,9 @@ impl TestServer {
             false => None,
         };
         let http_addr = http.as_ref().map(|l| l.local_addr().expect("http addr"));
-        let listeners = cairn::server::Listeners { grpc: listener, http };
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin = admin_listener.local_addr().expect("admin addr");
+        let listeners = cairn::server::Listeners { grpc: listener, http, admin: Some(admin_listener) };
         let (tx, rx) = oneshot::channel::<()>();
         let cfg = config.clone();
         let task = tokio::spawn(async move {
@@ -72,7 +77,7 @@ impl TestServer {
             .await
             .expect("server failed");
         });
-        TestServer { addr, http_addr, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, http_addr, admin, config, _dir: dir, shutdown: Some(tx), task: Some(task) }
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -12,17 +12,22 @@ use std::time::{Duration, Instant};
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Every line the server has logged so far.
+    /// The admin port, unless the test passed `--admin-listen off`.
+    pub admin: Option<SocketAddr>,
+    /// Every line the server logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
-    /// Starts `cairn serve` on 127.0.0.1:0 over `data_dir` with extra flags,
-    /// and waits for its "listening on" line to learn the port.
+    /// Starts `cairn serve` on 127.0.0.1:0 over `data_dir` with extra flags
+    /// (the admin port on 127.0.0.1:0 too, unless `extra` names one), and
+    /// waits for its "listening on" lines to learn the ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        let own_admin = !extra.contains(&"--admin-listen");
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(if own_admin { &["--admin-listen", "127.0.0.1:0"][..] } else { &[][..] })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -31,17 +36,21 @@ impl ServerProcess {
             .expect("spawn cairn serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (admin_tx, admin_rx) = std::sync::mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&log);
+        let lines = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
+            let addr_after = |line: &str, marker: &str| {
+                let rest = line.split(marker).nth(1)?;
+                rest.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse::<SocketAddr>().ok()
+            };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split(|c: char| c == ',' || c.is_whitespace()).next().unwrap_or("");
-                        let _ = tx.send(addr.parse::<SocketAddr>().ok());
-                        sent = true;
-                    }
+                if line.contains("admin listening on ") {
+                    let _ = admin_tx.send(addr_after(&line, "admin listening on "));
+                } else if !sent && line.contains("listening on ") {
+                    let _ = tx.send(addr_after(&line, "listening on "));
+                    sent = true;
                 }
                 eprintln!("[cairn] {line}");
                 lines.lock().unwrap().push(line);
@@ -52,7 +61,20 @@ impl ServerProcess {
             .ok()
             .flatten()
             .expect("cairn serve did not report its listen address");
-        ServerProcess { child, addr, log }
+        let off = extra.windows(2).any(|w| w[0] == "--admin-listen" && w[1] == "off");
+        let admin = (!off).then(|| {
+            admin_rx
+                .recv_timeout(Duration::from_secs(60))
+                .ok()
+                .flatten()
+                .expect("cairn serve did not report its admin address")
+        });
+        ServerProcess { child, addr, admin, log }
+    }
+
+    /// The lines logged so far that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 
     /// Waits (up to 60 s) until the server logs a line containing `needle`.
