@@ -18,11 +18,16 @@ pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest back-off (a build keeps probing a dead server about once a minute).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The remote's health, shared by gets, uploads and prefetching.
+/// The remote's health as one kind of call sees it. Reads (gets and
+/// prefetching) and writes (uploads) each have their own: a server that
+/// refuses or chokes on writes (a full disk, a read-only token, one slow
+/// large upload) may still serve reads perfectly well.
 #[derive(Debug)]
 pub struct Health {
     /// For the warning.
     url: String,
+    /// Whose health this is: the warning says what is switched off.
+    uploads: bool,
     /// A std mutex: held for a few instructions, never across an await.
     state: Mutex<State>,
     /// The one warning has been printed.
@@ -38,8 +43,19 @@ struct State {
 }
 
 impl Health {
+    /// The health of reads (gets and prefetching).
     pub fn new(url: &str) -> Health {
-        Health { url: url.to_string(), state: Mutex::new(State::default()), warned: AtomicBool::new(false) }
+        Health {
+            url: url.to_string(),
+            uploads: false,
+            state: Mutex::new(State::default()),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// The health of uploads.
+    pub fn for_uploads(url: &str) -> Health {
+        Health { uploads: true, ..Health::new(url) }
     }
 
     /// True unless the remote failed recently.
@@ -83,7 +99,14 @@ impl Health {
             s.down_until = Some(now + s.backoff);
             s.backoff
         };
-        if !self.warned.swap(true, Ordering::Relaxed) {
+        let first = !self.warned.swap(true, Ordering::Relaxed);
+        if first && self.uploads {
+            tracing::warn!(
+                "cairn gocacheprog: uploads to remote cache {} are failing ({what}: {error}); this build's \
+                 results may not be shared, retrying in the background (reads go on; shown once)",
+                self.url
+            );
+        } else if first {
             tracing::warn!(
                 "cairn gocacheprog: remote cache {} is failing ({what}: {error}); continuing with the local \
                  cache only, retrying in the background (this warning is shown once)",

@@ -45,6 +45,7 @@
 pub mod context;
 pub mod health;
 pub mod local;
+mod manifest;
 pub mod mapping;
 mod prefetch;
 pub mod protocol;
@@ -69,6 +70,15 @@ use tokio::task::{JoinHandle, JoinSet};
 use self::local::{Entry, LocalStore, TempFile};
 use self::protocol::{ActionId, Body, Command, OutputId, ProtocolError, RequestReader, Response};
 use self::remote::{Remote, RemoteConfig};
+
+/// Default `--finish-timeout`: how long uploads may go on in the background
+/// after go has been let go.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default `--finish-timeout` with `--wait-for-uploads`: longer, since the
+/// point of waiting is that the results reach the server (a CI machine is
+/// torn down right after), and go's exit is what shows the wait.
+pub const WAIT_FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Requests being worked on at once. go keeps at most `-p`+1 in flight, so
 /// this is only a backstop; when reached, the reader waits for a slot.
@@ -119,16 +129,23 @@ pub struct GoCacheArgs {
     #[arg(long, env = "CAIRN_PREFETCH_KEY", value_name = "TEXT")]
     pub prefetch_key: Option<String>,
     /// How long uploads may go on after go is released (or, with
-    /// --wait-for-uploads, delay go's exit); the rest are dropped.
-    #[arg(long, env = "CAIRN_FINISH_TIMEOUT", value_name = "DURATION", default_value = "10s",
-          value_parser = parse_timeout)]
-    pub finish_timeout: Duration,
+    /// --wait-for-uploads, delay go's exit); the rest are dropped
+    /// [default: 10s, or 2m with --wait-for-uploads].
+    #[arg(long, env = "CAIRN_FINISH_TIMEOUT", value_name = "DURATION", value_parser = parse_timeout)]
+    pub finish_timeout: Option<Duration>,
     /// Finish uploads before answering go's close, so go exits only once its
     /// results are on the server (for CI machines torn down right after the
     /// build). Default: go exits at once and uploads finish in the background.
     #[arg(long, env = "CAIRN_WAIT_FOR_UPLOADS", value_name = "BOOL", default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub wait_for_uploads: bool,
+    // --- goshim ---
+    /// Test hook (hidden): a due trim of the local cache pauses between its
+    /// scan and its deletions until this process has served this many local
+    /// hits, so that a test can put a real build in the middle of a trim.
+    #[arg(long, env = "CAIRN_TEST_TRIM_AFTER_HITS", value_name = "N", hide = true)]
+    pub test_trim_after_hits: Option<u64>,
+    // --- end of goshim ---
 }
 
 /// Validated settings for [`run`] / [`serve`].
@@ -143,6 +160,12 @@ pub struct GoCacheConfig {
     pub remote: Option<RemoteConfig>,
     /// Bound on work after go is released (uploads, a trim).
     pub finish_timeout: Duration,
+    /// go's own cache directory (`$GOCACHE`) when the local tier is inside
+    /// it: then `go clean -cache` clears the tier too. None otherwise (a
+    /// tier elsewhere may be shared by several GOCACHEs).
+    pub go_cache: Option<PathBuf>,
+    /// `--test-trim-after-hits` (a test hook; None in real use).
+    pub trim_after_hits: Option<u64>,
 }
 
 impl GoCacheArgs {
@@ -154,7 +177,7 @@ impl GoCacheArgs {
     fn resolve(self, gocache: Option<OsString>, cwd: io::Result<PathBuf>) -> Result<GoCacheConfig, Error> {
         let dir = match self.dir.filter(|d| !d.as_os_str().is_empty()) {
             Some(d) => d,
-            None => match gocache.filter(|g| !g.is_empty() && g != "off") {
+            None => match gocache.as_ref().filter(|g| !g.is_empty() && *g != "off") {
                 Some(g) => PathBuf::from(g).join("cairn"),
                 None => {
                     return Err(Error::Config(
@@ -187,7 +210,20 @@ impl GoCacheArgs {
             prefetch_key: self.prefetch_key.filter(|k| !k.is_empty()),
             wait_for_uploads: self.wait_for_uploads,
         });
-        Ok(GoCacheConfig { dir, max_local_size: self.max_local_size, remote, finish_timeout: self.finish_timeout })
+        let go_cache = gocache.filter(|g| !g.is_empty() && g != "off").map(PathBuf::from);
+        let go_cache = go_cache.filter(|g| g.is_absolute() && dir.starts_with(g) && dir != *g);
+        Ok(GoCacheConfig {
+            dir,
+            max_local_size: self.max_local_size,
+            remote,
+            finish_timeout: self.finish_timeout.unwrap_or(if self.wait_for_uploads {
+                WAIT_FINISH_TIMEOUT
+            } else {
+                FINISH_TIMEOUT
+            }),
+            go_cache,
+            trim_after_hits: self.test_trim_after_hits,
+        })
     }
 }
 
@@ -261,9 +297,16 @@ where
 
     let local = LocalStore::open(&config.dir, config.max_local_size)
         .map_err(|source| Error::Io { context: format!("opening local cache dir {}", config.dir.display()), source })?;
+    if let Some(go_cache) = &config.go_cache {
+        match local.clear_if_go_cleaned(go_cache) {
+            Ok(true) => tracing::debug!(dir = %config.dir.display(), "go clean -cache ran: cleared the local cache"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cairn gocacheprog: checking whether go clean -cache ran: {e}"),
+        }
+    }
     let local = Arc::new(local);
     let tiers = Arc::new(Tiers { remote: config.remote.as_ref().and_then(|r| Remote::connect(r, &local)), local });
-    let mut background = Background::start_trim(&tiers);
+    let mut background = Background::start_trim(&tiers, config.trim_after_hits);
 
     let mut reader = RequestReader::new(BufReader::with_capacity(READ_BUFFER, input));
     let mut work = Dispatcher { tasks: JoinSet::new(), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), responses };
@@ -489,13 +532,26 @@ pub struct Background {
 
 impl Background {
     /// Starts a trim of the local tier in the background if one is due.
-    fn start_trim(tiers: &Arc<Tiers>) -> Background {
+    /// Also deletes what a `go clean -cache` left to delete.
+    fn start_trim(tiers: &Arc<Tiers>, after_hits: Option<u64>) -> Background {
         let cancel = Arc::new(AtomicBool::new(false));
         let (local, stop) = (tiers.local.clone(), cancel.clone());
-        let trim = tokio::task::spawn_blocking(move || match local.trim_if_due(&stop) {
-            Ok(Some(stats)) => tracing::debug!(?stats, dir = %local.root().display(), "trimmed local cache"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!("cairn gocacheprog: trimming {}: {e}", local.root().display()),
+        let trim = tokio::task::spawn_blocking(move || {
+            local.remove_cleared();
+            // The test hook: wait (on this blocking thread) for the build to
+            // be well under way. Bounded, so a test that gets it wrong ends.
+            let pause = || {
+                let Some(n) = after_hits else { return };
+                let until = std::time::Instant::now() + Duration::from_secs(120);
+                while local.hits() < n && !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            };
+            match local.trim_if_due(&stop, pause) {
+                Ok(Some(stats)) => tracing::debug!(?stats, dir = %local.root().display(), "trimmed local cache"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("cairn gocacheprog: trimming {}: {e}", local.root().display()),
+            }
         });
         Background { tiers: None, trim: Some(trim), cancel }
     }

@@ -26,7 +26,7 @@
 //! a burst of uploads never queues in front of a get.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,7 +86,17 @@ pub struct Remote {
 pub(super) struct Shared {
     /// For gets and prefetching.
     pub client: Client,
+    /// The health of reads (gets, prefetching): uploads never touch it.
     pub health: Health,
+    /// The health of writes (uploads, the prefetch manifest).
+    pub upload_health: Health,
+    /// The server refused a write outright (RESOURCE_EXHAUSTED: its disk or
+    /// budget is full; PERMISSION_DENIED: e.g. a read-only token): no more
+    /// uploads for the rest of this process. Reads go on.
+    refused: AtomicBool,
+    /// Uploads queued and not yet done or dropped (for the warning that
+    /// counts the ones a finish bound cuts off).
+    pub pending_uploads: AtomicUsize,
     pub local: Arc<LocalStore>,
     /// `RemoteConfig::timeout`.
     pub timeout: Duration,
@@ -123,13 +133,16 @@ impl Remote {
         let shared = Arc::new(Shared {
             client,
             health: Health::new(&config.url),
+            upload_health: Health::for_uploads(&config.url),
+            refused: AtomicBool::new(false),
+            pending_uploads: AtomicUsize::new(0),
             local: local.clone(),
             timeout: config.timeout,
             downloads: Downloads::default(),
             warned_corrupt: AtomicBool::new(false),
             warned_local: AtomicBool::new(false),
         });
-        let (uploads, uploader) = upload::start(upload_client, shared.clone());
+        let (uploads, uploader) = upload::start(upload_client, shared.clone(), config.wait_for_uploads);
         let (prefetch, prefetcher) = prefetch::start(config, shared.clone());
         Some(Remote {
             shared,
@@ -190,9 +203,14 @@ impl Remote {
     pub fn upload(&self, action: &ActionId, entry: &Entry) {
         self.prefetch.recorder.known(action, entry);
         let job = upload::Job { action: *action, entry: remote_entry(entry), path: entry.path.clone() };
+        if self.shared.uploads_refused() {
+            return;
+        }
         if let Some(tx) = lock(&self.uploads).as_ref() {
             if tx.try_send(job).is_err() {
                 tracing::debug!(%action, "upload queue full; not uploading this entry");
+            } else {
+                self.shared.pending_uploads.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -215,7 +233,17 @@ impl Remote {
                 let abort = task.abort_handle();
                 if timeout_at(deadline, task).await.is_err() {
                     abort.abort();
-                    tracing::debug!("uploads did not finish within {bound:?}; dropped the rest");
+                    let dropped = self.shared.pending_uploads.swap(0, Ordering::Relaxed);
+                    // Only with --wait-for-uploads does go still show our
+                    // stderr; otherwise it has been let go already.
+                    if self.wait_for_uploads && dropped > 0 {
+                        tracing::warn!(
+                            "cairn gocacheprog: {dropped} uploads did not finish within {bound:?} \
+                             (--finish-timeout) and were dropped; the server misses those entries"
+                        );
+                    } else {
+                        tracing::debug!(dropped, "uploads did not finish within {bound:?}; dropped the rest");
+                    }
                 }
             }
         };
@@ -344,7 +372,7 @@ impl Shared {
             if !read.map_err(|_| None)?.map_err(Some)? {
                 return Ok(false);
             }
-            self.local.install_object(output, size, temp).map_err(local_err)?;
+            self.local.install_object(output, temp).map_err(local_err)?;
         }
         self.health.ok();
         Ok(true)
@@ -368,6 +396,43 @@ impl Shared {
     pub fn timed_out(&self, what: &str) {
         self.health.failed(what, &"no answer in time");
     }
+
+    /// Reports a failed write: against the upload health only. A refusal
+    /// (see `refused`) stops uploading for the rest of the process, with
+    /// one warning.
+    pub fn upload_failed(&self, what: &str, e: &ClientError) {
+        if refuses_writes(e) {
+            if !self.refused.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cairn gocacheprog: the remote cache refuses uploads ({what}: {e}); not uploading for the \
+                     rest of this go command (reads from it go on)"
+                );
+            }
+            return;
+        }
+        match e {
+            ClientError::Corrupt { .. } | ClientError::Io { .. } => self.failed(what, e),
+            _ => self.upload_health.failed(what, e),
+        }
+    }
+
+    /// A write timed out: against the upload health only.
+    pub fn upload_timed_out(&self, what: &str) {
+        self.upload_health.failed(what, &"no answer in time");
+    }
+
+    /// True once the server refused a write outright: nothing more is uploaded.
+    pub fn uploads_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// True for the answers that say a server will not take writes from us for
+/// a while (and retrying only adds load): RESOURCE_EXHAUSTED (its disk or
+/// upload budget is full) and PERMISSION_DENIED (e.g. a read-only token).
+pub(super) fn refuses_writes(e: &ClientError) -> bool {
+    matches!(e, ClientError::Rpc { status, .. }
+        if matches!(status.code(), tonic::Code::ResourceExhausted | tonic::Code::PermissionDenied))
 }
 
 /// Extra time a download of `size` bytes may take beyond the lookup timeout.

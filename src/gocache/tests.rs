@@ -28,6 +28,8 @@ fn config(dir: &Path) -> GoCacheConfig {
         max_local_size: 1 << 30,
         remote: None,
         finish_timeout: Duration::from_secs(10),
+        go_cache: None,
+        trim_after_hits: None,
     }
 }
 
@@ -315,6 +317,8 @@ async fn unusable_dir_is_a_clear_error() {
         max_local_size: 1,
         remote: None,
         finish_timeout: Duration::from_secs(1),
+        go_cache: None,
+        trim_after_hits: None,
     });
     let err = go.result().await.err().expect("error");
     assert!(err.to_string().contains("opening local cache dir"), "{err}");
@@ -377,6 +381,10 @@ fn config_defaults_to_a_dir_under_gocache() {
     assert_eq!(c.dir, PathBuf::from("/home/u/.cache/go-build/cairn"));
     assert_eq!(c.max_local_size, 10 << 30);
     assert_eq!(c.remote, None);
+    // The tier is inside GOCACHE, so `go clean -cache` reaches it.
+    assert_eq!(c.go_cache, Some(PathBuf::from("/home/u/.cache/go-build")));
+    let elsewhere = parse(&["--dir", "/shared/cairn"]).resolve(Some("/g".into()), Ok("/x".into())).unwrap();
+    assert_eq!(elsewhere.go_cache, None, "a tier outside GOCACHE is not go's to clear");
 }
 
 #[test]
@@ -425,6 +433,10 @@ fn config_flags() {
     assert!(!r.prefetch && r.wait_for_uploads);
     assert_eq!(r.prefetch_key.as_deref(), Some("team/app"));
     assert_eq!(c.finish_timeout, Duration::from_secs(3));
+    // Waiting for uploads gets a longer default bound.
+    let c =
+        parse(&["--remote", "grpc://c:1", "--wait-for-uploads"]).resolve(Some("/g".into()), Ok("/".into())).unwrap();
+    assert_eq!(c.finish_timeout, WAIT_FINISH_TIMEOUT);
 }
 
 #[test]
