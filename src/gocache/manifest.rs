@@ -19,7 +19,7 @@ use tokio::time::{timeout_at, Instant};
 use super::local::{now_nanos, Entry};
 use super::mapping::{self, RemoteEntry, MANIFEST_MAX_ENTRIES, MANIFEST_PATH};
 use super::protocol::ActionId;
-use super::remote::{download_allowance, lock, remote_entry, Shared};
+use super::shared::{download_allowance, lock, remote_entry, Shared};
 use crate::client::{self, ClientError};
 use crate::digest::{Digest, DigestFunction};
 
@@ -54,7 +54,7 @@ impl Plan {
 pub(super) async fn load(shared: &Shared, key: &Digest) -> Option<Plan> {
     let what = "GetActionResult (prefetch manifest)";
     let deadline = Instant::now() + shared.timeout;
-    let result = match timeout_at(deadline, shared.client.get_action_result(key)).await {
+    let result = match timeout_at(deadline, shared.prefetch_client.get_action_result(key)).await {
         Ok(Ok(r)) => {
             shared.health.ok();
             r?
@@ -74,12 +74,12 @@ pub(super) async fn load(shared: &Shared, key: &Digest) -> Option<Plan> {
     }
     let read = async {
         if digest.size <= client::BATCH_BLOB_MAX {
-            return Ok(shared.client.batch_read(&[digest]).await?.pop().flatten());
+            return Ok(shared.prefetch_client.batch_read(&[digest]).await?.pop().flatten());
         }
         let local_err = |source| ClientError::Io { context: "reading the prefetch manifest".into(), source };
         let mut temp = shared.local.temp_file().map_err(local_err)?;
         drop(temp.take_file());
-        if !shared.client.read_to_file(&digest, temp.path()).await? {
+        if !shared.prefetch_client.read_to_file(&digest, temp.path()).await? {
             return Ok(None);
         }
         std::fs::read(temp.path()).map(|d| Some(Bytes::from(d))).map_err(local_err)
@@ -130,13 +130,13 @@ pub(super) async fn store(shared: &Shared, key: Digest, entries: &[(ActionId, Re
     let blob = Bytes::from(mapping::encode_manifest(&merged));
     let digest = DigestFunction::Sha256.digest_of(&blob);
     let stored = if digest.size <= client::BATCH_BLOB_MAX {
-        shared.client.batch_upload(&[(digest, blob)]).await
+        shared.prefetch_client.batch_upload(&[(digest, blob)]).await
     } else {
-        shared.client.write_bytes(&digest, blob).await
+        shared.prefetch_client.write_bytes(&digest, blob).await
     };
     let result = mapping::action_result(MANIFEST_PATH, &digest, now_nanos());
     let stored = match stored {
-        Ok(()) => shared.client.update_action_result(&key, result).await,
+        Ok(()) => shared.prefetch_client.update_action_result(&key, result).await,
         Err(e) => Err(e),
     };
     match stored {

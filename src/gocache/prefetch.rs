@@ -34,6 +34,7 @@
 //! ActionCache when the manifest's output is gone.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,8 @@ pub(super) use super::manifest::Recorder;
 use super::manifest::{self, Plan};
 use super::mapping::{self, RemoteEntry};
 use super::protocol::{ActionId, OutputId};
-use super::remote::{download_allowance, RemoteConfig, Shared};
+use super::remote::RemoteConfig;
+use super::shared::{download_allowance, Claim, Shared};
 use crate::client::{self, ClientError};
 use crate::digest::Digest;
 
@@ -60,8 +62,8 @@ pub const BATCH_BYTES: u64 = 2 << 20;
 /// hundred MB/s, few enough not to flood a shared server.
 pub const CONCURRENCY: usize = 8;
 
-/// Least time a prefetch call is given (plus [`download_allowance`]): it is
-/// background work, and a timeout stops all prefetching.
+/// Least time a prefetch call is given (plus [`download_allowance`] of the
+/// bytes in flight): it is background work, and a timeout stops prefetching.
 const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The prefetch state of one process.
@@ -167,7 +169,8 @@ async fn run(shared: Arc<Shared>, keys: Vec<Digest>, tx: watch::Sender<Loaded>) 
     let (s, p) = (shared.clone(), plan.clone());
     let wanted = tokio::task::spawn_blocking(move || sort_out(&s.local, &p.order)).await.unwrap_or_default();
     let (count, bytes) = (wanted.len(), wanted.iter().map(|w| w.size).sum::<u64>());
-    let calls = group(wanted).into_iter().map(|g| fetch_group(&shared, g));
+    let in_flight = AtomicU64::new(0);
+    let calls = group(wanted).into_iter().map(|g| fetch_group(&shared, g, &in_flight));
     let mut calls = futures::stream::iter(calls).buffer_unordered(CONCURRENCY);
     let mut complete = true;
     while let Some(ok) = calls.next().await {
@@ -246,10 +249,16 @@ fn group(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
 }
 
 /// Fetches one group's outputs (those no get is fetching already) and
-/// commits them with their entries. False if the remote failed.
-async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
+/// commits them with their entries. False if prefetching should stop (the
+/// remote failed, or is too slow to be worth it).
+///
+/// The call's deadline is sized by all the bytes prefetching has in flight
+/// (`in_flight`), not just this call's: [`CONCURRENCY`] calls share one
+/// link. A prefetch timeout does not count against the remote's health: it
+/// only says the link is slower than hoped, and go's own gets (on their own
+/// connection) may still be served in time.
+async fn fetch_group(shared: &Shared, group: Vec<Wanted>, in_flight: &AtomicU64) -> bool {
     let local = &shared.local;
-    let mut claims = Vec::new();
     let mut mine = Vec::new();
     for w in group {
         let Ok(claim) = shared.downloads.claim(w.output) else {
@@ -258,8 +267,7 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
         if local.has_object(&w.output, w.size) {
             link_all(local, &w);
         } else {
-            claims.push(claim);
-            mine.push(w);
+            mine.push((w, claim));
         }
     }
     if mine.is_empty() {
@@ -268,10 +276,11 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
     if !shared.health.usable() {
         return false;
     }
-    let bytes: u64 = mine.iter().map(|w| w.size).sum();
-    let deadline = Instant::now() + shared.timeout.max(MIN_CALL_TIMEOUT) + download_allowance(bytes);
+    let bytes: u64 = mine.iter().map(|(w, _)| w.size).sum();
+    let others = in_flight.fetch_add(bytes, Ordering::Relaxed);
+    let deadline = Instant::now() + shared.timeout.max(MIN_CALL_TIMEOUT) + download_allowance(bytes + others);
     let fetched = fetch_outputs(shared, mine, deadline).await;
-    drop(claims); // wakes gets waiting for these outputs
+    in_flight.fetch_sub(bytes, Ordering::Relaxed);
     match fetched {
         Ok(()) => {
             shared.health.ok();
@@ -282,25 +291,32 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
             !matches!(e, ClientError::Rpc { .. } | ClientError::Connect { .. })
         }
         Err(None) => {
-            shared.timed_out("prefetching");
+            tracing::debug!(bytes, others, "a prefetch call timed out; leaving the rest to go's gets");
             false
         }
     }
 }
 
-/// Downloads `mine` and commits it. The deadline bounds the network calls,
-/// not the local writes (a slow disk is not the server's fault). `Err(None)`:
+/// Downloads `mine` and commits it, releasing each output's claim the
+/// moment that output is installed (a get waiting for it goes on at once,
+/// not after the whole group). The deadline bounds the network calls, not
+/// the local writes (a slow disk is not the server's fault). `Err(None)`:
 /// timed out.
-async fn fetch_outputs(shared: &Shared, mine: Vec<Wanted>, deadline: Instant) -> Result<(), Option<ClientError>> {
+async fn fetch_outputs(
+    shared: &Shared,
+    mine: Vec<(Wanted, Claim)>,
+    deadline: Instant,
+) -> Result<(), Option<ClientError>> {
     let local_err = |source| {
         Some(ClientError::Io { context: format!("prefetching into {}", shared.local.root().display()), source })
     };
-    if let [w] = mine.as_slice() {
+    let client = &shared.prefetch_client;
+    if let [(w, _)] = mine.as_slice() {
         if w.size > client::BATCH_BLOB_MAX {
             let mut temp = shared.local.temp_file().map_err(local_err)?;
             drop(temp.take_file());
             let digest = mapping::output_digest(&w.output, w.size);
-            let read = timeout_at(deadline, shared.client.read_to_file(&digest, temp.path())).await;
+            let read = timeout_at(deadline, client.read_to_file(&digest, temp.path())).await;
             if read.map_err(|_| None)?.map_err(Some)? {
                 shared.local.install_object(&w.output, temp).map_err(local_err)?;
                 link_all(&shared.local, w);
@@ -308,8 +324,8 @@ async fn fetch_outputs(shared: &Shared, mine: Vec<Wanted>, deadline: Instant) ->
             return Ok(());
         }
     }
-    let digests: Vec<Digest> = mine.iter().map(|w| mapping::output_digest(&w.output, w.size)).collect();
-    let each = timeout_at(deadline, shared.client.batch_read_each(&digests)).await.map_err(|_| None)?.map_err(Some)?;
+    let digests: Vec<Digest> = mine.iter().map(|(w, _)| mapping::output_digest(&w.output, w.size)).collect();
+    let each = timeout_at(deadline, client.batch_read_each(&digests)).await.map_err(|_| None)?.map_err(Some)?;
     // Each blob on its own: a corrupt or refused one is left to go's get
     // (which looks it up afresh), the rest of the batch is still used.
     let mut blobs = Vec::with_capacity(each.len());
@@ -329,11 +345,12 @@ async fn fetch_outputs(shared: &Shared, mine: Vec<Wanted>, deadline: Instant) ->
     // Many small files and entries: off the async threads.
     let local = shared.local.clone();
     tokio::task::spawn_blocking(move || {
-        for (w, blob) in mine.iter().zip(blobs) {
+        for ((w, claim), blob) in mine.into_iter().zip(blobs) {
             if let Some(data) = blob {
                 local.install_bytes(&w.output, &data)?;
-                link_all(&local, w);
+                link_all(&local, &w);
             }
+            drop(claim); // wakes gets waiting for this output
         }
         Ok(())
     })

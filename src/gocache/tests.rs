@@ -11,7 +11,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, DuplexStream, Lines};
 use tokio::task::JoinHandle;
 
+use super::protocol::{ActionId, OutputId};
 use super::*;
+use std::path::Path;
 
 /// Long enough for a loaded CI machine, short enough that a hang fails fast.
 const LIMIT: Duration = Duration::from_secs(30);

@@ -40,7 +40,7 @@ use tokio::time::timeout;
 
 use super::mapping::{self, RemoteEntry};
 use super::protocol::ActionId;
-use super::remote::{download_allowance, Shared};
+use super::shared::{download_allowance, Shared};
 use crate::client::{self, Client, ClientError};
 use crate::digest::Digest;
 use crate::proto::reapi;
