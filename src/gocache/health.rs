@@ -7,7 +7,7 @@
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,8 +30,9 @@ pub struct Health {
     uploads: bool,
     /// A std mutex: held for a few instructions, never across an await.
     state: Mutex<State>,
-    /// The one warning has been printed.
-    warned: AtomicBool,
+    /// The one warning has been printed. Shared by the read and the write
+    /// health of one remote: a dead server is one warning, not two.
+    warned: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -45,17 +46,13 @@ struct State {
 impl Health {
     /// The health of reads (gets and prefetching).
     pub fn new(url: &str) -> Health {
-        Health {
-            url: url.to_string(),
-            uploads: false,
-            state: Mutex::new(State::default()),
-            warned: AtomicBool::new(false),
-        }
+        Health { url: url.to_string(), uploads: false, state: Mutex::new(State::default()), warned: Arc::default() }
     }
 
-    /// The health of uploads.
-    pub fn for_uploads(url: &str) -> Health {
-        Health { uploads: true, ..Health::new(url) }
+    /// The health of uploads to the remote whose reads `reads` tracks (they
+    /// share the one warning).
+    pub fn for_uploads(reads: &Health) -> Health {
+        Health { uploads: true, warned: reads.warned.clone(), ..Health::new(&reads.url) }
     }
 
     /// True unless the remote failed recently.
@@ -165,5 +162,16 @@ mod tests {
         h.failed_at(t, "get", &"boom");
         assert!(h.usable_at(t + FIRST_BACKOFF));
         assert!(h.warned.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn reads_and_writes_back_off_apart_but_warn_once() {
+        let reads = Health::new("grpc://x");
+        let writes = Health::for_uploads(&reads);
+        let t0 = Instant::now();
+        writes.failed_at(t0, "upload", &"disk full");
+        assert!(!writes.usable_at(t0), "uploads back off");
+        assert!(reads.usable_at(t0), "reads are not held against failing writes");
+        assert!(reads.warned.load(Ordering::Relaxed), "the one warning is shared: a dead server warns once");
     }
 }

@@ -93,11 +93,12 @@ impl Remote {
                 return None;
             }
         };
+        let health = Health::new(&config.url);
         let shared = Arc::new(Shared {
             client,
             prefetch_client,
-            health: Health::new(&config.url),
-            upload_health: Health::for_uploads(&config.url),
+            upload_health: Health::for_uploads(&health),
+            health,
             refused: AtomicBool::new(false),
             pending_uploads: AtomicUsize::new(0),
             local: local.clone(),
