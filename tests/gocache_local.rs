@@ -95,9 +95,13 @@ fn a_trim_during_a_build_never_deletes_what_the_build_uses() {
 
     // A fresh GOCACHE over the same tier (so every compile is a cairn hit
     // and the link reads the handed-out files), the tier far over a tiny
-    // limit, and the trim deleting once go had 30 hits.
+    // limit, and the trim deleting once go had 100 hits (the first ~60 are
+    // module index reads, used at once; by 100 go holds package archives
+    // that later compiles and the link open: with the old trim, which
+    // trusted its scan, this build failed with "could not import ...
+    // no such file").
     let dir = store.to_str().unwrap();
-    let env = [("CAIRN_DIR", dir), ("CAIRN_LOCAL_MAX_SIZE", "4096"), ("CAIRN_TEST_TRIM_AFTER_HITS", "30")];
+    let env = [("CAIRN_DIR", dir), ("CAIRN_LOCAL_MAX_SIZE", "4096"), ("CAIRN_TEST_TRIM_AFTER_HITS", "100")];
     let run = ws.try_go(
         "gocache-b",
         &env,
