@@ -159,3 +159,31 @@ fn a_server_that_never_answers_does_not_stall_the_build() {
     eprintln!("warm rebuild against a silent server: {:.2}s", warm.elapsed.as_secs_f64());
     assert!(warm.elapsed < Duration::from_secs(20), "warm build took {:?}", warm.elapsed);
 }
+
+/// The first run of a new flag set in a project whose other runs are on the
+/// server has no manifest of its own (flags are part of the prefetch key),
+/// so it falls back to the project's manifest and is still prefetched.
+/// (`-tags` rather than `-race`: the race detector needs cgo, which these
+/// tests turn off.)
+#[test]
+fn a_new_flag_set_is_prefetched_from_the_projects_manifest() {
+    let _one = go_support::one_at_a_time();
+    let (_rt, server) = start_server();
+    let url = server.grpc_url();
+    let ws = Workspace::new();
+    let a = ws.go_env("gocache-a", &pairs(&env_a(&url)), &["test", "./..."]);
+    assert_quiet("A", &a);
+
+    let debug = [("CAIRN_REMOTE", url.as_str()), ("CAIRN_LOG_LEVEL", "cairn=debug"), ("CAIRN_WAIT_FOR_UPLOADS", "1")];
+    let b = ws.go_env("gocache-b", &debug, &["test", "-tags", "extra", "./..."]);
+    let done: Vec<&str> = b.stderr.lines().filter(|l| l.contains("prefetch done")).collect();
+    assert_eq!(done.len(), 1, "one prefetch in B's go test:\n{}", b.stderr);
+    assert!(done[0].contains("fallback=1"), "from the project's manifest: {}", done[0]);
+    assert!(!done[0].contains("outputs=0 "), "outputs were fetched: {}", done[0]);
+    assert!(b.stdout.contains("ok  \texample.com/gcp/c"), "{}", b.stdout);
+
+    // B stored a manifest under its own key: C with the same flags uses it.
+    let c = ws.go_env("gocache-c", &debug, &["test", "-tags", "extra", "./..."]);
+    let done: Vec<&str> = c.stderr.lines().filter(|l| l.contains("prefetch done")).collect();
+    assert!(done.len() == 1 && done[0].contains("fallback=0"), "C used its own key:\n{}", c.stderr);
+}

@@ -52,6 +52,8 @@ fn config(dir: &Path, remote: RemoteConfig) -> GoCacheConfig {
         max_local_size: 1 << 30,
         remote: Some(remote),
         finish_timeout: Duration::from_secs(10),
+        go_cache: None,
+        trim_after_hits: None,
     }
 }
 
@@ -227,12 +229,18 @@ async fn prefetch_fills_the_local_tier_before_go_asks() {
     }
     b.close(Duration::from_secs(10)).await;
 
-    // Another key sees nothing: machine C starts cold for it.
+    // Another project has no manifest of its own: it falls back to the one
+    // stored under its toolchain's key (same go version and target), so it
+    // is prefetched too.
     let c_dir = tmp.path().join("c");
     let mut c = Go::start(config(&c_dir, remote(&server.grpc_url(), "another build"))).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(LocalStore::open(&c_dir, 1 << 30).unwrap().get(&aid(5)).unwrap().is_none());
-    assert_hit(&c.get(aid(5)).await, &bodies[5]); // through the ActionCache
+    let local = LocalStore::open(&c_dir, 1 << 30).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while local.get(&aid(5)).unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no fallback prefetch for a new project");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_hit(&c.get(aid(5)).await, &bodies[5]);
     c.close(Duration::from_secs(10)).await;
 }
 
@@ -398,4 +406,81 @@ async fn corrupt_remote_data_is_never_handed_to_go() {
     assert_hit(&go.get(aid(7)).await, lying::GOOD);
     go.close(Duration::from_secs(2)).await;
     liar.abort();
+}
+
+/// A tmpfs mounted for a test (tests run as root here), unmounted on drop.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "this test mounts a tmpfs, as root: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk { _dir: dir, path }
+    }
+
+    /// Fills the disk until about `leave` bytes are free.
+    fn fill(&self, leave: u64) {
+        use std::io::Write;
+        let stat = nix_free(&self.path);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(self.path.join("filler")).unwrap());
+        let chunk = vec![1u8; 64 * 1024];
+        let mut written = 0;
+        while written + leave < stat && f.write_all(&chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+        let _ = f.flush();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn nix_free(dir: &Path) -> u64 {
+    let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// A server whose disk is full refuses uploads (RESOURCE_EXHAUSTED) while
+/// it still serves reads. The refused upload must not switch reads off:
+/// every get after it, spread over longer than a back-off, is still a
+/// remote hit (before uploads had their own health, they all missed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_refused_by_a_full_server_leave_reads_on() {
+    let disk = SmallDisk::mount("96m");
+    let server = TestServer::start_with(cairn::config::Config::for_data_dir(disk.path.join("data"))).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = remote(&server.grpc_url(), "full server");
+    r.prefetch = false; // every hit below is a lookup after the refusal
+    let bodies: Vec<Vec<u8>> = (0..20u32).map(|n| format!("archive {n} ").repeat(40).into_bytes()).collect();
+    let mut a = Go::start(config(&tmp.path().join("a"), RemoteConfig { wait_for_uploads: true, ..r.clone() })).await;
+    for (n, body) in bodies.iter().enumerate() {
+        a.put(aid(1000 + n as u32), body).await;
+    }
+    a.close(Duration::from_secs(10)).await;
+
+    disk.fill(256 * 1024);
+    let mut b = Go::start(config(&tmp.path().join("b"), r)).await;
+    // A new output too large for what is left: its upload is refused.
+    b.put(aid(2000), &big_body()).await;
+    for (n, body) in bodies.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_hit(&b.get(aid(1000 + n as u32)).await, body);
+    }
+    b.close(Duration::from_secs(10)).await;
+    let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
+    assert!(client.get_action_result(&mapping::action_key(&aid(2000))).await.unwrap().is_none(), "refused, not stored");
+    server.stop().await;
 }

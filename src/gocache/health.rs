@@ -7,7 +7,7 @@
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,15 +18,21 @@ pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest back-off (a build keeps probing a dead server about once a minute).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The remote's health, shared by gets, uploads and prefetching.
+/// The remote's health as one kind of call sees it. Reads (gets and
+/// prefetching) and writes (uploads) each have their own: a server that
+/// refuses or chokes on writes (a full disk, a read-only token, one slow
+/// large upload) may still serve reads perfectly well.
 #[derive(Debug)]
 pub struct Health {
     /// For the warning.
     url: String,
+    /// Whose health this is: the warning says what is switched off.
+    uploads: bool,
     /// A std mutex: held for a few instructions, never across an await.
     state: Mutex<State>,
-    /// The one warning has been printed.
-    warned: AtomicBool,
+    /// The one warning has been printed. Shared by the read and the write
+    /// health of one remote: a dead server is one warning, not two.
+    warned: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -38,8 +44,15 @@ struct State {
 }
 
 impl Health {
+    /// The health of reads (gets and prefetching).
     pub fn new(url: &str) -> Health {
-        Health { url: url.to_string(), state: Mutex::new(State::default()), warned: AtomicBool::new(false) }
+        Health { url: url.to_string(), uploads: false, state: Mutex::new(State::default()), warned: Arc::default() }
+    }
+
+    /// The health of uploads to the remote whose reads `reads` tracks (they
+    /// share the one warning).
+    pub fn for_uploads(reads: &Health) -> Health {
+        Health { uploads: true, warned: reads.warned.clone(), ..Health::new(&reads.url) }
     }
 
     /// True unless the remote failed recently.
@@ -83,7 +96,14 @@ impl Health {
             s.down_until = Some(now + s.backoff);
             s.backoff
         };
-        if !self.warned.swap(true, Ordering::Relaxed) {
+        let first = !self.warned.swap(true, Ordering::Relaxed);
+        if first && self.uploads {
+            tracing::warn!(
+                "cairn gocacheprog: uploads to remote cache {} are failing ({what}: {error}); this build's \
+                 results may not be shared, retrying in the background (reads go on; shown once)",
+                self.url
+            );
+        } else if first {
             tracing::warn!(
                 "cairn gocacheprog: remote cache {} is failing ({what}: {error}); continuing with the local \
                  cache only, retrying in the background (this warning is shown once)",
@@ -142,5 +162,16 @@ mod tests {
         h.failed_at(t, "get", &"boom");
         assert!(h.usable_at(t + FIRST_BACKOFF));
         assert!(h.warned.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn reads_and_writes_back_off_apart_but_warn_once() {
+        let reads = Health::new("grpc://x");
+        let writes = Health::for_uploads(&reads);
+        let t0 = Instant::now();
+        writes.failed_at(t0, "upload", &"disk full");
+        assert!(!writes.usable_at(t0), "uploads back off");
+        assert!(reads.usable_at(t0), "reads are not held against failing writes");
+        assert!(reads.warned.load(Ordering::Relaxed), "the one warning is shared: a dead server warns once");
     }
 }

@@ -10,6 +10,8 @@
 //!   into place, so a reader never sees a partial file and a path already
 //!   handed to go is never rewritten in place.
 //! - `trim.txt`: its mtime says when a process last started trimming.
+//! - `tmp/cleared-*`: what `go clean -cache` asked to remove, moved aside at
+//!   start-up and deleted in the background (see [`LocalStore::clear_if_go_cleaned`]).
 //!
 //! Why under `$GOCACHE`: when go installs a cached archive it *renames* the
 //! file away unless its path starts with `$GOCACHE` (then it copies).
@@ -27,13 +29,16 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::protocol::{ActionId, OutputId};
 
 /// A hit's mtime is refreshed (for LRU trimming) only when older than this,
-/// so that warm builds don't turn every read into a metadata write.
-pub const TOUCH_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// so that warm builds don't turn every read into a metadata write. Short,
+/// so that an entry in use always looks recent to a trim (which also
+/// re-checks each file's mtime just before unlinking it).
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Trimming never deletes files used this recently: a path handed to a
 /// running go must stay valid until that go exits. Longer than
@@ -84,6 +89,14 @@ pub struct LocalStore {
     keep_recent: Duration,
     /// Makes temp names unique within this process (the pid does across processes).
     temp_seq: AtomicU64,
+    /// Gets hold it shared while they check and touch an object; the trim
+    /// holds it exclusively while it re-checks and unlinks one. So within a
+    /// process a get either touches a file before the trim looks again (and
+    /// the file stays), or finds it gone (a miss): never a path to a file
+    /// that is about to vanish. Uncontended, it costs a few nanoseconds.
+    unlink_lock: RwLock<()>,
+    /// Local hits served by this process (the trim's test hook waits on it).
+    hits: AtomicU64,
 }
 
 impl LocalStore {
@@ -100,6 +113,8 @@ impl LocalStore {
             max_size,
             keep_recent: KEEP_RECENT,
             temp_seq: AtomicU64::new(0),
+            unlink_lock: RwLock::new(()),
+            hits: AtomicU64::new(0),
         })
     }
 
@@ -146,24 +161,37 @@ impl LocalStore {
             return Ok(None);
         };
         let path = self.object_path(&output);
-        let obj = match fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if !obj.is_file() || obj.len() != size {
-            return Ok(None);
-        }
         let now = SystemTime::now();
-        touch_if_stale(&meta_file, meta_mtime, now);
-        if let Ok(mtime) = obj.modified() {
-            if is_stale(mtime, now) {
-                if let Ok(f) = fs::File::open(&path) {
-                    let _ = f.set_modified(now);
+        {
+            let _no_unlink = self.unlink_lock.read().unwrap_or_else(|e| e.into_inner());
+            let obj = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if !obj.is_file() || obj.len() != size {
+                return Ok(None);
+            }
+            if obj.modified().is_ok_and(|mtime| is_stale(mtime, now)) {
+                // Through a handle: if another process's trim unlinked the
+                // file since the stat, the open fails and this is a miss.
+                match fs::File::open(&path) {
+                    Ok(f) => {
+                        let _ = f.set_modified(now);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
                 }
             }
         }
+        touch_if_stale(&meta_file, meta_mtime, now);
+        self.hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Entry { output, size, time_nanos, path }))
+    }
+
+    /// Local hits served so far by this process.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// A new empty temp file inside the store (same filesystem, so it can be
@@ -193,29 +221,25 @@ impl LocalStore {
         body: TempFile,
         time_nanos: i64,
     ) -> io::Result<Entry> {
-        self.install_object(output, size, body)?;
+        self.install_object(output, body)?;
         self.write_meta(action, output, size, time_nanos)
     }
 
-    /// Moves a verified body to its content-addressed place, or drops it if
-    /// an identical output is already there. Returns the object's path.
-    pub fn install_object(&self, output: &OutputId, size: u64, mut body: TempFile) -> io::Result<PathBuf> {
+    /// Moves a verified body to its content-addressed place, replacing what
+    /// is there. Returns the object's path.
+    ///
+    /// An object already there with the right size is replaced too, not
+    /// kept: sizes are all a get checks, so a same-size corrupt file (a bad
+    /// disk block, a stray write) would otherwise be served forever, while
+    /// go keeps rebuilding and putting the right bytes. The rename is atomic
+    /// and a path handed to go is never rewritten in place: a reader that
+    /// already opened the old file keeps it, a new open gets the new one,
+    /// and both hold the same bytes unless the old ones were corrupt.
+    pub fn install_object(&self, output: &OutputId, mut body: TempFile) -> io::Result<PathBuf> {
         let path = self.object_path(output);
-        match fs::metadata(&path) {
-            // Same content already stored (many actions share outputs). Keep
-            // the existing file: it may already be handed out to go.
-            Ok(m) if m.is_file() && m.len() == size => {
-                drop(body);
-                if let Ok(f) = fs::File::open(&path) {
-                    let _ = f.set_modified(SystemTime::now());
-                }
-            }
-            _ => {
-                drop(body.file.take());
-                rename_into_place(&body.path, &path)?;
-                body.keep = true;
-            }
-        }
+        drop(body.file.take());
+        rename_into_place(&body.path, &path)?;
+        body.keep = true;
         Ok(path)
     }
 
@@ -227,7 +251,7 @@ impl LocalStore {
         }
         let mut tmp = self.temp_file()?;
         tmp.file.as_mut().expect("fresh temp file").write_all(data)?;
-        self.install_object(output, data.len() as u64, tmp)
+        self.install_object(output, tmp)
     }
 
     /// True if the output is stored with this size.
@@ -276,8 +300,9 @@ impl LocalStore {
 
     /// Trims if no process has started a trim in the last [`TRIM_INTERVAL`].
     /// The stamp is claimed before trimming, so concurrent processes don't all
-    /// scan the store.
-    pub fn trim_if_due(&self, cancel: &AtomicBool) -> io::Result<Option<TrimStats>> {
+    /// scan the store. `pause` runs between the scan and the unlinking (a
+    /// test hook: it lets a test put a build in the middle of a trim).
+    pub fn trim_if_due(&self, cancel: &AtomicBool, pause: impl FnOnce()) -> io::Result<Option<TrimStats>> {
         let stamp = self.root.join("trim.txt");
         if let Ok(mtime) = fs::metadata(&stamp).and_then(|m| m.modified()) {
             if SystemTime::now().duration_since(mtime).is_ok_and(|age| age < TRIM_INTERVAL) {
@@ -285,7 +310,7 @@ impl LocalStore {
             }
         }
         self.write_atomic(&stamp, format!("{}\n", now_nanos()).as_bytes())?;
-        self.trim(cancel).map(Some)
+        self.trim_with(cancel, pause).map(Some)
     }
 
     /// Removes stale temp files, then, if the store holds more than
@@ -293,7 +318,18 @@ impl LocalStore {
     /// holds at most 90% of it (the slack keeps trims rare), never touching
     /// files used within [`KEEP_RECENT`]. Stops early when `cancel` is set.
     pub fn trim(&self, cancel: &AtomicBool) -> io::Result<TrimStats> {
-        let now = SystemTime::now();
+        self.trim_with(cancel, || {})
+    }
+
+    /// [`LocalStore::trim`], running `pause` between the scan and the unlinking.
+    ///
+    /// The scan's mtimes are only a guide to what to look at: a get may use
+    /// (and touch) a file after the scan saw it, and go may be about to read
+    /// it. So each file's mtime is read again just before it is unlinked
+    /// (under `unlink_lock`, which orders it with this process's gets), and a
+    /// file used since the scan began is never removed.
+    fn trim_with(&self, cancel: &AtomicBool, pause: impl FnOnce()) -> io::Result<TrimStats> {
+        let scan_start = SystemTime::now();
         let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
         let mut total = 0u64;
         for top in [&self.objects, &self.actions] {
@@ -308,13 +344,13 @@ impl LocalStore {
                     }
                     let cost = meta.len().div_ceil(BLOCK) * BLOCK;
                     total += cost;
-                    files.push((meta.modified().unwrap_or(now), cost, entry.path()));
+                    files.push((meta.modified().unwrap_or(scan_start), cost, entry.path()));
                 }
             }
         }
         for entry in read_dir_if_exists(&self.tmp)? {
-            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| age(t, now) > STALE_TEMP);
-            if old {
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| age(t, scan_start) > STALE_TEMP);
+            if old && entry.file_type().is_ok_and(|t| t.is_file()) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -323,13 +359,17 @@ impl LocalStore {
         if total <= self.max_size {
             return Ok(stats);
         }
+        pause();
         let target = self.max_size - self.max_size / 10;
         files.sort_unstable_by_key(|f| f.0);
         for (mtime, cost, path) in files {
-            if total <= target || age(mtime, now) < self.keep_recent || cancel.load(Ordering::Relaxed) {
+            if total <= target || age(mtime, scan_start) < self.keep_recent || cancel.load(Ordering::Relaxed) {
                 break;
             }
-            if fs::remove_file(&path).is_ok() {
+            let _no_gets = self.unlink_lock.write().unwrap_or_else(|e| e.into_inner());
+            let now = fs::symlink_metadata(&path).and_then(|m| m.modified());
+            let unused = now.is_ok_and(|t| t < scan_start && age(t, SystemTime::now()) >= self.keep_recent);
+            if unused && fs::remove_file(&path).is_ok() {
                 total -= cost;
                 stats.removed_files += 1;
                 stats.removed_bytes += cost;
@@ -417,6 +457,9 @@ fn touch_if_stale(f: &fs::File, mtime: SystemTime, now: SystemTime) {
 pub fn now_nanos() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
+
+#[path = "local_clean.rs"]
+mod clean;
 
 #[cfg(test)]
 #[path = "local_tests.rs"]

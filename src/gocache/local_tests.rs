@@ -48,15 +48,27 @@ fn empty_outputs_are_real_files() {
 }
 
 #[test]
-fn shared_outputs_keep_the_existing_file() {
+fn shared_outputs_share_one_file() {
     let (_d, s) = store(1 << 30);
     let a = s.put_bytes(&aid(1), b"same").unwrap();
-    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&a.path).unwrap());
     let b = s.put_bytes(&aid(2), b"same").unwrap();
     assert_eq!(a.path, b.path);
-    // A path handed to go is never replaced, even with identical bytes.
-    assert_eq!(ino, std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b.path).unwrap()));
+    assert_eq!(fs::read(&a.path).unwrap(), b"same");
     assert!(s.get(&aid(1)).unwrap().is_some() && s.get(&aid(2)).unwrap().is_some());
+    assert!(tmp_is_empty(&s));
+}
+
+#[test]
+fn a_put_repairs_a_corrupt_object_of_the_right_size() {
+    let (_d, s) = store(1 << 30);
+    let e = s.put_bytes(&aid(1), b"twelve bytes").unwrap();
+    // Same size, wrong bytes: the size check cannot see it.
+    fs::write(&e.path, b"TWELVE BYTES").unwrap();
+    let handed_out = fs::File::open(&e.path).unwrap();
+    s.put_bytes(&aid(2), b"twelve bytes").unwrap();
+    assert_eq!(fs::read(&e.path).unwrap(), b"twelve bytes", "the verified body replaced the corrupt one");
+    // Replaced by a rename, not rewritten: an open handle keeps what it had.
+    assert_eq!(io::read_to_string(handed_out).unwrap(), "TWELVE BYTES");
     assert!(tmp_is_empty(&s));
 }
 
@@ -197,8 +209,56 @@ fn trim_stops_when_cancelled_and_cleans_stale_temps() {
 fn trim_if_due_runs_once_per_interval() {
     let (_d, s) = store(1 << 30);
     let cancel = AtomicBool::new(false);
-    assert!(s.trim_if_due(&cancel).unwrap().is_some(), "first time: due");
-    assert!(s.trim_if_due(&cancel).unwrap().is_none(), "just trimmed");
+    assert!(s.trim_if_due(&cancel, || {}).unwrap().is_some(), "first time: due");
+    assert!(s.trim_if_due(&cancel, || {}).unwrap().is_none(), "just trimmed");
     set_mtime(&s.root.join("trim.txt"), TRIM_INTERVAL + Duration::from_secs(60));
-    assert!(s.trim_if_due(&cancel).unwrap().is_some(), "stamp expired");
+    assert!(s.trim_if_due(&cancel, || {}).unwrap().is_some(), "stamp expired");
+}
+
+#[test]
+fn trim_never_removes_a_file_used_after_its_scan() {
+    let (_d, mut s) = store(1);
+    s.keep_recent = Duration::from_secs(60);
+    let used = s.put_bytes(&aid(1), b"used during the trim").unwrap();
+    let unused = s.put_bytes(&aid(2), b"not used").unwrap();
+    let hour = Duration::from_secs(3600);
+    for a in [1, 2] {
+        set_mtime(&s.action_path(&aid(a)), hour);
+    }
+    set_mtime(&used.path, hour);
+    set_mtime(&unused.path, hour);
+    // The scan sees everything an hour old; then a build gets entry 1
+    // before the trim reaches it.
+    let stats = s
+        .trim_with(&AtomicBool::new(false), || {
+            assert!(s.get(&aid(1)).unwrap().is_some());
+        })
+        .unwrap();
+    assert!(used.path.exists(), "a file handed to go during the trim was deleted");
+    assert!(s.get(&aid(1)).unwrap().is_some());
+    assert!(!unused.path.exists(), "unused old files still go");
+    assert_eq!(stats.removed_files, 2, "entry 2's output and metadata: {stats:?}");
+}
+
+#[test]
+fn go_clean_cache_clears_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let gocache = dir.path().join("gocache");
+    let s = LocalStore::open(&gocache.join("cairn"), 1 << 30).unwrap();
+    assert!(!s.clear_if_go_cleaned(&gocache).unwrap(), "a new store has nothing to clear");
+    let e = s.put_bytes(&aid(1), b"kept").unwrap();
+    assert!(!s.clear_if_go_cleaned(&gocache).unwrap(), "marker present: nothing to do");
+    assert!(s.get(&aid(1)).unwrap().is_some());
+
+    // What `go clean -cache` does: remove $GOCACHE/[0-9a-f][0-9a-f].
+    fs::remove_dir_all(gocache.join("00")).unwrap();
+    assert!(s.clear_if_go_cleaned(&gocache).unwrap());
+    assert_eq!(s.get(&aid(1)).unwrap(), None);
+    assert!(!e.path.exists());
+    s.remove_cleared();
+    assert!(tmp_is_empty(&s));
+    // The store works on, and the marker is back.
+    s.put_bytes(&aid(1), b"again").unwrap();
+    assert!(!s.clear_if_go_cleaned(&gocache).unwrap());
+    assert!(s.get(&aid(1)).unwrap().is_some());
 }

@@ -3,17 +3,21 @@
 //! server Bazel uses.
 //!
 //! # Layout
-//! - [`protocol`]: request/response types and the framing codec (put bodies
-//!   are streamed: decoded, hashed and written to disk as they arrive).
+//! - [`protocol`]: request/response types; its `codec` child reads the
+//!   framing (put bodies are streamed: decoded, hashed and written to disk
+//!   as they arrive).
 //! - [`local`]: the local disk tier under `$GOCACHE/cairn`; every hit and put
-//!   is answered with a path in it.
-//! - [`remote`]: the remote tier's boundary (connect, get, upload, finish)
-//!   and its get path; [`health`]: one warning, then back-off, when the
-//!   server fails; `upload`: the background uploader.
+//!   is answered with a path in it (its `clean` child: `go clean -cache`).
+//! - [`remote`]: the remote tier's boundary (connect, get, upload, finish);
+//!   `shared`: what the remote tasks share (connections, read and write
+//!   health, downloads), the module `prefetch` and `upload` sit on;
+//!   [`health`]: one warning, then back-off, when the server fails;
+//!   `upload`: the background uploader.
 //! - [`mapping`]: how entries are keyed and stored on a REAPI server (pure).
-//! - `prefetch` and [`context`]: remembering which entries a build used, and
-//!   fetching them in bulk before go asks the next time.
-//! - this file: flags and config, and the run loop, [`serve`].
+//! - `prefetch`, `manifest` and [`context`]: remembering which entries a
+//!   build used, and fetching them in bulk before go asks the next time.
+//! - `requests`: one get or put against the tiers, and the work that may
+//!   outlive go; this file: flags and config, and the run loop, [`serve`].
 //!
 //! # The run loop
 //! go pipelines requests (up to `-p`+1 in flight) and does not wait for one
@@ -45,10 +49,13 @@
 pub mod context;
 pub mod health;
 pub mod local;
+mod manifest;
 pub mod mapping;
 mod prefetch;
 pub mod protocol;
 pub mod remote;
+mod requests;
+mod shared;
 mod stdio;
 mod upload;
 
@@ -56,19 +63,29 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
-use self::local::{Entry, LocalStore, TempFile};
-use self::protocol::{ActionId, Body, Command, OutputId, ProtocolError, RequestReader, Response};
+use self::local::LocalStore;
+use self::protocol::{Command, ProtocolError, RequestReader, Response};
 use self::remote::{Remote, RemoteConfig};
+pub use self::requests::Background;
+use self::requests::{get, put, read_put_body};
+
+/// Default `--finish-timeout`: how long uploads may go on in the background
+/// after go has been let go.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default `--finish-timeout` with `--wait-for-uploads`: longer, since the
+/// point of waiting is that the results reach the server (a CI machine is
+/// torn down right after), and go's exit is what shows the wait.
+pub const WAIT_FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Requests being worked on at once. go keeps at most `-p`+1 in flight, so
 /// this is only a backstop; when reached, the reader waits for a slot.
@@ -119,10 +136,10 @@ pub struct GoCacheArgs {
     #[arg(long, env = "CAIRN_PREFETCH_KEY", value_name = "TEXT")]
     pub prefetch_key: Option<String>,
     /// How long uploads may go on after go is released (or, with
-    /// --wait-for-uploads, delay go's exit); the rest are dropped.
-    #[arg(long, env = "CAIRN_FINISH_TIMEOUT", value_name = "DURATION", default_value = "10s",
-          value_parser = parse_timeout)]
-    pub finish_timeout: Duration,
+    /// --wait-for-uploads, delay go's exit); the rest are dropped
+    /// [default: 10s, or 2m with --wait-for-uploads].
+    #[arg(long, env = "CAIRN_FINISH_TIMEOUT", value_name = "DURATION", value_parser = parse_timeout)]
+    pub finish_timeout: Option<Duration>,
     /// Finish uploads before answering go's close, so go exits only once its
     /// results are on the server (for CI machines torn down right after the
     /// build). Default: go exits at once and uploads finish in the background.
@@ -149,6 +166,13 @@ pub struct GoCacheArgs {
     #[arg(long, env = "CAIRN_TLS_CLIENT_KEY", value_name = "FILE", requires = "tls_client_cert")]
     pub tls_client_key: Option<PathBuf>,
     // --- end of security ---
+    // --- goshim ---
+    /// Test hook (hidden): a due trim of the local cache pauses between its
+    /// scan and its deletions until this process has served this many local
+    /// hits, so that a test can put a real build in the middle of a trim.
+    #[arg(long, env = "CAIRN_TEST_TRIM_AFTER_HITS", value_name = "N", hide = true)]
+    pub test_trim_after_hits: Option<u64>,
+    // --- end of goshim ---
 }
 
 /// Validated settings for [`run`] / [`serve`].
@@ -163,6 +187,12 @@ pub struct GoCacheConfig {
     pub remote: Option<RemoteConfig>,
     /// Bound on work after go is released (uploads, a trim).
     pub finish_timeout: Duration,
+    /// go's own cache directory (`$GOCACHE`) when the local tier is inside
+    /// it: then `go clean -cache` clears the tier too. None otherwise (a
+    /// tier elsewhere may be shared by several GOCACHEs).
+    pub go_cache: Option<PathBuf>,
+    /// `--test-trim-after-hits` (a test hook; None in real use).
+    pub trim_after_hits: Option<u64>,
 }
 
 impl GoCacheArgs {
@@ -174,7 +204,7 @@ impl GoCacheArgs {
     fn resolve(self, gocache: Option<OsString>, cwd: io::Result<PathBuf>) -> Result<GoCacheConfig, Error> {
         let dir = match self.dir.filter(|d| !d.as_os_str().is_empty()) {
             Some(d) => d,
-            None => match gocache.filter(|g| !g.is_empty() && g != "off") {
+            None => match gocache.as_ref().filter(|g| !g.is_empty() && *g != "off") {
                 Some(g) => PathBuf::from(g).join("cairn"),
                 None => {
                     return Err(Error::Config(
@@ -214,7 +244,20 @@ impl GoCacheArgs {
             wait_for_uploads: self.wait_for_uploads,
             security,
         });
-        Ok(GoCacheConfig { dir, max_local_size: self.max_local_size, remote, finish_timeout: self.finish_timeout })
+        let go_cache = gocache.filter(|g| !g.is_empty() && g != "off").map(PathBuf::from);
+        let go_cache = go_cache.filter(|g| g.is_absolute() && dir.starts_with(g) && dir != *g);
+        Ok(GoCacheConfig {
+            dir,
+            max_local_size: self.max_local_size,
+            remote,
+            finish_timeout: self.finish_timeout.unwrap_or(if self.wait_for_uploads {
+                WAIT_FINISH_TIMEOUT
+            } else {
+                FINISH_TIMEOUT
+            }),
+            go_cache,
+            trim_after_hits: self.test_trim_after_hits,
+        })
     }
 }
 
@@ -301,9 +344,16 @@ where
 
     let local = LocalStore::open(&config.dir, config.max_local_size)
         .map_err(|source| Error::Io { context: format!("opening local cache dir {}", config.dir.display()), source })?;
+    if let Some(go_cache) = &config.go_cache {
+        match local.clear_if_go_cleaned(go_cache) {
+            Ok(true) => tracing::debug!(dir = %config.dir.display(), "go clean -cache ran: cleared the local cache"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cairn gocacheprog: checking whether go clean -cache ran: {e}"),
+        }
+    }
     let local = Arc::new(local);
     let tiers = Arc::new(Tiers { remote: config.remote.as_ref().and_then(|r| Remote::connect(r, &local)), local });
-    let mut background = Background::start_trim(&tiers);
+    let mut background = Background::start_trim(&tiers, config.trim_after_hits);
 
     let mut reader = RequestReader::new(BufReader::with_capacity(READ_BUFFER, input));
     let mut work = Dispatcher { tasks: JoinSet::new(), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), responses };
@@ -390,110 +440,6 @@ impl Dispatcher {
     }
 }
 
-async fn get(tiers: Arc<Tiers>, id: i64, action: ActionId) -> Response {
-    match tiers.local.get(&action) {
-        Ok(Some(entry)) => {
-            if let Some(remote) = &tiers.remote {
-                remote.saw(&action, &entry);
-            }
-            return hit(id, &entry);
-        }
-        Ok(None) => {}
-        // Don't fail go over it: an Err on a get is a (silent) miss for go anyway.
-        Err(e) => tracing::warn!(%action, "cairn gocacheprog: reading the local cache: {e}; treating as a miss"),
-    }
-    if let Some(remote) = &tiers.remote {
-        if let Some(entry) = remote.get(&action).await {
-            return hit(id, &entry);
-        }
-    }
-    Response::miss(id)
-}
-
-fn hit(id: i64, entry: &Entry) -> Response {
-    match disk_path(&entry.path) {
-        Ok(path) => Response::hit(id, entry.output, entry.size, entry.time_nanos, path),
-        Err(msg) => Response::error(id, msg),
-    }
-}
-
-/// Stores a put and replies with its path.
-///
-/// A body whose size or SHA-256 does not match the request is answered with
-/// an `Err`, even though an `Err` on a put can fail go's build: go computes
-/// OutputID as the SHA-256 of exactly the bytes it sends, so a mismatch means
-/// corruption between go and us. Storing it under its real hash would hand
-/// go back different bytes than it put; failing this one request loudly is
-/// the honest answer (the framing is intact, so the session goes on).
-async fn put(
-    tiers: Arc<Tiers>,
-    id: i64,
-    action: ActionId,
-    output: OutputId,
-    size: u64,
-    body: Option<io::Result<(TempFile, Body)>>,
-) -> Response {
-    let local = &tiers.local;
-    let stored = match body {
-        None if output != OutputId::EMPTY => {
-            return Response::error(id, format!("zero-length put with OutputID {output}, which is not sha256(\"\")"));
-        }
-        None => local.put_bytes(&action, b""),
-        Some(Err(e)) => Err(e),
-        Some(Ok((_, Body { write_error: Some(e), .. }))) => Err(e),
-        Some(Ok((_, body))) if body.size != size => {
-            return Response::error(id, format!("put body has {} bytes but BodySize is {size}", body.size));
-        }
-        Some(Ok((_, body))) if body.output != output => {
-            return Response::error(
-                id,
-                format!("put body has sha256 {} but OutputID is {output}: corrupted on the way", body.output),
-            );
-        }
-        Some(Ok((temp, _))) => local.commit(&action, &output, size, temp),
-    };
-    match stored {
-        Ok(entry) => {
-            if let Some(remote) = &tiers.remote {
-                remote.upload(&action, &entry);
-            }
-            match disk_path(&entry.path) {
-                Ok(path) => Response::stored(id, path),
-                Err(msg) => Response::error(id, msg),
-            }
-        }
-        Err(e) => {
-            let root = tiers.local.root().display();
-            tracing::error!(%action, "cairn gocacheprog: storing in {root}: {e}");
-            Response::error(id, format!("cairn: storing in local cache {root}: {e}"))
-        }
-    }
-}
-
-/// Streams a put body from the input into a new temp file. The outer error
-/// is fatal (broken framing); the inner one fails only this put (the body
-/// was still consumed, so the stream stays in sync).
-async fn read_put_body<R: tokio::io::AsyncBufRead + Unpin>(
-    reader: &mut RequestReader<R>,
-    local: &LocalStore,
-) -> Result<io::Result<(TempFile, Body)>, ProtocolError> {
-    let mut temp = match local.temp_file() {
-        Ok(t) => t,
-        Err(e) => {
-            reader.read_body(None).await?;
-            return Ok(Err(e));
-        }
-    };
-    let mut file = temp.take_file().expect("a fresh temp file is open");
-    let body = reader.read_body(Some(&mut file)).await?;
-    Ok(Ok((temp, body)))
-}
-
-fn disk_path(path: &Path) -> Result<String, String> {
-    // The root was checked to be UTF-8 and the rest is hex.
-    path.to_str().map(str::to_owned).ok_or_else(|| format!("cache path {} is not UTF-8", path.display()))
-}
-
 /// Owns the output: writes replies as they come, flushing whenever the queue
 /// runs dry (so a burst costs one write, and a lone reply is not delayed).
 async fn write_responses<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Response>, output: W) -> io::Result<()> {
@@ -515,49 +461,6 @@ fn writer_stopped(done: Option<Result<io::Result<()>, tokio::task::JoinError>>) 
         // The writer only ends early on an error; a clean end here means our
         // own senders are gone, which is also a bug worth a loud error.
         Some(Ok(Ok(()))) | None => Error::Output(io::Error::other("response writer ended early")),
-    }
-}
-
-/// Work that may continue after go has been released: a local trim, and
-/// queued uploads. Dropping it cancels what can be cancelled.
-pub struct Background {
-    tiers: Option<Arc<Tiers>>,
-    trim: Option<JoinHandle<()>>,
-    /// Tells a running trim to stop between files.
-    cancel: Arc<AtomicBool>,
-}
-
-impl Background {
-    /// Starts a trim of the local tier in the background if one is due.
-    fn start_trim(tiers: &Arc<Tiers>) -> Background {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (local, stop) = (tiers.local.clone(), cancel.clone());
-        let trim = tokio::task::spawn_blocking(move || match local.trim_if_due(&stop) {
-            Ok(Some(stats)) => tracing::debug!(?stats, dir = %local.root().display(), "trimmed local cache"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!("cairn gocacheprog: trimming {}: {e}", local.root().display()),
-        });
-        Background { tiers: None, trim: Some(trim), cancel }
-    }
-
-    /// Lets the work finish for at most `bound`, then cancels what is left.
-    pub async fn finish(mut self, bound: Duration) {
-        let deadline = tokio::time::Instant::now() + bound;
-        if let Some(remote) = self.tiers.as_ref().and_then(|t| t.remote.as_ref()) {
-            remote.finish(bound).await;
-        }
-        if let Some(trim) = self.trim.take() {
-            let aborted = tokio::time::timeout_at(deadline, trim).await.is_err();
-            if aborted {
-                self.cancel.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
     }
 }
 

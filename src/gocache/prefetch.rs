@@ -7,16 +7,18 @@
 //! asks earlier: it remembers which entries a build used and fetches them in
 //! bulk the next time, before go asks.
 //!
-//! - **Recording** ([`Recorder`]): every get (hit or miss) and every put of
+//! - **Recording** (`manifest::Recorder`): every get (hit or miss) and every put of
 //!   this go command, in the order go asked, with the entry it ended with.
 //! - **Storing**: at exit ([`Prefetch::store_manifest`], inside the finish
-//!   bound), the recorded entries become a *manifest* blob in the CAS,
-//!   named by an ActionCache entry under a key describing the build
-//!   ([`super::context::BuildContext`]: module, directory, go subcommand, go
-//!   version, GOOS/GOARCH, ...). Skipped when nothing changed since the
-//!   manifest this run started from. See `mapping` for the format.
+//!   bound), the recorded entries are merged into a *manifest* blob in the
+//!   CAS, named by an ActionCache entry under keys describing the build
+//!   ([`super::context::BuildContext`]: module, directory, go subcommand,
+//!   output-changing flags, go version, GOOS/GOARCH, ...; then broader
+//!   fallback keys). Skipped when nothing changed. See `manifest` for the
+//!   merging, `mapping` for the format.
 //! - **Prefetching** (this file's task, started with the process): fetch the
-//!   manifest (one lookup and one read), then, in the manifest's order,
+//!   manifest of the most specific key that has one (one lookup and one
+//!   read per key tried), then, in the manifest's order,
 //!   every output not already local: small ones [`BATCH_BYTES`] per
 //!   BatchReadBlobs, large ones by ByteStream, [`CONCURRENCY`] calls at a
 //!   time, each verified by the client and committed to the local tier
@@ -32,22 +34,25 @@
 //! ActionCache when the manifest's output is gone.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::context::BuildContext;
-use super::local::{now_nanos, Entry, LocalStore};
-use super::mapping::{self, RemoteEntry, MANIFEST_MAX_ENTRIES, MANIFEST_PATH};
+use super::local::LocalStore;
+pub(super) use super::manifest::Recorder;
+use super::manifest::{self, Plan};
+use super::mapping::{self, RemoteEntry};
 use super::protocol::{ActionId, OutputId};
-use super::remote::{download_allowance, lock, remote_entry, RemoteConfig, Shared};
+use super::remote::RemoteConfig;
+use super::shared::{download_allowance, Claim, Shared};
 use crate::client::{self, ClientError};
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::Digest;
 
 /// Bytes per BatchReadBlobs call. Smaller calls let the first entries land
 /// sooner; larger ones mean fewer calls.
@@ -57,19 +62,16 @@ pub const BATCH_BYTES: u64 = 2 << 20;
 /// hundred MB/s, few enough not to flood a shared server.
 pub const CONCURRENCY: usize = 8;
 
-/// Least time a prefetch call is given (plus [`download_allowance`]): it is
-/// background work, and a timeout stops all prefetching.
+/// Least time a prefetch call is given (plus [`download_allowance`] of the
+/// bytes in flight): it is background work, and a timeout stops prefetching.
 const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Largest manifest fetched: [`MANIFEST_MAX_ENTRIES`] records.
-const MAX_MANIFEST_BYTES: u64 =
-    (mapping::MANIFEST_MAGIC.len() + MANIFEST_MAX_ENTRIES * mapping::MANIFEST_RECORD) as u64;
 
 /// The prefetch state of one process.
 pub(super) struct Prefetch {
     pub recorder: Recorder,
-    /// ActionCache key of this build's manifest; `None` when prefetching is off.
-    key: Option<Digest>,
+    /// ActionCache keys of this build's manifest, most specific first (see
+    /// `BuildContext::descriptions`); empty when prefetching is off.
+    keys: Vec<Digest>,
     /// The manifest this run started from, once the start-up fetch is done.
     manifest: watch::Receiver<Loaded>,
 }
@@ -77,103 +79,98 @@ pub(super) struct Prefetch {
 #[derive(Clone)]
 enum Loaded {
     Pending,
-    /// `None`: there is none, or it could not be fetched.
-    Done(Option<Arc<Plan>>),
+    /// `None`: there is none under any key, or it could not be fetched.
+    /// Else which key it was found under, and the manifest.
+    Done(Option<(usize, Arc<Plan>)>),
 }
 
-/// A fetched manifest.
-struct Plan {
-    order: Vec<(ActionId, RemoteEntry)>,
-    by_action: HashMap<ActionId, RemoteEntry>,
-}
-
-impl Plan {
-    fn new(order: Vec<(ActionId, RemoteEntry)>) -> Plan {
-        let by_action = order.iter().copied().collect();
-        Plan { order, by_action }
-    }
-
-    /// True if `entries` are exactly this manifest's (action, output) pairs.
-    fn same_as(&self, entries: &[(ActionId, RemoteEntry)]) -> bool {
-        entries.len() == self.by_action.len()
-            && entries.iter().all(|(a, e)| self.by_action.get(a).is_some_and(|p| p.output == e.output))
-    }
-}
-
-/// Starts prefetching (unless `--prefetch=false`): works out the key, then
+/// Starts prefetching (unless `--prefetch=false`): works out the keys, then
 /// fetches the manifest and its outputs in a task.
 pub(super) fn start(config: &RemoteConfig, shared: Arc<Shared>) -> (Arc<Prefetch>, Option<JoinHandle<()>>) {
     if !config.prefetch {
         let (_, manifest) = watch::channel(Loaded::Done(None));
-        let off = Prefetch { recorder: Recorder::new(false), key: None, manifest };
+        let off = Prefetch { recorder: Recorder::new(false), keys: Vec::new(), manifest };
         return (Arc::new(off), None);
     }
     let context = BuildContext::of_this_process(config.prefetch_key.as_deref());
-    let key = mapping::prefetch_key(&context.description());
-    tracing::debug!(%key, ?context, "prefetch key");
+    let keys: Vec<Digest> = context.descriptions().iter().map(|d| mapping::prefetch_key(d)).collect();
+    tracing::debug!(?keys, ?context, "prefetch keys");
     let (tx, manifest) = watch::channel(Loaded::Pending);
-    let prefetch = Prefetch { recorder: Recorder::new(true), key: Some(key), manifest };
-    (Arc::new(prefetch), Some(tokio::spawn(run(shared, key, tx))))
+    let prefetch = Prefetch { recorder: Recorder::new(true), keys: keys.clone(), manifest };
+    (Arc::new(prefetch), Some(tokio::spawn(run(shared, keys, tx))))
 }
 
 impl Prefetch {
     /// The manifest's entry for `action`, waiting (until `deadline`) for the
     /// manifest if it is still being fetched.
     pub async fn planned(&self, action: &ActionId, deadline: Instant) -> Option<RemoteEntry> {
-        self.key?;
+        if self.keys.is_empty() {
+            return None;
+        }
         let mut rx = self.manifest.clone();
         let plan = {
             let loaded = timeout_at(deadline, rx.wait_for(|l| matches!(l, Loaded::Done(_)))).await.ok()?.ok()?;
             match &*loaded {
-                Loaded::Done(Some(plan)) => plan.clone(),
+                Loaded::Done(Some((_, plan))) => plan.clone(),
                 _ => return None,
             }
         };
         plan.by_action.get(action).copied()
     }
 
-    /// Stores what this run used as the manifest for the next one, unless
-    /// it is what this run started from. Called by `finish`, which bounds it.
+    /// Stores what this run used, merged into the manifest under each key
+    /// (see `manifest`). Keys more specific than the one the run started
+    /// from had no manifest then; broader ones are fetched to merge into.
+    /// Called by `finish`, which bounds it.
     pub async fn store_manifest(&self, shared: &Shared) {
-        let Some(key) = self.key else { return };
         let entries = self.recorder.snapshot();
-        if entries.is_empty() || !shared.health.usable() {
+        if self.keys.is_empty() || entries.is_empty() {
             return;
         }
-        let unchanged = matches!(&*self.manifest.borrow(), Loaded::Done(Some(p)) if p.same_as(&entries));
-        if unchanged {
-            tracing::debug!(entries = entries.len(), "prefetch manifest unchanged");
+        if !shared.health.usable() || !shared.upload_health.usable() || shared.uploads_refused() {
             return;
         }
-        let blob = Bytes::from(mapping::encode_manifest(&entries));
-        let digest = DigestFunction::Sha256.digest_of(&blob);
-        let stored = if digest.size <= client::BATCH_BLOB_MAX {
-            shared.client.batch_upload(&[(digest, blob)]).await
-        } else {
-            shared.client.write_bytes(&digest, blob).await
+        let found = match &*self.manifest.borrow() {
+            Loaded::Done(Some((i, plan))) => Some((*i, plan.clone())),
+            _ => None,
         };
-        let result = mapping::action_result(MANIFEST_PATH, &digest, now_nanos());
-        let stored = match stored {
-            Ok(()) => shared.client.update_action_result(&key, result).await,
-            Err(e) => Err(e),
-        };
-        match stored {
-            Ok(()) => tracing::debug!(entries = entries.len(), %digest, "stored prefetch manifest"),
-            Err(e) => shared.failed("storing the prefetch manifest", &e),
-        }
+        let entries = &entries;
+        let stores = self.keys.iter().enumerate().map(|(i, key)| {
+            let found = found.clone();
+            async move {
+                let previous = match found {
+                    Some((at, plan)) if at == i => Some(plan),
+                    Some((at, _)) if at > i => None,
+                    _ => manifest::load(shared, key).await.map(Arc::new),
+                };
+                manifest::store(shared, *key, entries, previous.as_deref()).await;
+            }
+        });
+        futures::future::join_all(stores).await;
     }
 }
 
-/// The prefetch task: the manifest, then its outputs.
-async fn run(shared: Arc<Shared>, key: Digest, tx: watch::Sender<Loaded>) {
+/// The prefetch task: the manifest (under the most specific key that has
+/// one), then its outputs.
+async fn run(shared: Arc<Shared>, keys: Vec<Digest>, tx: watch::Sender<Loaded>) {
     let started = Instant::now();
-    let plan = load(&shared, &key).await.map(Arc::new);
-    let _ = tx.send(Loaded::Done(plan.clone()));
-    let Some(plan) = plan else { return };
+    let mut found = None;
+    for (i, key) in keys.iter().enumerate() {
+        if !shared.health.usable() {
+            break;
+        }
+        if let Some(plan) = manifest::load(&shared, key).await {
+            found = Some((i, Arc::new(plan)));
+            break;
+        }
+    }
+    let _ = tx.send(Loaded::Done(found.clone()));
+    let Some((fallback, plan)) = found else { return };
     let (s, p) = (shared.clone(), plan.clone());
     let wanted = tokio::task::spawn_blocking(move || sort_out(&s.local, &p.order)).await.unwrap_or_default();
     let (count, bytes) = (wanted.len(), wanted.iter().map(|w| w.size).sum::<u64>());
-    let calls = group(wanted).into_iter().map(|g| fetch_group(&shared, g));
+    let in_flight = AtomicU64::new(0);
+    let calls = group(wanted).into_iter().map(|g| fetch_group(&shared, g, &in_flight));
     let mut calls = futures::stream::iter(calls).buffer_unordered(CONCURRENCY);
     let mut complete = true;
     while let Some(ok) = calls.next().await {
@@ -183,6 +180,7 @@ async fn run(shared: Arc<Shared>, key: Digest, tx: watch::Sender<Loaded>) {
         }
     }
     tracing::debug!(
+        fallback,
         entries = plan.order.len(),
         outputs = count,
         bytes,
@@ -190,60 +188,6 @@ async fn run(shared: Arc<Shared>, key: Digest, tx: watch::Sender<Loaded>) {
         elapsed = ?started.elapsed(),
         "prefetch done"
     );
-}
-
-/// Fetches and parses the manifest; `None` if there is none (or trouble).
-async fn load(shared: &Shared, key: &Digest) -> Option<Plan> {
-    let what = "GetActionResult (prefetch manifest)";
-    let deadline = Instant::now() + shared.timeout;
-    let result = match timeout_at(deadline, shared.client.get_action_result(key)).await {
-        Ok(Ok(r)) => {
-            shared.health.ok();
-            r?
-        }
-        Ok(Err(e)) => {
-            shared.failed(what, &e);
-            return None;
-        }
-        Err(_) => {
-            shared.timed_out(what);
-            return None;
-        }
-    };
-    let (digest, _) = mapping::read_result(&result, MANIFEST_PATH, 0)?;
-    if digest.size > MAX_MANIFEST_BYTES {
-        return None;
-    }
-    let read = async {
-        if digest.size <= client::BATCH_BLOB_MAX {
-            return Ok(shared.client.batch_read(&[digest]).await?.pop().flatten());
-        }
-        let local_err = |source| ClientError::Io { context: "reading the prefetch manifest".into(), source };
-        let mut temp = shared.local.temp_file().map_err(local_err)?;
-        drop(temp.take_file());
-        if !shared.client.read_to_file(&digest, temp.path()).await? {
-            return Ok(None);
-        }
-        std::fs::read(temp.path()).map(|d| Some(Bytes::from(d))).map_err(local_err)
-    };
-    let data = match timeout_at(deadline + download_allowance(digest.size), read).await {
-        Ok(Ok(data)) => data?,
-        Ok(Err(e)) => {
-            shared.failed("reading the prefetch manifest", &e);
-            return None;
-        }
-        Err(_) => {
-            shared.timed_out("reading the prefetch manifest");
-            return None;
-        }
-    };
-    match mapping::decode_manifest(&data) {
-        Some(entries) => Some(Plan::new(entries)),
-        None => {
-            tracing::debug!(%digest, "ignoring a malformed prefetch manifest");
-            None
-        }
-    }
 }
 
 /// An output to fetch, and the entries that name it.
@@ -305,10 +249,16 @@ fn group(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
 }
 
 /// Fetches one group's outputs (those no get is fetching already) and
-/// commits them with their entries. False if the remote failed.
-async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
+/// commits them with their entries. False if prefetching should stop (the
+/// remote failed, or is too slow to be worth it).
+///
+/// The call's deadline is sized by all the bytes prefetching has in flight
+/// (`in_flight`), not just this call's: [`CONCURRENCY`] calls share one
+/// link. A prefetch timeout does not count against the remote's health: it
+/// only says the link is slower than hoped, and go's own gets (on their own
+/// connection) may still be served in time.
+async fn fetch_group(shared: &Shared, group: Vec<Wanted>, in_flight: &AtomicU64) -> bool {
     let local = &shared.local;
-    let mut claims = Vec::new();
     let mut mine = Vec::new();
     for w in group {
         let Ok(claim) = shared.downloads.claim(w.output) else {
@@ -317,8 +267,7 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
         if local.has_object(&w.output, w.size) {
             link_all(local, &w);
         } else {
-            claims.push(claim);
-            mine.push(w);
+            mine.push((w, claim));
         }
     }
     if mine.is_empty() {
@@ -327,10 +276,11 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
     if !shared.health.usable() {
         return false;
     }
-    let bytes: u64 = mine.iter().map(|w| w.size).sum();
-    let deadline = Instant::now() + shared.timeout.max(MIN_CALL_TIMEOUT) + download_allowance(bytes);
+    let bytes: u64 = mine.iter().map(|(w, _)| w.size).sum();
+    let others = in_flight.fetch_add(bytes, Ordering::Relaxed);
+    let deadline = Instant::now() + shared.timeout.max(MIN_CALL_TIMEOUT) + download_allowance(bytes + others);
     let fetched = fetch_outputs(shared, mine, deadline).await;
-    drop(claims); // wakes gets waiting for these outputs
+    in_flight.fetch_sub(bytes, Ordering::Relaxed);
     match fetched {
         Ok(()) => {
             shared.health.ok();
@@ -341,42 +291,66 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
             !matches!(e, ClientError::Rpc { .. } | ClientError::Connect { .. })
         }
         Err(None) => {
-            shared.timed_out("prefetching");
+            tracing::debug!(bytes, others, "a prefetch call timed out; leaving the rest to go's gets");
             false
         }
     }
 }
 
-/// Downloads `mine` and commits it. The deadline bounds the network calls,
-/// not the local writes (a slow disk is not the server's fault). `Err(None)`:
+/// Downloads `mine` and commits it, releasing each output's claim the
+/// moment that output is installed (a get waiting for it goes on at once,
+/// not after the whole group). The deadline bounds the network calls, not
+/// the local writes (a slow disk is not the server's fault). `Err(None)`:
 /// timed out.
-async fn fetch_outputs(shared: &Shared, mine: Vec<Wanted>, deadline: Instant) -> Result<(), Option<ClientError>> {
+async fn fetch_outputs(
+    shared: &Shared,
+    mine: Vec<(Wanted, Claim)>,
+    deadline: Instant,
+) -> Result<(), Option<ClientError>> {
     let local_err = |source| {
         Some(ClientError::Io { context: format!("prefetching into {}", shared.local.root().display()), source })
     };
-    if let [w] = mine.as_slice() {
+    let client = &shared.prefetch_client;
+    if let [(w, _)] = mine.as_slice() {
         if w.size > client::BATCH_BLOB_MAX {
             let mut temp = shared.local.temp_file().map_err(local_err)?;
             drop(temp.take_file());
             let digest = mapping::output_digest(&w.output, w.size);
-            let read = timeout_at(deadline, shared.client.read_to_file(&digest, temp.path())).await;
+            let read = timeout_at(deadline, client.read_to_file(&digest, temp.path())).await;
             if read.map_err(|_| None)?.map_err(Some)? {
-                shared.local.install_object(&w.output, w.size, temp).map_err(local_err)?;
+                shared.local.install_object(&w.output, temp).map_err(local_err)?;
                 link_all(&shared.local, w);
             }
             return Ok(());
         }
     }
-    let digests: Vec<Digest> = mine.iter().map(|w| mapping::output_digest(&w.output, w.size)).collect();
-    let blobs = timeout_at(deadline, shared.client.batch_read(&digests)).await.map_err(|_| None)?.map_err(Some)?;
+    let digests: Vec<Digest> = mine.iter().map(|(w, _)| mapping::output_digest(&w.output, w.size)).collect();
+    let each = timeout_at(deadline, client.batch_read_each(&digests)).await.map_err(|_| None)?.map_err(Some)?;
+    // Each blob on its own: a corrupt or refused one is left to go's get
+    // (which looks it up afresh), the rest of the batch is still used.
+    let mut blobs = Vec::with_capacity(each.len());
+    for (d, blob) in digests.iter().zip(each) {
+        match blob {
+            Ok(data) => blobs.push(data),
+            Err(e @ ClientError::Corrupt { .. }) => {
+                shared.failed("prefetching", &e);
+                blobs.push(None);
+            }
+            Err(e) => {
+                tracing::debug!(%d, "prefetching: the server refused one blob: {e}");
+                blobs.push(None);
+            }
+        }
+    }
     // Many small files and entries: off the async threads.
     let local = shared.local.clone();
     tokio::task::spawn_blocking(move || {
-        for (w, blob) in mine.iter().zip(blobs) {
+        for ((w, claim), blob) in mine.into_iter().zip(blobs) {
             if let Some(data) = blob {
                 local.install_bytes(&w.output, &data)?;
-                link_all(&local, w);
+                link_all(&local, &w);
             }
+            drop(claim); // wakes gets waiting for this output
         }
         Ok(())
     })
@@ -388,58 +362,6 @@ async fn fetch_outputs(shared: &Shared, mine: Vec<Wanted>, deadline: Instant) ->
 fn link_all(local: &LocalStore, w: &Wanted) {
     for (action, time) in &w.actions {
         let _ = local.link(action, &w.output, w.size, *time);
-    }
-}
-
-/// Records which entries this go command used, in first-use order.
-pub(super) struct Recorder {
-    enabled: bool,
-    inner: Mutex<Recorded>,
-}
-
-#[derive(Default)]
-struct Recorded {
-    order: Vec<ActionId>,
-    /// `None` until the entry is known (a get that missed, until its put).
-    entries: HashMap<ActionId, Option<RemoteEntry>>,
-}
-
-impl Recorder {
-    fn new(enabled: bool) -> Recorder {
-        Recorder { enabled, inner: Mutex::new(Recorded::default()) }
-    }
-
-    /// go asked for `action`.
-    pub fn asked(&self, action: &ActionId) {
-        self.note(action, None);
-    }
-
-    /// `action` has `entry` (a hit, or a put).
-    pub fn known(&self, action: &ActionId, entry: &Entry) {
-        self.note(action, Some(remote_entry(entry)));
-    }
-
-    fn note(&self, action: &ActionId, entry: Option<RemoteEntry>) {
-        if !self.enabled {
-            return;
-        }
-        let mut r = lock(&self.inner);
-        let Recorded { order, entries } = &mut *r;
-        match entries.get_mut(action) {
-            Some(slot) if entry.is_some() => *slot = entry,
-            Some(_) => {}
-            None if order.len() < MANIFEST_MAX_ENTRIES => {
-                order.push(*action);
-                entries.insert(*action, entry);
-            }
-            None => {}
-        }
-    }
-
-    /// The known entries, in first-use order.
-    pub fn snapshot(&self) -> Vec<(ActionId, RemoteEntry)> {
-        let r = lock(&self.inner);
-        r.order.iter().filter_map(|a| r.entries.get(a).copied().flatten().map(|e| (*a, e))).collect()
     }
 }
 

@@ -1,6 +1,8 @@
 //! The prefetch bookkeeping, without a server: what gets recorded, what
 //! needs fetching, and how it is grouped into calls.
 
+use super::super::local::Entry;
+use super::super::manifest::{merge, MAX_AGE};
 use super::*;
 
 fn aid(n: u8) -> ActionId {
@@ -80,4 +82,20 @@ fn groups_batch_small_outputs_and_send_large_ones_alone() {
     let ids: Vec<Vec<u8>> = groups.iter().map(|g| g.iter().map(|w| w.output.0[0]).collect()).collect();
     // A large output goes out when it is reached, ahead of a part-filled batch.
     assert_eq!(ids, vec![vec![3], vec![1, 2], vec![4, 5, 6]]);
+}
+
+#[test]
+fn manifests_merge_this_run_first_and_age_out_unused_entries() {
+    let now = 1_000 * MAX_AGE.as_nanos() as i64;
+    let fresh = now - 1;
+    let stale = now - MAX_AGE.as_nanos() as i64 - 1;
+    let (a, b, c) = (entry_of(b"a", fresh), entry_of(b"b", fresh), entry_of(b"c", stale));
+    let previous = vec![(aid(1), a), (aid(2), b), (aid(3), c)];
+    // This run used 4 and 2 (2 with a new output).
+    let b2 = entry_of(b"b2", fresh);
+    let current = vec![(aid(4), a), (aid(2), b2)];
+    let merged = merge(&current, &previous, now);
+    assert_eq!(merged, vec![(aid(4), a), (aid(2), b2), (aid(1), a)], "3 aged out; this run wins for 2");
+    // A stale entry this run used is kept: it is in use.
+    assert_eq!(merge(&[(aid(3), c)], &[], now), vec![(aid(3), c)]);
 }

@@ -1,6 +1,7 @@
 //! The remote tier: go's cache on a REAPI server (cairn or any other), over
 //! the shared [`crate::client`]. How entries are keyed and stored is in
-//! [`super::mapping`]; this file is the run loop's boundary and the get path.
+//! [`super::mapping`]; this file is the run loop's boundary and the get
+//! path's order (manifest, lookup, fetch); the fetching itself is `shared`.
 //!
 //! The rules the run loop relies on:
 //! - [`Remote::get`] never fails: a remote problem is a miss (go would treat
@@ -21,30 +22,27 @@
 //! build, then the outputs it names before go asks). [`Remote::finish`]
 //! ends both; dropping the `Remote` aborts them.
 //!
-//! Connections: two lazy gRPC channels, made on first use (start-up does no
-//! network I/O). Gets and prefetching share one, uploads have their own, so
-//! a burst of uploads never queues in front of a get.
+//! Connections: three lazy gRPC channels, made on first use (start-up does
+//! no network I/O): one for gets, one for prefetching, one for uploads, so
+//! neither a burst of uploads nor prefetching's bulk reads ever queue in
+//! front of a get.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::health::Health;
-use super::local::{now_nanos, Entry, LocalStore};
-use super::mapping::{self, RemoteEntry};
+use super::local::{Entry, LocalStore};
 use super::prefetch::{self, Prefetch};
-use super::protocol::{ActionId, OutputId};
+use super::protocol::ActionId;
+pub use super::shared::{download_allowance, MIN_DOWNLOAD_RATE};
+use super::shared::{lock, remote_entry, Downloads, Fetch, Shared};
 use super::upload;
-use crate::client::{self, Client, ClientError};
-
-/// Downloads are allowed this rate on top of the lookup timeout, so a large
-/// output on a slow link is not cut off by a timeout meant for lookups.
-pub const MIN_DOWNLOAD_RATE: u64 = 10 << 20;
+use crate::client::Client;
 
 /// TCP connect bound of both channels.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,34 +82,6 @@ pub struct Remote {
     finished: AtomicBool,
 }
 
-/// What the request tasks and the background tasks share.
-pub(super) struct Shared {
-    /// For gets and prefetching.
-    pub client: Client,
-    pub health: Health,
-    pub local: Arc<LocalStore>,
-    /// `RemoteConfig::timeout`.
-    pub timeout: Duration,
-    pub downloads: Downloads,
-    /// A corrupt blob, or local disk trouble, was already warned about:
-    /// later ones only go to the debug log (one warning per kind).
-    warned_corrupt: AtomicBool,
-    warned_local: AtomicBool,
-    /// A write was refused (a read-only token): warned once, by whichever
-    /// of the uploader and the manifest store meets it first; not a failure.
-    pub(super) warned_refused: AtomicBool,
-}
-
-/// How fetching one output ended.
-#[derive(Debug)]
-pub(super) enum Fetch {
-    Hit(Entry),
-    /// The server does not have the blob.
-    Absent,
-    /// Timed out, failed, or skipped because the remote is down.
-    Failed,
-}
-
 impl Remote {
     /// Sets up the remote tier without touching the network (the channels
     /// connect on first use), and starts the uploader and the prefetcher.
@@ -122,24 +92,28 @@ impl Remote {
             Client::connect_lazy_with(&config.url, &config.instance, CONNECT_TIMEOUT, &config.security)
                 .map(|c| c.with_tool(crate::client::GOCACHEPROG_TOOL_NAME, env!("CARGO_PKG_VERSION")))
         };
-        let (client, upload_client) = match (lazy(), lazy()) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
+        let (client, prefetch_client, upload_client) = match (lazy(), lazy(), lazy()) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 tracing::warn!("cairn gocacheprog: {e}; using only the local cache");
                 return None;
             }
         };
+        let health = Health::new(&config.url);
         let shared = Arc::new(Shared {
             client,
-            health: Health::new(&config.url),
+            prefetch_client,
+            upload_health: Health::for_uploads(&health),
+            health,
+            refused: AtomicBool::new(false),
+            pending_uploads: AtomicUsize::new(0),
             local: local.clone(),
             timeout: config.timeout,
             downloads: Downloads::default(),
             warned_corrupt: AtomicBool::new(false),
             warned_local: AtomicBool::new(false),
-            warned_refused: AtomicBool::new(false),
         });
-        let (uploads, uploader) = upload::start(upload_client, shared.clone());
+        let (uploads, uploader) = upload::start(upload_client, shared.clone(), config.wait_for_uploads);
         let (prefetch, prefetcher) = prefetch::start(config, shared.clone());
         Some(Remote {
             shared,
@@ -200,9 +174,14 @@ impl Remote {
     pub fn upload(&self, action: &ActionId, entry: &Entry) {
         self.prefetch.recorder.known(action, entry);
         let job = upload::Job { action: *action, entry: remote_entry(entry), path: entry.path.clone() };
+        if self.shared.uploads_refused() {
+            return;
+        }
         if let Some(tx) = lock(&self.uploads).as_ref() {
             if tx.try_send(job).is_err() {
                 tracing::debug!(%action, "upload queue full; not uploading this entry");
+            } else {
+                self.shared.pending_uploads.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -225,7 +204,17 @@ impl Remote {
                 let abort = task.abort_handle();
                 if timeout_at(deadline, task).await.is_err() {
                     abort.abort();
-                    tracing::debug!("uploads did not finish within {bound:?}; dropped the rest");
+                    let dropped = self.shared.pending_uploads.swap(0, Ordering::Relaxed);
+                    // Only with --wait-for-uploads does go still show our
+                    // stderr; otherwise it has been let go already.
+                    if self.wait_for_uploads && dropped > 0 {
+                        tracing::warn!(
+                            "cairn gocacheprog: {dropped} uploads did not finish within {bound:?} \
+                             (--finish-timeout) and were dropped; the server misses those entries"
+                        );
+                    } else {
+                        tracing::debug!(dropped, "uploads did not finish within {bound:?}; dropped the rest");
+                    }
                 }
             }
         };
@@ -250,208 +239,5 @@ impl Drop for Remote {
                 t.abort();
             }
         }
-    }
-}
-
-impl Shared {
-    /// The remote's entry for `action`, if it has a usable one.
-    pub async fn lookup(&self, action: &ActionId, deadline: Instant) -> Option<RemoteEntry> {
-        let key = mapping::action_key(action);
-        match timeout_at(deadline, self.client.get_action_result(&key)).await {
-            Ok(Ok(result)) => {
-                self.health.ok();
-                mapping::read_entry(&result?, now_nanos())
-            }
-            Ok(Err(e)) => {
-                self.failed("GetActionResult", &e);
-                None
-            }
-            Err(_) => {
-                self.timed_out("GetActionResult");
-                None
-            }
-        }
-    }
-
-    /// Makes `action → e` a local entry: links it if the output is already
-    /// here, waits if someone else is downloading the output, downloads it
-    /// otherwise. `deadline` is the lookup deadline; the download gets
-    /// [`download_allowance`] on top.
-    pub async fn fetch(&self, action: &ActionId, e: &RemoteEntry, deadline: Instant) -> Fetch {
-        if e.size > self.local.max_size() {
-            return Fetch::Failed; // would be trimmed at once; not worth the bytes
-        }
-        let deadline = deadline + download_allowance(e.size);
-        // At most: look, wait for another download, look, download, look.
-        for _ in 0..3 {
-            match self.local.link(action, &e.output, e.size, e.time_nanos) {
-                Ok(Some(entry)) => return Fetch::Hit(entry),
-                Ok(None) => {}
-                Err(err) => {
-                    let err = ClientError::Io {
-                        context: format!("recording {action} in {}", self.local.root().display()),
-                        source: err,
-                    };
-                    self.failed("writing the local cache", &err);
-                    return Fetch::Failed;
-                }
-            }
-            match self.downloads.claim(e.output) {
-                Err(mut busy) => {
-                    if timeout_at(deadline, busy.wait_for(|done| *done)).await.is_err() {
-                        return Fetch::Failed;
-                    }
-                }
-                Ok(_claim) => {
-                    if !self.health.usable() {
-                        return Fetch::Failed;
-                    }
-                    match self.download(&e.output, e.size, deadline).await {
-                        Ok(true) => {}
-                        Ok(false) => return Fetch::Absent,
-                        Err(Some(err)) => {
-                            self.failed("download", &err);
-                            return Fetch::Failed;
-                        }
-                        Err(None) => {
-                            self.timed_out("download");
-                            return Fetch::Failed;
-                        }
-                    }
-                }
-            }
-        }
-        Fetch::Failed
-    }
-
-    /// Downloads one output into the local tier (verified by the client):
-    /// small ones with BatchReadBlobs, large ones streamed to a temp file
-    /// with ByteStream. `Ok(false)` if the server does not have it;
-    /// `Err(None)` if the network part missed `deadline` (local writes are
-    /// not bounded: a slow disk is not the server's fault).
-    async fn download(&self, output: &OutputId, size: u64, deadline: Instant) -> Result<bool, Option<ClientError>> {
-        let digest = mapping::output_digest(output, size);
-        let local_err = |source| {
-            Some(ClientError::Io { context: format!("storing {digest} in {}", self.local.root().display()), source })
-        };
-        if size == 0 {
-            // The empty blob: every CAS has it implicitly. (An entry claiming
-            // zero bytes under another hash is bogus: the server lacks it.)
-            if *output != OutputId::EMPTY {
-                return Ok(false);
-            }
-            self.local.install_bytes(output, b"").map_err(local_err)?;
-        } else if size <= client::BATCH_BLOB_MAX {
-            let read = timeout_at(deadline, self.client.batch_read(&[digest])).await;
-            let Some(Some(data)) = read.map_err(|_| None)?.map_err(Some)?.pop() else {
-                return Ok(false);
-            };
-            self.local.install_bytes(output, &data).map_err(local_err)?;
-        } else {
-            let mut temp = self.local.temp_file().map_err(local_err)?;
-            drop(temp.take_file());
-            let read = timeout_at(deadline, self.client.read_to_file(&digest, temp.path())).await;
-            if !read.map_err(|_| None)?.map_err(Some)? {
-                return Ok(false);
-            }
-            self.local.install_object(output, size, temp).map_err(local_err)?;
-        }
-        self.health.ok();
-        Ok(true)
-    }
-
-    /// Reports a failed call: the server's fault counts against its health;
-    /// bad data and local disk trouble are warned about, not held against it.
-    pub fn failed(&self, what: &str, e: &ClientError) {
-        let once = match e {
-            ClientError::Corrupt { .. } => &self.warned_corrupt,
-            ClientError::Io { .. } => &self.warned_local,
-            // A read-only token: reads go on, so no back-off.
-            ClientError::Rpc { status, .. } if status.code() == tonic::Code::PermissionDenied => &self.warned_refused,
-            _ => return self.health.failed(what, e),
-        };
-        if once.swap(true, Ordering::Relaxed) {
-            tracing::debug!("{what}: {e}");
-        } else {
-            tracing::warn!("cairn gocacheprog: {what}: {e}; treating it as a miss (this warning is shown once)");
-        }
-    }
-
-    pub fn timed_out(&self, what: &str) {
-        self.health.failed(what, &"no answer in time");
-    }
-}
-
-/// Extra time a download of `size` bytes may take beyond the lookup timeout.
-pub fn download_allowance(size: u64) -> Duration {
-    Duration::from_secs_f64(size as f64 / MIN_DOWNLOAD_RATE as f64)
-}
-
-pub(super) fn remote_entry(e: &Entry) -> RemoteEntry {
-    RemoteEntry { output: e.output, size: e.size, time_nanos: e.time_nanos }
-}
-
-/// Downloads in progress, by output, so that a get and the prefetcher (or
-/// two gets whose actions share an output) never fetch the same bytes twice:
-/// the second one waits for the first.
-#[derive(Default)]
-pub(super) struct Downloads {
-    /// Each receiver turns `true` when that download ends (either way).
-    active: Arc<Mutex<HashMap<OutputId, watch::Receiver<bool>>>>,
-}
-
-/// The right to download one output; dropping it wakes the waiters.
-pub(super) struct Claim {
-    active: Arc<Mutex<HashMap<OutputId, watch::Receiver<bool>>>>,
-    output: OutputId,
-    done: watch::Sender<bool>,
-}
-
-impl Downloads {
-    /// Claims `output`, or returns a receiver to wait on if it is taken.
-    pub fn claim(&self, output: OutputId) -> Result<Claim, watch::Receiver<bool>> {
-        let mut active = lock(&self.active);
-        if let Some(busy) = active.get(&output) {
-            return Err(busy.clone());
-        }
-        let (done, rx) = watch::channel(false);
-        active.insert(output, rx);
-        Ok(Claim { active: self.active.clone(), output, done })
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        lock(&self.active).remove(&self.output);
-        let _ = self.done.send(true);
-    }
-}
-
-/// Locks a std mutex (held only for a few instructions), ignoring poison.
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_second_download_waits_for_the_first() {
-        let d = Downloads::default();
-        let out = OutputId([5; 32]);
-        let Ok(claim) = d.claim(out) else { panic!("the first claim must be free") };
-        let mut busy = d.claim(out).err().expect("taken");
-        assert!(d.claim(OutputId([6; 32])).is_ok(), "other outputs are independent");
-        assert!(!*busy.borrow());
-        drop(claim);
-        busy.wait_for(|done| *done).await.unwrap();
-        assert!(d.claim(out).is_ok(), "free again");
-    }
-
-    #[test]
-    fn allowance_grows_with_size() {
-        assert_eq!(download_allowance(0), Duration::ZERO);
-        assert_eq!(download_allowance(MIN_DOWNLOAD_RATE * 3), Duration::from_secs(3));
     }
 }

@@ -11,7 +11,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, DuplexStream, Lines};
 use tokio::task::JoinHandle;
 
+use super::protocol::{ActionId, OutputId};
 use super::*;
+use std::path::Path;
 
 /// Long enough for a loaded CI machine, short enough that a hang fails fast.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -28,6 +30,8 @@ fn config(dir: &Path) -> GoCacheConfig {
         max_local_size: 1 << 30,
         remote: None,
         finish_timeout: Duration::from_secs(10),
+        go_cache: None,
+        trim_after_hits: None,
     }
 }
 
@@ -315,6 +319,8 @@ async fn unusable_dir_is_a_clear_error() {
         max_local_size: 1,
         remote: None,
         finish_timeout: Duration::from_secs(1),
+        go_cache: None,
+        trim_after_hits: None,
     });
     let err = go.result().await.err().expect("error");
     assert!(err.to_string().contains("opening local cache dir"), "{err}");
@@ -377,6 +383,10 @@ fn config_defaults_to_a_dir_under_gocache() {
     assert_eq!(c.dir, PathBuf::from("/home/u/.cache/go-build/cairn"));
     assert_eq!(c.max_local_size, 10 << 30);
     assert_eq!(c.remote, None);
+    // The tier is inside GOCACHE, so `go clean -cache` reaches it.
+    assert_eq!(c.go_cache, Some(PathBuf::from("/home/u/.cache/go-build")));
+    let elsewhere = parse(&["--dir", "/shared/cairn"]).resolve(Some("/g".into()), Ok("/x".into())).unwrap();
+    assert_eq!(elsewhere.go_cache, None, "a tier outside GOCACHE is not go's to clear");
 }
 
 #[test]
@@ -426,6 +436,10 @@ fn config_flags() {
     assert!(!r.prefetch && r.wait_for_uploads);
     assert_eq!(r.prefetch_key.as_deref(), Some("team/app"));
     assert_eq!(c.finish_timeout, Duration::from_secs(3));
+    // Waiting for uploads gets a longer default bound.
+    let c =
+        parse(&["--remote", "grpc://c:1", "--wait-for-uploads"]).resolve(Some("/g".into()), Ok("/".into())).unwrap();
+    assert_eq!(c.finish_timeout, WAIT_FINISH_TIMEOUT);
 }
 
 #[test]

@@ -16,13 +16,19 @@
 //! Blobs go before the entries naming them, so a server never holds an
 //! entry whose output it lacks because of us. Memory is bounded by the queue
 //! ([`QUEUE`] small jobs holding paths, not bodies) plus the batches in
-//! flight. A failing server: the round's failed jobs are retried after the
-//! back-off (at most [`MAX_ATTEMPTS`] times); once go is done and the remote
-//! is down, the rest are dropped instead of waited for.
+//! flight. Uploads have their own health (`Shared::upload_health`): a
+//! server failing writes never holds up reads. A failing server: the
+//! round's failed jobs are retried after the back-off (at most
+//! [`MAX_ATTEMPTS`] times); once go is done and the remote is down, the rest
+//! are dropped instead of waited for, unless go waits for uploads
+//! (`--wait-for-uploads`): then back-offs are waited out until the finish
+//! bound. A server that refuses writes outright (RESOURCE_EXHAUSTED,
+//! PERMISSION_DENIED) gets no more uploads from this process. Each blob of
+//! a batch succeeds or fails on its own.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +40,7 @@ use tokio::time::timeout;
 
 use super::mapping::{self, RemoteEntry};
 use super::protocol::ActionId;
-use super::remote::{download_allowance, Shared};
+use super::shared::{download_allowance, Shared};
 use crate::client::{self, Client, ClientError};
 use crate::digest::Digest;
 use crate::proto::reapi;
@@ -77,13 +83,20 @@ impl Job {
     }
 }
 
-/// Starts the uploader. Closing the sender tells it to finish the queue and exit.
-pub(super) fn start(client: Client, shared: Arc<Shared>) -> (mpsc::Sender<Job>, JoinHandle<()>) {
+/// Starts the uploader. Closing the sender tells it to finish the queue and
+/// exit. `wait`: go waits for the uploads, so back-offs are waited out even
+/// after the queue is closed (the finish bound ends them).
+pub(super) fn start(client: Client, shared: Arc<Shared>, wait: bool) -> (mpsc::Sender<Job>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (tx, tokio::spawn(run(rx, client, shared)))
+    (tx, tokio::spawn(run(rx, client, shared, wait)))
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, mut client: Client, shared: Arc<Shared>) {
+/// Counts jobs that are finished with (uploaded or dropped).
+fn done(shared: &Shared, n: usize) {
+    let _ = shared.pending_uploads.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(n)));
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, mut client: Client, shared: Arc<Shared>, wait: bool) {
     let mut pending: VecDeque<(Job, u32)> = VecDeque::new();
     // Blobs the server is known to hold (found or uploaded by this process).
     let mut present: HashSet<Digest> = HashSet::new();
@@ -103,9 +116,19 @@ async fn run(mut rx: mpsc::Receiver<Job>, mut client: Client, shared: Arc<Shared
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        if let Some(until) = shared.health.down_until() {
-            if !open {
+        if shared.uploads_refused() {
+            // Keep taking jobs, so puts never see a full queue.
+            done(&shared, pending.len());
+            pending.clear();
+            while rx.recv().await.is_some() {
+                done(&shared, 1);
+            }
+            return;
+        }
+        if let Some(until) = shared.upload_health.down_until() {
+            if !open && !wait {
                 tracing::debug!("remote is down at exit; dropping {} uploads", pending.len());
+                done(&shared, pending.len());
                 return;
             }
             // Wait out the back-off, noticing if go finishes meanwhile.
@@ -123,7 +146,10 @@ async fn run(mut rx: mpsc::Receiver<Job>, mut client: Client, shared: Arc<Shared
                 Some(true) => checked = true,
                 Some(false) => {
                     // Keep taking jobs, so puts never see a full queue.
-                    while rx.recv().await.is_some() {}
+                    done(&shared, pending.len());
+                    while rx.recv().await.is_some() {
+                        done(&shared, 1);
+                    }
                     return;
                 }
                 None => continue, // failed: the health check above waits
@@ -131,25 +157,16 @@ async fn run(mut rx: mpsc::Receiver<Job>, mut client: Client, shared: Arc<Shared
         }
         let n = pending.len().min(ROUND_JOBS);
         let round: Vec<(Job, u32)> = pending.drain(..n).collect();
-        let refused = AtomicBool::new(false);
-        let retry = upload_round(&client, &shared, round, &mut present, &refused).await;
-        if refused.load(Ordering::Relaxed) {
-            // A read-only token (or none, with anonymous reads): keep reading,
-            // stop uploading, and keep taking jobs so puts never see a full queue.
-            if !shared.warned_refused.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "cairn gocacheprog: the remote cache refuses uploads from this client (read-only token?); \
-                     using it read-only"
-                );
-            }
-            while rx.recv().await.is_some() {}
-            return;
-        }
+        let retry = upload_round(&client, &shared, round, &mut present).await;
+        let mut finished = n - retry.len();
         for (job, attempts) in retry.into_iter().rev() {
             if attempts + 1 < MAX_ATTEMPTS {
                 pending.push_front((job, attempts + 1));
+            } else {
+                finished += 1;
             }
         }
+        done(&shared, finished);
     }
 }
 
@@ -160,11 +177,11 @@ async fn check_capabilities(client: &mut Client, shared: &Shared) -> Option<bool
     let caps = match timeout(CALL_TIMEOUT, client.capabilities()).await {
         Ok(Ok(caps)) => caps,
         Ok(Err(e)) => {
-            shared.failed("GetCapabilities", &e);
+            shared.upload_failed("GetCapabilities", &e);
             return None;
         }
         Err(_) => {
-            shared.timed_out("GetCapabilities");
+            shared.upload_timed_out("GetCapabilities");
             return None;
         }
     };
@@ -189,7 +206,6 @@ async fn upload_round(
     shared: &Shared,
     round: Vec<(Job, u32)>,
     present: &mut HashSet<Digest>,
-    refused: &AtomicBool,
 ) -> Vec<(Job, u32)> {
     // 1. Which blobs does the server lack?
     let mut asked = HashSet::new();
@@ -204,11 +220,11 @@ async fn upload_round(
         match timeout(CALL_TIMEOUT, client.find_missing(&wanted)).await {
             Ok(Ok(m)) => m.into_iter().collect(),
             Ok(Err(e)) => {
-                shared.failed("FindMissingBlobs", &e);
+                shared.upload_failed("FindMissingBlobs", &e);
                 return round;
             }
             Err(_) => {
-                shared.timed_out("FindMissingBlobs");
+                shared.upload_timed_out("FindMissingBlobs");
                 return round;
             }
         }
@@ -239,17 +255,16 @@ async fn upload_round(
     let uploads = small.into_iter().map(Upload::Batch).chain(large.into_iter().map(|(d, p)| Upload::Stream(d, p)));
     let mut failed_blobs = HashSet::new();
     let mut failures = 0;
-    let mut done =
-        futures::stream::iter(uploads.map(|u| u.run(client, shared, refused))).buffer_unordered(BLOB_CONCURRENCY);
-    while let Some((digests, ok)) = done.next().await {
-        if ok {
-            present.extend(digests);
-        } else {
+    let mut uploading =
+        futures::stream::iter(uploads.map(|u| u.run(client, shared))).buffer_unordered(BLOB_CONCURRENCY);
+    while let Some((uploaded, failed)) = uploading.next().await {
+        present.extend(uploaded);
+        if !failed.is_empty() {
             failures += 1;
-            failed_blobs.extend(digests);
+            failed_blobs.extend(failed);
         }
     }
-    drop(done);
+    drop(uploading);
 
     // 3. The entries whose blobs are there. Blobs whose local file vanished
     // (trimmed) are neither present nor failed: those entries are dropped.
@@ -273,21 +288,20 @@ async fn upload_round(
     while let Some((job, attempts, outcome)) = updates.next().await {
         match outcome {
             Ok(Ok(())) => {}
-            Ok(Err(e)) if is_refusal(&e) => refused.store(true, Ordering::Relaxed),
             Ok(Err(e)) => {
                 failures += 1;
-                shared.failed("UpdateActionResult", &e);
+                shared.upload_failed("UpdateActionResult", &e);
                 retry.push((job, attempts));
             }
             Err(_) => {
                 failures += 1;
-                shared.timed_out("UpdateActionResult");
+                shared.upload_timed_out("UpdateActionResult");
                 retry.push((job, attempts));
             }
         }
     }
     if failures == 0 {
-        shared.health.ok();
+        shared.upload_health.ok();
     }
     retry
 }
@@ -301,57 +315,59 @@ enum Upload {
 }
 
 impl Upload {
-    /// Runs the call; returns the digests it covered and whether it worked.
-    /// A file that vanished (trimmed) is left out, not a failure.
-    async fn run(self, client: &Client, shared: &Shared, refused: &AtomicBool) -> (Vec<Digest>, bool) {
+    /// Runs the call; returns the digests uploaded and the ones that failed
+    /// (to retry). A file that vanished (trimmed) is in neither: that entry
+    /// is dropped, not retried.
+    async fn run(self, client: &Client, shared: &Shared) -> (Vec<Digest>, Vec<Digest>) {
         match self {
             Upload::Batch(items) => {
+                let asked: Vec<Digest> = items.iter().map(|(d, _)| *d).collect();
                 let blobs = match tokio::task::spawn_blocking(move || read_all(items)).await {
                     Ok(blobs) => blobs,
-                    Err(_) => return (Vec::new(), false),
+                    Err(_) => return (Vec::new(), asked),
                 };
                 let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
                 let bytes = digests.iter().map(|d| d.size).sum();
-                let call = timeout(CALL_TIMEOUT + download_allowance(bytes), client.batch_upload(&blobs));
-                (digests, outcome(shared, refused, "BatchUpdateBlobs", call.await))
+                let call = timeout(CALL_TIMEOUT + download_allowance(bytes), client.batch_upload_each(&blobs));
+                let each = match call.await {
+                    Ok(Ok(each)) => each,
+                    Ok(Err(e)) => {
+                        shared.upload_failed("BatchUpdateBlobs", &e);
+                        return (Vec::new(), digests);
+                    }
+                    Err(_) => {
+                        shared.upload_timed_out("BatchUpdateBlobs");
+                        return (Vec::new(), digests);
+                    }
+                };
+                let (mut uploaded, mut failed) = (Vec::new(), Vec::new());
+                for (d, result) in digests.into_iter().zip(each) {
+                    match result {
+                        Ok(()) => uploaded.push(d),
+                        Err(e) => {
+                            shared.upload_failed("BatchUpdateBlobs", &e);
+                            failed.push(d);
+                        }
+                    }
+                }
+                (uploaded, failed)
             }
             Upload::Stream(d, path) => {
                 let call = timeout(CALL_TIMEOUT + download_allowance(d.size), client.write_file(&d, &path));
                 match call.await {
+                    Ok(Ok(())) => (vec![d], Vec::new()),
                     // Local trouble (the file is gone): skip it.
-                    Ok(Err(ClientError::Io { .. })) => (Vec::new(), true),
-                    other => (vec![d], outcome(shared, refused, "ByteStream.Write", other)),
+                    Ok(Err(ClientError::Io { .. })) => (Vec::new(), Vec::new()),
+                    Ok(Err(e)) => {
+                        shared.upload_failed("ByteStream.Write", &e);
+                        (Vec::new(), vec![d])
+                    }
+                    Err(_) => {
+                        shared.upload_timed_out("ByteStream.Write");
+                        (Vec::new(), vec![d])
+                    }
                 }
             }
-        }
-    }
-}
-
-/// A refusal is not a failing server: it must not make gets back off.
-fn is_refusal(e: &ClientError) -> bool {
-    matches!(e, ClientError::Rpc { status, .. }
-        if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated))
-}
-
-fn outcome(
-    shared: &Shared,
-    refused: &AtomicBool,
-    what: &str,
-    r: Result<Result<(), ClientError>, tokio::time::error::Elapsed>,
-) -> bool {
-    match r {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) if is_refusal(&e) => {
-            refused.store(true, Ordering::Relaxed);
-            false
-        }
-        Ok(Err(e)) => {
-            shared.failed(what, &e);
-            false
-        }
-        Err(_) => {
-            shared.timed_out(what);
-            false
         }
     }
 }
