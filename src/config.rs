@@ -384,8 +384,6 @@ mod tests {
             OptionalAddr(Some("127.0.0.1:8080".parse().unwrap()))
         );
         assert!(parse_optional_addr("8080").unwrap_err().contains("off"));
-    fn parses_admin_addresses() {
-        assert_eq!(parse_optional_addr("off").unwrap().0, None);
         assert_eq!(parse_optional_addr(DEFAULT_ADMIN_LISTEN).unwrap().0, Some("127.0.0.1:9093".parse().unwrap()));
         assert_eq!(parse_optional_addr("[::1]:0").unwrap().0, Some("[::1]:0".parse().unwrap()));
         assert!(parse_optional_addr("localhost").unwrap_err().contains("off"));
