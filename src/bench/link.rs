@@ -193,7 +193,15 @@ pub fn run(args: LinkArgs) -> anyhow::Result<()> {
             result?;
             anyhow::bail!("a link thread stopped");
         }
-        let line = format!("link {}->{}: {}; {}->{}: {}", args.tun_a, args.tun_b, ab.line(), args.tun_b, args.tun_a, ba.line());
+        let line = format!(
+            "link {}->{}: {}; {}->{}: {}",
+            args.tun_a,
+            args.tun_b,
+            ab.line(),
+            args.tun_b,
+            args.tun_a,
+            ba.line()
+        );
         if line != last {
             eprintln!("{line}");
             last = line;
