@@ -259,12 +259,13 @@ fn deliver(to: &File, rx: Receiver<(Instant, Vec<u8>)>, c: &Counters) {
         if at > now {
             std::thread::sleep(at - now);
         }
+        // One write is one packet: a short write would be a truncated one.
         match (&*to).write(&packet) {
-            Ok(_) => {
+            Ok(n) if n == packet.len() => {
                 c.packets.fetch_add(1, Ordering::Relaxed);
                 c.bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
             }
-            Err(_) => {
+            _ => {
                 c.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
