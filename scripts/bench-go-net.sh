@@ -61,6 +61,7 @@ trap cleanup EXIT
 mkdir -p "$WORK/bin" "$WORK/fresh" "$WORK/seed" "$WORK/own"
 # A copy: other checkouts sharing the target dir may rebuild it meanwhile.
 cp "$CARGO_TARGET_DIR/release/cairn" "$WORK/bin/"
+COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo "+changes")
 CAIRN=$WORK/bin/cairn
 bg() { "$@" & echo $! >>"$PIDFILE"; }
 
@@ -266,5 +267,5 @@ for rate in "${RATES[@]}"; do
 done
 echo
 echo "(REPS=$REPS; MTU $MTU; $(nproc) CPUs; load average $LOAD_START at the start, $LOAD_END at the end;" \
-  "$("$CAIRN_GO" version); cairn $(git rev-parse --short HEAD); $(date -u '+%Y-%m-%d %H:%M UTC'))"
+  "$("$CAIRN_GO" version); cairn $COMMIT; $(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo "Packets the link dropped (queue full) per fresh run: $(awk '$1 == "run" && $3 == "fresh" { printf "%s ", $9 }' "$RESULTS")"
