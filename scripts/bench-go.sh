@@ -17,6 +17,8 @@
 # Env: REPS (default 3), BENCH_CMDS (default "build std;vet std"), BENCH_DIR
 # (default a new dir under /var/tmp, removed at the end unless KEEP=1).
 set -euo pipefail
+# `scripts/bench-go.sh net`: the same shim over a real (emulated) network link instead.
+[ "${1:-}" != net ] || exec "$(dirname "$0")/bench-go-net.sh" "${@:2}"
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 eval "$(./scripts/setup.sh | grep '^CAIRN_GO=')"

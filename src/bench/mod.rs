@@ -20,6 +20,8 @@
 //!   misbehaving ([`soak_hostile`]) clients against a server at its size
 //!   limit, watched by [`soak_watch`].
 //! - [`crash`]: `--crash-loop N`, kill -9 during mixed writes, checked by [`crash_check`].
+//! - [`link`]: `cairn bench link`, a delayed, rate-limited packet forwarder
+//!   between two TUN devices (a real network for scripts/bench-go.sh).
 //!
 //! Every workload talks through [`crate::client::Client`], the one REAPI
 //! client, and counts every failed or wrong answer as an error.
@@ -31,6 +33,7 @@ mod crash;
 mod crash_check;
 mod data;
 mod limits;
+pub mod link;
 mod lru;
 mod merge;
 mod replay;
@@ -151,6 +154,18 @@ pub struct BenchArgs {
     pub soak: soak::SoakArgs,
     #[command(flatten)]
     pub crash: crash::CrashArgs,
+    /// A tool instead of a load run (hidden from `cairn bench --help`'s flags).
+    #[command(subcommand)]
+    pub tool: Option<BenchTool>,
+}
+
+/// Tools run as `cairn bench TOOL` instead of loading a server.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum BenchTool {
+    /// Forward packets between two TUN devices with a fixed delay each way
+    /// and a rate limit: a real network link for benchmarks (needs root).
+    #[command(hide = true)]
+    Link(link::LinkArgs),
 }
 
 /// What every workload needs: the connections, the flags, the results so far.
@@ -241,6 +256,10 @@ where
 /// `cairn bench`: runs the selected workloads and prints the report.
 /// Fails when any operation failed, after printing everything.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchTool::Link(link_args)) = args.tool.clone() {
+        // Blocking threads and sleeps for its whole life: keep it off the runtime's workers.
+        return tokio::task::spawn_blocking(move || link::run(link_args)).await?;
+    }
     if !args.compare.is_empty() {
         print!("{}", merge::compare(&args.compare)?);
         return Ok(());
