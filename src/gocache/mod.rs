@@ -63,7 +63,7 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -31,7 +31,6 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
-use std::sync::Arc;
 
 use crate::config::{human_size, Config};
 use crate::error::{Error, Result};
@@ -228,7 +227,6 @@ pub async fn serve(
     // data dir can be reopened at once (tests restart servers this way).
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     served?;
-    admin_served?;
     tracing::info!("cairn stopped");
     Ok(())
 }
