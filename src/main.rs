@@ -19,7 +19,8 @@ struct Cli {
     log_level: Option<String>,
     // --- observability ---
     /// Log one JSON object per line instead of text (for log shippers).
-    #[arg(long, global = true, env = "CAIRN_LOG_JSON")]
+    #[arg(long, global = true, env = "CAIRN_LOG_JSON", value_name = "BOOL", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     log_json: bool,
     // --- end of observability ---
     #[command(subcommand)]
@@ -134,17 +135,17 @@ struct ServeArgs {
     print_config: bool,
     // --- end of config file ---
     // --- security ---
-    /// PEM certificate chain: serve gRPC over TLS (with --tls-key). Reloaded on SIGHUP.
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key). Reloaded on SIGHUP [default: none: plain gRPC].
     #[arg(long, env = "CAIRN_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert. Reloaded on SIGHUP.
+    /// PEM private key of --tls-cert. Reloaded on SIGHUP [default: none].
     #[arg(long, env = "CAIRN_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// PEM CA certificates: clients must present a certificate signed by one (mTLS). Reloaded on SIGHUP.
+    /// PEM CA certificates: clients must present a certificate signed by one (mTLS). Reloaded on SIGHUP [default: none: no client certificates].
     #[arg(long, env = "CAIRN_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
     /// Tokens file, one `NAME ro|rw SHA256-HEX|cert:CN [INSTANCE-PREFIX...]` per line (see `cairn token new`);
-    /// unset: the server is open to anyone who reaches it. Reloaded on SIGHUP.
+    /// unset: the server is open to anyone who reaches it. Reloaded on SIGHUP [default: none: open].
     #[arg(long, env = "CAIRN_TOKENS", value_name = "FILE")]
     tokens: Option<PathBuf>,
     /// What callers without a token or known certificate may do under --tokens: none, or ro (read every instance).

@@ -13,68 +13,13 @@ use bytes::Bytes;
 use cairn::client::{Client, ClientError};
 use cairn::config::Config;
 use cairn::digest::{Digest, DigestFunction};
+use common::small_disk::SmallDisk;
 use common::TestServer;
-
-/// A tmpfs mounted at a temp dir, unmounted on drop.
-struct SmallDisk {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mnt");
-        std::fs::create_dir(&path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs and must run as root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk { _dir: dir, path }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 fn blob(n: usize, seed: u8) -> (Digest, Bytes) {
     let data: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed)).collect();
     let data = Bytes::from(data);
     (DigestFunction::Sha256.digest_of(&data), data)
-}
-
-/// Fills the filesystem at `dir` until fewer than `leave` bytes are free.
-fn fill(dir: &Path, leave: u64) -> PathBuf {
-    let filler = dir.join("filler");
-    let free = fs_free(dir);
-    let f = std::fs::File::create(&filler).unwrap();
-    f.set_len(0).unwrap();
-    let mut w = std::io::BufWriter::new(f);
-    let chunk = vec![1u8; 64 * 1024];
-    let mut written = 0u64;
-    while written + leave < free {
-        use std::io::Write;
-        if w.write_all(&chunk).is_err() {
-            break;
-        }
-        written += chunk.len() as u64;
-    }
-    let _ = std::io::Write::flush(&mut w);
-    filler
-}
-
-fn fs_free(dir: &Path) -> u64 {
-    let out = Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
 }
 
 fn is_exhausted(e: &ClientError) -> bool {
@@ -98,7 +43,7 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
     c.batch_upload(std::slice::from_ref(&small)).await.unwrap();
     c.write_bytes(&large.0, large.1.clone()).await.unwrap();
 
-    let filler = fill(&disk.path, 256 * 1024);
+    let filler = disk.fill(256 * 1024);
     // A large upload no longer fits.
     let big = blob(4 << 20, 7);
     let err = c.write_bytes(&big.0, big.1.clone()).await.unwrap_err();
@@ -114,7 +59,7 @@ async fn full_disk_fails_writes_cleanly_and_recovers() {
     // RESOURCE_EXHAUSTED; never another error, and nothing already stored
     // is harmed.
     std::fs::remove_file(&filler).unwrap();
-    let filler = fill(&disk.path, 0);
+    let filler = disk.fill(0);
     let tiny = blob(3000, 11);
     for i in 0..50u8 {
         let b = blob(3000 + i as usize, 11);

@@ -408,58 +408,13 @@ async fn corrupt_remote_data_is_never_handed_to_go() {
     liar.abort();
 }
 
-/// A tmpfs mounted for a test (tests run as root here), unmounted on drop.
-struct SmallDisk {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mnt");
-        std::fs::create_dir(&path).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output()
-            .expect("run mount");
-        assert!(out.status.success(), "this test mounts a tmpfs, as root: {}", String::from_utf8_lossy(&out.stderr));
-        SmallDisk { _dir: dir, path }
-    }
-
-    /// Fills the disk until about `leave` bytes are free.
-    fn fill(&self, leave: u64) {
-        use std::io::Write;
-        let stat = nix_free(&self.path);
-        let mut f = std::io::BufWriter::new(std::fs::File::create(self.path.join("filler")).unwrap());
-        let chunk = vec![1u8; 64 * 1024];
-        let mut written = 0;
-        while written + leave < stat && f.write_all(&chunk).is_ok() {
-            written += chunk.len() as u64;
-        }
-        let _ = f.flush();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-fn nix_free(dir: &Path) -> u64 {
-    let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
-}
-
 /// A server whose disk is full refuses uploads (RESOURCE_EXHAUSTED) while
 /// it still serves reads. The refused upload must not switch reads off:
 /// every get after it, spread over longer than a back-off, is still a
 /// remote hit (before uploads had their own health, they all missed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_refused_by_a_full_server_leave_reads_on() {
-    let disk = SmallDisk::mount("96m");
+    let disk = common::small_disk::SmallDisk::mount("96m");
     let server = TestServer::start_with(cairn::config::Config::for_data_dir(disk.path.join("data"))).await;
     let tmp = tempfile::tempdir().unwrap();
     let mut r = remote(&server.grpc_url(), "full server");

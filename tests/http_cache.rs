@@ -344,17 +344,8 @@ fn server_memory_stays_below_the_blob_size() {
 /// small tmpfs mounted for the test (tests run as root here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_is_507_and_reads_keep_working() {
-    let mnt = tempfile::tempdir().unwrap();
-    let out = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(mnt.path()).output().unwrap();
-    assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.path());
-    let server = TestServer::start_http(Some(Config::for_data_dir(mnt.path().join("data")))).await;
+    let disk = common::small_disk::SmallDisk::mount("64m");
+    let server = TestServer::start_http(Some(Config::for_data_dir(disk.path.join("data")))).await;
     let url = server.http_cache_url();
     let dir = tempfile::tempdir().unwrap();
     let stored: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
@@ -362,7 +353,7 @@ async fn full_disk_is_507_and_reads_keep_working() {
     assert_eq!(curl(&["-T", &f, &format!("{url}/cas/{}", sha(&stored).hex())]).await.code, 200);
 
     // Fill the disk, leaving less than the next upload needs.
-    let filler = mnt.path().join("filler");
+    let filler = disk.path.join("filler");
     {
         use std::io::Write;
         let mut w = std::fs::File::create(&filler).unwrap();

@@ -31,7 +31,6 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
-
 use crate::config::{human_size, Config};
 use crate::error::{Error, Result};
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;

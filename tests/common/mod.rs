@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 pub mod admin;
 pub mod process;
+pub mod small_disk;
 
 /// A running server; dropped or `stop`ped at the end of a test.
 pub struct TestServer {
