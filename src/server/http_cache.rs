@@ -125,7 +125,10 @@ async fn handle(State(cache): State<Arc<HttpCache>>, req: Request) -> Response {
         cache.authorize(req.headers(), &target.instance, access)?;
         match (access, target.space) {
             (Access::Read, Space::Ac) => cache.get_action(&target, method == Method::HEAD).await,
-            (Access::Write, Space::Ac) => cache.put_action(&target, req.into_body()).await,
+            (Access::Write, Space::Ac) => {
+                let (parts, body) = req.into_parts();
+                cache.put_action(&target, &parts.headers, body).await
+            }
             (Access::Read, Space::Cas) => cache.get_blob(&target, method == Method::HEAD).await,
             (Access::Write, Space::Cas) => {
                 let (parts, body) = req.into_parts();
@@ -181,14 +184,24 @@ impl HttpCache {
 
     /// `PUT /ac/{hash}`: stores the body after checking it is an ActionResult
     /// whose digests are well formed.
-    async fn put_action(&self, t: &Target, body: Body) -> Result<Response, HttpError> {
+    async fn put_action(&self, t: &Target, headers: &HeaderMap, body: Body) -> Result<Response, HttpError> {
         let limit = self.max_action_result;
+        let too_large = || {
+            HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an ActionResult may be at most {limit} bytes (the gRPC message limit)"),
+            )
+        };
+        // Refused before the body is touched: a client that sent `Expect:
+        // 100-continue` (curl does for large bodies) gets the 413 instead of
+        // a connection closed under its upload.
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
             if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                HttpError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("an ActionResult may be at most {limit} bytes (the gRPC message limit)"),
-                )
+                too_large()
             } else {
                 HttpError::new(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
             }
