@@ -3,7 +3,7 @@
 # `cairn serve` with any arguments given (default: 127.0.0.1:9092, ~/.cache/cairn, 10 GiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh >/dev/null
+./scripts/setup.sh --build >/dev/null
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cairn-target}
 cargo build --release --bin cairn
 exec "$CARGO_TARGET_DIR/release/cairn" serve "$@"
