@@ -133,15 +133,14 @@ pub async fn serve(
     // connections stop at the signal and in-flight calls drain, for at most
     // the drain timeout: a stalled client can't hold the shutdown.
     let (stop, stopped) = tokio::sync::watch::channel(());
-    let (stop_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
         drop(stop);
-        let _ = stop_tx.send(());
     };
     let http_served = serve_http(http, store.clone(), &config, budget.clone(), guard.0.clone(), stopped.clone());
     // --- observability ---
     let metrics = Arc::new(metrics::Metrics::new(store.clone(), config.max_size));
+    let stopped_for_drain = stopped.clone();
     let admin_stopped = stopped;
     let admin_served = async {
         let Some(admin) = admin else { return Ok(()) };
@@ -212,7 +211,7 @@ pub async fn serve(
     };
     let served = tokio::select! {
         r = both => r,
-        () = drain_deadline(stopping, config.drain_timeout) => {
+        () = drain_deadline(stopped_for_drain, config.drain_timeout) => {
             tracing::warn!(
                 "calls still running {:?} after the shutdown signal; closing without them \
                  (none of them was acknowledged)",
@@ -230,12 +229,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// Resolves `timeout` after the shutdown signal; never if the server ends first.
-async fn drain_deadline(stopping: tokio::sync::oneshot::Receiver<()>, timeout: std::time::Duration) {
-    match stopping.await {
-        Ok(()) => tokio::time::sleep(timeout).await,
-        Err(_) => std::future::pending().await,
-    }
+/// Resolves `timeout` after the shutdown signal (or the gRPC server ending
+/// on its own, when everything is stopping anyway).
+async fn drain_deadline(stopped: tokio::sync::watch::Receiver<()>, timeout: std::time::Duration) {
+    watch_closed(stopped).await;
+    tokio::time::sleep(timeout).await;
 }
 
 /// Serves Bazel's HTTP cache protocol on `listener`, if there is one, until
