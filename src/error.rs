@@ -22,6 +22,10 @@ pub enum Error {
     /// Something the request needs is present but not in a usable state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A tier behind the local store (object store, upstream server) cannot
+    /// be reached or refused the call; callers degrade to local answers.
+    #[error("{0}")]
+    Unavailable(String),
     /// Filesystem trouble, with what we were doing at the time.
     #[error("{context}: {source}")]
     Io {

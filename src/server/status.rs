@@ -14,6 +14,7 @@ pub fn code_of(e: &Error) -> Code {
         Error::OutOfRange(_) => Code::OutOfRange,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::Unavailable(_) => Code::Unavailable,
         other if other.is_disk_full() => Code::ResourceExhausted,
         _ => Code::Internal,
     }

@@ -43,6 +43,7 @@ mod lookup;
 mod lru;
 mod reader;
 mod reclaim;
+pub mod tier;
 mod uploads;
 mod writer;
 pub mod zstd;
