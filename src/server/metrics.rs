@@ -101,6 +101,10 @@ pub struct Metrics {
     started_unix: u64,
     pub(super) store: Store,
     pub(super) max_size: u64,
+    // --- tiers ---
+    /// The tier behind the store, if any (its queue, errors and fills).
+    pub(super) tiers: Option<crate::store::tiered::Tiered>,
+    // --- end of tiers ---
 }
 
 /// Call totals the status page shows and the store collector exports.
@@ -224,8 +228,20 @@ impl Metrics {
             started_unix,
             store,
             max_size,
+            tiers: None,
         }
     }
+
+    // --- tiers ---
+    /// Reports the tier behind the store too (nothing when it has none).
+    pub fn with_tiers(mut self, tiers: crate::store::tiered::Tiered) -> Metrics {
+        if tiers.stats().is_some() {
+            self.registry.register_collector(Box::new(super::tier_metrics::TierCollector(tiers.clone())));
+            self.tiers = Some(tiers);
+        }
+        self
+    }
+    // --- end of tiers ---
 
     /// The Prometheus (OpenMetrics) text of every metric.
     pub fn render(&self) -> String {
