@@ -19,7 +19,7 @@ use super::complete;
 use super::link::Link;
 use super::outbox::{Entry, CF_OUTBOX};
 use super::tier::Body;
-use super::tiered::blocking;
+use super::tiered::{blocking, Tiered};
 use super::{Store, INLINE_MAX};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -30,6 +30,8 @@ const BATCH: usize = 256;
 /// First and longest wait before retrying an unreachable tier.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Rounds of fetching a queued result's Trees and Directories from the tier.
+const MAX_TREE_ROUNDS: usize = 64;
 /// Bytes per chunk streamed from a blob file to the tier.
 const CHUNK: usize = 1 << 20;
 
@@ -238,12 +240,33 @@ async fn write_action(
         tracing::warn!(action = %action, "a queued action result does not decode; not written behind");
         return Ok(());
     };
-    let (s, r, function) = (store.clone(), result, action.function);
-    let named = blocking(move || complete::named(&s, function, &r)).await?;
-    if let Some(d) = named.absent.first().or(named.broken.first()) {
-        tracing::debug!(action = %action, missing = %d, "a queued action result names a tree this node lacks; dropped");
-        return Ok(());
-    }
+    // A Tree or Directory this node lacks (the client skipped uploading it
+    // because the tier has it) is fetched, so the files below it are known.
+    let tiered = Tiered::with_link(store.clone(), link.clone(), concurrency);
+    let mut rounds = 0;
+    let named = loop {
+        let (s, r, function) = (store.clone(), result.clone(), action.function);
+        let named = blocking(move || complete::named(&s, function, &r)).await?;
+        if let Some(d) = named.broken.first() {
+            tracing::debug!(action = %action, broken = %d, "a queued action result names an undecodable tree; dropped");
+            return Ok(());
+        }
+        if named.absent.is_empty() {
+            break named;
+        }
+        rounds += 1;
+        if rounds > MAX_TREE_ROUNDS {
+            tracing::debug!(action = %action, "a queued action result's directories are too deep to check; dropped");
+            return Ok(());
+        }
+        if let Some(d) = link.find_missing(&named.absent).await?.first() {
+            tracing::debug!(action = %action, missing = %d, "a queued action result names a tree nobody has; dropped");
+            return Ok(());
+        }
+        if let Some(d) = tiered.fill(&named.absent).await?.first() {
+            return Err(Error::Unavailable(format!("could not fetch tree {d} from the tier; retrying later")));
+        }
+    };
     let mut wanted = named.blobs;
     let mut seen = HashSet::new();
     wanted.retain(|d| !d.is_empty_blob() && seen.insert(*d));

@@ -231,3 +231,44 @@ async fn a_full_queue_drops_its_oldest_blob_entries_first() {
     assert!(!tier_blobs.contains_key(&blobs[1].0), "the oldest unnamed blob was dropped");
     assert!(tier_blobs.contains_key(&blobs[3].0));
 }
+
+#[tokio::test]
+async fn a_result_naming_a_tree_only_the_tier_has_still_goes_out() {
+    let s = setup(ROOMY);
+    // The client skipped uploading the Tree and its file: the tier has them.
+    let (file, file_data) = blob(31, 100);
+    let tree = reapi::Tree {
+        root: Some(reapi::Directory {
+            files: vec![reapi::FileNode { name: "f".into(), digest: Some(file.to_proto()), ..Default::default() }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let tree_digest = DigestFunction::Sha256.digest_of(&tree);
+    s.tier.blobs.lock().unwrap().insert(tree_digest, tree.into());
+    s.tier.blobs.lock().unwrap().insert(file, file_data.into());
+    let (stdout, stdout_data) = blob(33, 10);
+    s.store.put(stdout, &stdout_data).unwrap();
+    let result = reapi::ActionResult {
+        output_directories: vec![reapi::OutputDirectory {
+            path: "d".into(),
+            tree_digest: Some(tree_digest.to_proto()),
+            ..Default::default()
+        }],
+        stdout_digest: Some(stdout.to_proto()),
+        ..Default::default()
+    };
+    let action = DigestFunction::Sha256.digest_of(b"tree in tier");
+    s.store.put_action("", &action, &result.encode_to_vec()).unwrap();
+    drain_all(&s).await;
+    assert!(s.tier.actions.lock().unwrap().contains_key(&action), "the result went out");
+
+    // The same result naming a Tree nobody has is dropped.
+    let s = setup(ROOMY);
+    s.store.put(stdout, &stdout_data).unwrap();
+    s.store.put_action("", &action, &result.encode_to_vec()).unwrap();
+    drain_all(&s).await;
+    assert!(s.tier.actions.lock().unwrap().is_empty(), "a result with an unknown tree went out");
+    assert_eq!(s.store.queue_stats().unwrap().entries, 0);
+}

@@ -61,7 +61,12 @@ impl Tiered {
 
     /// The local store in front of `link`.
     pub fn new(store: Store, link: Arc<Link>, settings: &TierSettings) -> Tiered {
-        Tiered { store, link: Some(link), concurrency: settings.concurrency.max(1) }
+        Tiered::with_link(store, link, settings.concurrency)
+    }
+
+    /// The local store in front of `link`, `concurrency` tier calls at once.
+    pub(super) fn with_link(store: Store, link: Arc<Link>, concurrency: usize) -> Tiered {
+        Tiered { store, link: Some(link), concurrency: concurrency.max(1) }
     }
 
     /// The local store.
@@ -118,7 +123,7 @@ impl Tiered {
     /// Fetches from the tier those of `digests` the local store lacks;
     /// returns the ones still missing afterwards. Never fails: a tier error
     /// leaves the blob missing.
-    async fn fill(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+    pub(super) async fn fill(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let missing = self.store.find_missing(digests)?;
         if missing.is_empty() || self.link.is_none() {
             return Ok(missing);
