@@ -19,6 +19,8 @@ use cairn::digest::{Digest, DigestFunction};
 use cairn::proto::reapi;
 use common::admin::Scrape;
 use common::process::ServerProcess;
+use futures::StreamExt;
+use prost::Message;
 
 /// A blob of `size` bytes that no other seed gives.
 fn blob(seed: u8, size: usize) -> (Digest, Bytes) {
@@ -274,4 +276,66 @@ async fn bazel_through_a_fresh_proxy_hits_what_another_proxy_wrote() {
         warm.summary,
         warm.misses()
     );
+}
+
+/// GetTree, GetActionResult with `inline_stdout` and the HTTP port's
+/// `GET /ac/` on a cold proxy: each fills from the central first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_proxy_fills_get_tree_inline_stdout_and_http_lookups() {
+    use cairn::proto::reapi::action_cache_client::ActionCacheClient;
+    use cairn::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+    let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let central = ServerProcess::start(c_dir.path(), &[]);
+    let to_central = client(&central).await;
+    // root/ -> sub/ -> file
+    let (file, file_data) = blob(120, 1000);
+    let dir = |files: Vec<reapi::FileNode>, dirs: Vec<reapi::DirectoryNode>| {
+        let bytes = Bytes::from(reapi::Directory { files, directories: dirs, ..Default::default() }.encode_to_vec());
+        (DigestFunction::Sha256.digest_of(&bytes), bytes)
+    };
+    let file_node = reapi::FileNode { name: "f".into(), digest: Some(file.to_proto()), ..Default::default() };
+    let (sub, sub_bytes) = dir(vec![file_node], vec![]);
+    let sub_node = reapi::DirectoryNode { name: "sub".into(), digest: Some(sub.to_proto()) };
+    let (root, root_bytes) = dir(vec![], vec![sub_node]);
+    let (stdout, stdout_data) = blob(121, 64);
+    let blobs = [(file, file_data), (sub, sub_bytes), (root, root_bytes), (stdout, stdout_data.clone())];
+    to_central.batch_upload(&blobs).await.unwrap();
+    let action = DigestFunction::Sha256.digest_of(b"with stdout");
+    let result = reapi::ActionResult { stdout_digest: Some(stdout.to_proto()), ..Default::default() };
+    to_central.update_action_result(&action, result.clone()).await.unwrap();
+    let http_action = DigestFunction::Sha256.digest_of(b"over http");
+    to_central.update_action_result(&http_action, result).await.unwrap();
+
+    let proxy = ServerProcess::start(
+        p_dir.path(),
+        &["--upstream", &central.grpc_url(), "--tier-timeout", "2s", "--http-listen", "127.0.0.1:0"],
+    );
+    let channel = proxy.channel().await;
+    let pages: Vec<reapi::GetTreeResponse> = ContentAddressableStorageClient::new(channel.clone())
+        .get_tree(reapi::GetTreeRequest { root_digest: Some(root.to_proto()), ..Default::default() })
+        .await
+        .expect("GetTree of a tree only the central has")
+        .into_inner()
+        .map(|r| r.expect("GetTree page"))
+        .collect()
+        .await;
+    assert_eq!(pages.iter().map(|p| p.directories.len()).sum::<usize>(), 2, "root and sub");
+
+    let got = ActionCacheClient::new(channel)
+        .get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            inline_stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("GetActionResult")
+        .into_inner();
+    assert_eq!(got.stdout_raw, stdout_data, "stdout inlined from a blob filled from the central");
+
+    let http = proxy.log_lines("http listening on ")[0].split("http listening on ").nth(1).unwrap().to_string();
+    let http: std::net::SocketAddr = http.split_whitespace().next().unwrap().parse().unwrap();
+    let (status, _, body) = common::admin::get(http, &format!("/ac/{}", http_action.hex())).await;
+    assert_eq!(status, 200, "GET /ac/ on the proxy: {body}");
+    let decoded = reapi::ActionResult::decode(body.as_bytes()).expect("an ActionResult");
+    assert_eq!(decoded.stdout_digest, Some(stdout.to_proto()));
 }

@@ -3,84 +3,18 @@
 //! blob it names, never incomplete, and nothing leaves the queue while the
 //! tier is down.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use prost::Message;
 
 use super::super::link::Link;
-use super::super::tier::{Body, Chunks, Tier};
+use super::super::memory_tier::MemoryTier;
 use super::super::{QueueLimits, Store};
 use super::{pass, Pass};
 use crate::digest::{Digest, DigestFunction};
-use crate::error::{Error, Result};
 use crate::proto::reapi;
-
-/// A tier in memory; `log` lists writes in order ("blob HEX", "action HEX").
-#[derive(Default)]
-struct MemoryTier {
-    blobs: Mutex<HashMap<Digest, Bytes>>,
-    actions: Mutex<HashMap<Digest, Bytes>>,
-    log: Mutex<Vec<String>>,
-    down: AtomicBool,
-}
-
-impl MemoryTier {
-    fn check(&self) -> Result<()> {
-        if self.down.load(Ordering::Relaxed) {
-            return Err(Error::Unavailable("memory tier is down".into()));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl Tier for MemoryTier {
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        self.check()?;
-        let blobs = self.blobs.lock().unwrap();
-        Ok(digests.iter().filter(|d| !blobs.contains_key(d)).copied().collect())
-    }
-    async fn read(&self, d: &Digest) -> Result<Option<Chunks>> {
-        self.check()?;
-        let got = self.blobs.lock().unwrap().get(d).cloned();
-        Ok(got.map(|b| futures::stream::once(async { Ok(b) }).boxed()))
-    }
-    async fn write(&self, d: &Digest, body: Body) -> Result<()> {
-        self.check()?;
-        let bytes = match body {
-            Body::Whole(b) => b,
-            Body::Stream(mut s) => {
-                let mut all = Vec::new();
-                while let Some(c) = s.next().await {
-                    all.extend_from_slice(&c?);
-                }
-                all.into()
-            }
-        };
-        assert_eq!(d.function.digest_of(&bytes), *d, "the drain sent the wrong bytes");
-        self.blobs.lock().unwrap().insert(*d, bytes);
-        self.log.lock().unwrap().push(format!("blob {}", d.hex()));
-        Ok(())
-    }
-    async fn get_action(&self, _instance: &str, action: &Digest) -> Result<Option<Bytes>> {
-        self.check()?;
-        Ok(self.actions.lock().unwrap().get(action).cloned())
-    }
-    async fn put_action(&self, _instance: &str, action: &Digest, result: Bytes) -> Result<()> {
-        self.check()?;
-        self.actions.lock().unwrap().insert(*action, result);
-        self.log.lock().unwrap().push(format!("action {}", action.hex()));
-        Ok(())
-    }
-}
 
 struct Setup {
     _dir: tempfile::TempDir,

@@ -47,6 +47,8 @@ pub mod tier;
 // --- tiers ---
 pub mod drain;
 mod link;
+#[cfg(test)]
+mod memory_tier;
 mod outbox;
 pub mod tiered;
 pub mod upstream;

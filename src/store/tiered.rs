@@ -342,3 +342,7 @@ pub fn start(store: &Store, settings: &TierSettings) -> Result<(Tiered, Option<s
     tracing::info!(tier = %link.name(), "misses are filled from the tier; writes go to it behind, from a persistent queue");
     Ok((Tiered::new(store.clone(), link, settings), Some(drain)))
 }
+
+#[cfg(test)]
+#[path = "tiered_tests.rs"]
+mod tests;
