@@ -36,7 +36,6 @@
 //! ActionCache when the manifest's output is gone.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,8 +176,7 @@ async fn run(shared: Arc<Shared>, keys: Vec<Digest>, tx: watch::Sender<Loaded>) 
     let (s, p) = (shared.clone(), plan.clone());
     let wanted = tokio::task::spawn_blocking(move || sort_out(&s.local, &p.order)).await.unwrap_or_default();
     let (count, bytes) = (wanted.len(), wanted.iter().map(|w| w.size).sum::<u64>());
-    let in_flight = AtomicU64::new(0);
-    let calls = group(wanted, |size| shared.compresses(size)).into_iter().map(|g| fetch_group(&shared, g, &in_flight));
+    let calls = group(wanted, |size| shared.compresses(size)).into_iter().map(|g| fetch_group(&shared, g));
     let mut calls = futures::stream::iter(calls).buffer_unordered(CONCURRENCY);
     let mut complete = true;
     while let Some(ok) = calls.next().await {
@@ -264,11 +262,11 @@ fn group(wanted: Vec<Wanted>, alone: impl Fn(u64) -> bool) -> Vec<Vec<Wanted>> {
 /// remote failed, or is too slow to be worth it).
 ///
 /// The call's deadline is sized by all the bytes prefetching has in flight
-/// (`in_flight`), not just this call's: [`CONCURRENCY`] calls share one
+/// (`Shared::in_flight`, gets' downloads included), not just this call's: [`CONCURRENCY`] calls share one
 /// link. A prefetch timeout does not count against the remote's health: it
 /// only says the link is slower than hoped, and go's own gets (on their own
 /// connection) may still be served in time.
-async fn fetch_group(shared: &Shared, group: Vec<Wanted>, in_flight: &AtomicU64) -> bool {
+async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
     let local = &shared.local;
     let mut mine = Vec::new();
     for w in group {
@@ -288,10 +286,10 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>, in_flight: &AtomicU64)
         return false;
     }
     let bytes: u64 = mine.iter().map(|(w, _)| w.size).sum();
-    let others = in_flight.fetch_add(bytes, Ordering::Relaxed);
+    let (others, counted) = shared.downloading(bytes);
     let deadline = Instant::now() + shared.timeout.max(MIN_CALL_TIMEOUT) + download_allowance(bytes + others);
     let fetched = fetch_outputs(shared, mine, deadline).await;
-    in_flight.fetch_sub(bytes, Ordering::Relaxed);
+    drop(counted);
     match fetched {
         Ok(()) => {
             shared.health.ok();

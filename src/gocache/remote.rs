@@ -27,7 +27,7 @@
 //! neither a burst of uploads nor prefetching's bulk reads ever queue in
 //! front of a get.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,6 +112,7 @@ impl Remote {
             local: local.clone(),
             timeout: config.timeout,
             downloads: Downloads::default(),
+            in_flight: AtomicU64::new(0),
             zstd: watch::channel(if config.zstd { None } else { Some(false) }).0,
             warned_corrupt: AtomicBool::new(false),
             warned_local: AtomicBool::new(false),

@@ -5,7 +5,7 @@
 //! none of them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,10 @@ pub(super) struct Shared {
     /// `RemoteConfig::timeout`.
     pub timeout: Duration,
     pub downloads: Downloads,
+    /// Bytes being downloaded right now, by gets and the prefetcher
+    /// together: they share one link, so each download's time allowance is
+    /// sized by all of them, not by its own bytes alone (see [`Shared::downloading`]).
+    pub in_flight: AtomicU64,
     /// Whether the server offers zstd-compressed reads: `None` until its
     /// capabilities are known (asked once at start-up; `Some(false)` with
     /// `--zstd=false`, or when asking failed).
@@ -94,6 +98,13 @@ impl Shared {
         let _ = timeout_at(deadline, rx.wait_for(Option::is_some)).await;
     }
 
+    /// Counts `bytes` as being downloaded until the guard drops; returns
+    /// the bytes others were downloading already.
+    pub fn downloading(&self, bytes: u64) -> (u64, InFlight<'_>) {
+        let others = self.in_flight.fetch_add(bytes, Ordering::Relaxed);
+        (others, InFlight { counter: &self.in_flight, bytes })
+    }
+
     /// True if an output of `size` bytes is to be fetched compressed.
     pub fn compresses(&self, size: u64) -> bool {
         size >= COMPRESSED_MIN && *self.zstd.borrow() == Some(true)
@@ -127,7 +138,11 @@ impl Shared {
             return Fetch::Failed; // would be trimmed at once; not worth the bytes
         }
         let wait_deadline = deadline;
-        let deadline = deadline + download_allowance(e.size);
+        // Sized by everything being downloaded now, not this output alone:
+        // behind the prefetcher's bulk reads on a slow link, this download
+        // gets its share of the link, and timing out would turn an output
+        // the server has into a compile (and count against its health).
+        let deadline = download_deadline(deadline, e.size, self.in_flight.load(Ordering::Relaxed));
         // At most: look, wait for another download, look, download, look.
         for _ in 0..3 {
             match self.local.link(action, &e.output, e.size, e.time_nanos) {
@@ -208,6 +223,7 @@ impl Shared {
         let local_err = |source| {
             Some(ClientError::Io { context: format!("storing {digest} in {}", self.local.root().display()), source })
         };
+        let _counted = self.downloading(size);
         if size == 0 {
             // The empty blob: every CAS has it implicitly. (An entry claiming
             // zero bytes under another hash is bogus: the server lacks it.)
@@ -299,6 +315,24 @@ pub(super) fn refuses_writes(e: &ClientError) -> bool {
         if matches!(status.code(), tonic::Code::ResourceExhausted | tonic::Code::PermissionDenied))
 }
 
+/// Bytes counted in [`Shared::in_flight`] while this lives.
+pub(super) struct InFlight<'a> {
+    counter: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// When a get's download of `size` bytes must be done, given its lookup
+/// deadline and the bytes others are downloading now over the same link.
+pub fn download_deadline(lookup: Instant, size: u64, in_flight: u64) -> Instant {
+    lookup + download_allowance(size + in_flight)
+}
+
 /// Extra time a download of `size` bytes may take beyond the lookup timeout.
 pub fn download_allowance(size: u64) -> Duration {
     Duration::from_secs_f64(size as f64 / MIN_DOWNLOAD_RATE as f64)
@@ -364,6 +398,16 @@ mod tests {
         drop(claim);
         busy.wait_for(|done| *done).await.unwrap();
         assert!(d.claim(out).is_ok(), "free again");
+    }
+
+    #[test]
+    fn a_get_behind_bulk_downloads_gets_their_time_too() {
+        let lookup = Instant::now();
+        let alone = download_deadline(lookup, MIN_DOWNLOAD_RATE, 0);
+        assert_eq!(alone - lookup, Duration::from_secs(1));
+        // Behind 30 MiB of prefetching on the same link: 3 s more, not a
+        // timeout that turns a hit into a compile.
+        assert_eq!(download_deadline(lookup, MIN_DOWNLOAD_RATE, 3 * MIN_DOWNLOAD_RATE) - alone, Duration::from_secs(3));
     }
 
     #[test]
