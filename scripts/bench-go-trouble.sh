@@ -6,7 +6,11 @@
 #                 `go build ./...` is put on the server first; then a fresh
 #                 machine's `go vet ./...` must compile nothing (every
 #                 compile it needs is a remote hit, although each of its
-#                 own uploads is refused).
+#                 own uploads is refused). With CAIRN_WAIT_FOR_UPLOADS=1,
+#                 so the refusals happen while go still runs (and show on
+#                 its stderr); the server's /metrics count them.
+#   readonly      the same with a read-only token (writes refused with
+#                 PERMISSION_DENIED): `go vet ./...` must compile nothing.
 #   stalled       a cold `go build ./...` of the module with GOCACHEPROG
 #                 pointing at a server that accepts connections and never
 #                 answers, and at one that completes the HTTP/2 handshake
@@ -18,7 +22,7 @@
 #
 # Needs root (the full server's data lives on a small tmpfs). Env: REPS (3),
 # BENCH_DIR (/var/tmp/cairn-bench-go-trouble), NO_BUILD=1 to use the built
-# binary as is, SCENARIOS ("full stalled").
+# binary as is, SCENARIOS ("full readonly stalled").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,7 +31,7 @@ eval "$(./scripts/setup.sh | grep '^CAIRN_GO=')"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cairn-target}
 [ "${NO_BUILD:-0}" = 1 ] || cargo build --release --bin cairn >&2
 REPS=${REPS:-3}
-read -r -a SCENARIOS <<<"${SCENARIOS:-full stalled}"
+read -r -a SCENARIOS <<<"${SCENARIOS:-full readonly stalled}"
 WORK=${BENCH_DIR:-/var/tmp/cairn-bench-go-trouble}
 PIDS=()
 cleanup() {
@@ -94,23 +98,62 @@ for scenario in "${SCENARIOS[@]}"; do
     seed=$(go_run "$WORK/runs/seed" GOCACHEPROG="$PROG" CAIRN_REMOTE="grpc://$FULL" CAIRN_WAIT_FOR_UPLOADS=1 \
       CAIRN_FINISH_TIMEOUT=300s -- build ./...)
     echo "full: seeded with a cold go build ./... ($seed)" >&2
-    free=$(df -B1 --output=avail "$WORK/full" | tail -n1)
-    # Leave 256 KiB: too little for any new output of a vet run.
-    fallocate -l $((free - 256 * 1024)) "$WORK/full/filler"
+    # Fill the disk to the last byte, so that every write the server tries
+    # fails (ENOSPC: RESOURCE_EXHAUSTED); its reads need no space.
+    fallocate -l "$(df -B1 --output=avail "$WORK/full" | tail -n1)" "$WORK/full/filler" || true
+    dd if=/dev/zero of="$WORK/full/filler2" bs=4k 2>/dev/null || true
+    ADMIN=$(sed -n 's/.*admin listening on \([0-9.:]*\).*/\1/p' "$WORK/full-server.log" | head -n1)
+    refused() { curl -s "http://$ADMIN/metrics" | awk '/^cairn_requests_total/ && /RESOURCE_EXHAUSTED/ { n += $NF } END { print n + 0 }'; }
+    hits() { curl -s "http://$ADMIN/metrics" | awk '/^cairn_requests_total/ && /rpc="GetActionResult"/ && /code="OK"/ { n += $NF } END { print n + 0 }'; }
     rows=()
     for rep in $(seq 1 "$REPS"); do
-      r=$(go_run "$WORK/runs/full-$rep" GOCACHEPROG="$PROG" CAIRN_REMOTE="grpc://$FULL" -- vet ./...)
-      rows+=("$r"); echo "full: fresh go vet ./... run $rep: $r (seconds compiles warnings)" >&2
+      r0=$(refused); h0=$(hits)
+      r=$(go_run "$WORK/runs/full-$rep" GOCACHEPROG="$PROG" CAIRN_REMOTE="grpc://$FULL" CAIRN_WAIT_FOR_UPLOADS=1 -- vet ./...)
+      r="$r $(($(refused) - r0)) $(($(hits) - h0))"
+      rows+=("$r"); echo "full: fresh go vet ./... run $rep: $r (seconds compiles warnings refused-calls remote-hits)" >&2
       rm -rf "$WORK/runs/full-$rep"
     done
     t=$(printf '%s\n' "${rows[@]}" | cut -d' ' -f1 | median)
     FULL_ROW=$(printf '%s\n' "${rows[@]}" | awk -v t="$t" '
-      { c = c (NR > 1 ? ", " : "") $2; w = w (NR > 1 ? ", " : "") $3; if ($2 > 0) bad = 1 }
+      { c = c (NR > 1 ? ", " : "") $2; w = w (NR > 1 ? ", " : "") $3; x = x (NR > 1 ? ", " : "") $4
+        h = h (NR > 1 ? ", " : "") $5; if ($2 > 0) bad = 1; if ($4 == 0) untested = 1 }
       END {
-        printf "| full server (writes refused: RESOURCE_EXHAUSTED), fresh `go vet ./...` | no compiles | %s compiles (%.2f s median); cairn warnings per run: %s | %s |",
-          c, t, w, bad ? "**not met**" : "met"
+        printf "| full server (writes refused: RESOURCE_EXHAUSTED), fresh `go vet ./...` | no compiles | %s compiles (%.2f s median); remote hits %s; writes refused %s; cairn warnings %s | %s |",
+          c, t, h, x, w, untested ? "not tested (no write was refused)" : (bad ? "**not met**" : "met")
       }')
     umount -l "$WORK/full" || true
+    ;;
+  readonly)
+    # A read-only token: every write is refused (PERMISSION_DENIED), reads
+    # work; the shim treats it as it treats RESOURCE_EXHAUSTED.
+    mkdir -p "$WORK/ro"
+    { "$CAIRN" token new writer rw; "$CAIRN" token new reader ro; } >"$WORK/ro/new.txt"
+    sed -n 2p "$WORK/ro/new.txt" >"$WORK/ro/tokens"; sed -n 4p "$WORK/ro/new.txt" >>"$WORK/ro/tokens"
+    RW=$(sed -n 1p "$WORK/ro/new.txt" | awk '{ print $1 }'); RO=$(sed -n 3p "$WORK/ro/new.txt" | awk '{ print $1 }')
+    rm -rf "$WORK/ro/data"
+    start_server "$WORK/ro-server.log" ROSRV --data-dir "$WORK/ro/data" --tokens "$WORK/ro/tokens" --anonymous none
+    seed=$(go_run "$WORK/runs/ro-seed" GOCACHEPROG="$PROG" CAIRN_REMOTE="grpc://$ROSRV" CAIRN_TOKEN="$RW" \
+      CAIRN_WAIT_FOR_UPLOADS=1 CAIRN_FINISH_TIMEOUT=300s -- build ./...)
+    echo "readonly: seeded with a cold go build ./... ($seed)" >&2
+    ADMIN=$(sed -n 's/.*admin listening on \([0-9.:]*\).*/\1/p' "$WORK/ro-server.log" | head -n1)
+    denied() { curl -s "http://$ADMIN/metrics" | awk '/^cairn_requests_total/ && /PERMISSION_DENIED/ { n += $NF } END { print n + 0 }'; }
+    rows=()
+    for rep in $(seq 1 "$REPS"); do
+      d0=$(denied)
+      r=$(go_run "$WORK/runs/ro-$rep" GOCACHEPROG="$PROG" CAIRN_REMOTE="grpc://$ROSRV" CAIRN_TOKEN="$RO" \
+        CAIRN_WAIT_FOR_UPLOADS=1 -- vet ./...)
+      r="$r $(($(denied) - d0))"
+      rows+=("$r"); echo "readonly: fresh go vet ./... run $rep: $r (seconds compiles warnings refused-calls)" >&2
+      rm -rf "$WORK/runs/ro-$rep"
+    done
+    t=$(printf '%s\n' "${rows[@]}" | cut -d' ' -f1 | median)
+    RO_ROW=$(printf '%s\n' "${rows[@]}" | awk -v t="$t" '
+      { c = c (NR > 1 ? ", " : "") $2; w = w (NR > 1 ? ", " : "") $3; x = x (NR > 1 ? ", " : "") $4
+        if ($2 > 0) bad = 1; if ($4 == 0) untested = 1 }
+      END {
+        printf "| read-only token (writes refused: PERMISSION_DENIED), fresh `go vet ./...` | no compiles | %s compiles (%.2f s median); writes refused %s; cairn warnings %s | %s |",
+          c, t, x, w, untested ? "not tested (no write was refused)" : (bad ? "**not met**" : "met")
+      }')
     ;;
   stalled)
     # Two silent servers: one never reads or answers (the TCP handshake is
@@ -166,6 +209,7 @@ echo
 echo "| scenario | goal | measured | met |"
 echo "|---|---|---|---|"
 [ -z "${FULL_ROW:-}" ] || echo "$FULL_ROW"
+[ -z "${RO_ROW:-}" ] || echo "$RO_ROW"
 for row in "${STALL_ROWS[@]:-}"; do [ -z "$row" ] || echo "$row"; done
 echo
 echo "(REPS=$REPS; $(nproc) CPUs; load average $LOAD_START at the start, $LOAD_END at the end;" \
