@@ -17,7 +17,11 @@
 # bytes the fresh machine fetched (counted by the forwarder). The wire floor
 # is those bytes divided by the measured bulk rate. Prints a Markdown table.
 # Each workload runs in a directory of its own, so each has its own
-# prefetch manifest, as each CI job in its own checkout would.
+# prefetch manifest, as each CI job in its own checkout would. The fresh
+# GOCACHEs are deleted only at the end: on ext4, creating thousands of files
+# right after deleting thousands is slow (recently deleted inodes), which
+# would land on the next runs and which no fresh CI machine suffers.
+# FRESH_ENV (e.g. CAIRN_ZSTD=0) is added to the fresh runs' environment.
 #
 # Needs root and /dev/net/tun. Env: REPS (3), DELAY (5ms), RATES
 # ("unlimited 100Mbit"), MTU (1500), WORKLOADS ("build-std build-std-cmd
@@ -37,6 +41,7 @@ DELAY=${DELAY:-5ms}
 read -r -a RATES <<<"${RATES:-unlimited 100Mbit}"
 read -r -a WORKLOADS <<<"${WORKLOADS:-build-std build-std-cmd test-module}"
 MTU=${MTU:-1500}
+FRESH_ENV=${FRESH_ENV:-}
 WORK=${BENCH_DIR:-/var/tmp/cairn-bench-go-net}
 NS=cairn-bgn TA=cbgn-host TB=cbgn-ns HOST_IP=10.203.0.1 NS_IP=10.203.0.2
 PIDFILE=$WORK/pids
@@ -147,45 +152,23 @@ REMOTE=grpc://$NS_IP:9092
 
 # The multi-package, stdlib-only module of the test workload.
 MOD=$WORK/run/test-module
-rm -rf "$MOD"; mkdir -p "$MOD"
-printf 'module example.com/netbench\n\ngo 1.24\n' >"$MOD/go.mod"
-i=0
-for imports in '"encoding/json" "strings"' '"net/http" "net/http/httptest" "io"' '"text/template" "bytes"' \
-  '"compress/gzip" "bytes" "io"' '"crypto/sha256" "encoding/hex"' '"regexp" "sort"' '"archive/zip" "bytes"' \
-  '"go/parser" "go/token"'; do
-  i=$((i + 1)); mkdir -p "$MOD/p$i"
-  {
-    echo "package p$i"; echo; echo "import ("
-    for imp in $imports; do echo "	$imp"; done
-    echo ")"
-    # Uses each import so the file compiles; the test only checks it runs.
-    echo "var _ = []any{"
-    for imp in $imports; do
-      case $imp in
-        '"encoding/json"') echo "	json.Marshal," ;; '"strings"') echo "	strings.ToUpper," ;;
-        '"net/http"') echo "	http.NewRequest," ;; '"net/http/httptest"') echo "	httptest.NewRecorder," ;;
-        '"io"') echo "	io.ReadAll," ;; '"text/template"') echo "	template.New," ;; '"bytes"') echo "	bytes.NewReader," ;;
-        '"compress/gzip"') echo "	gzip.NewReader," ;; '"crypto/sha256"') echo "	sha256.Sum256," ;;
-        '"encoding/hex"') echo "	hex.EncodeToString," ;; '"regexp"') echo "	regexp.MustCompile," ;;
-        '"sort"') echo "	sort.Strings," ;; '"archive/zip"') echo "	zip.NewReader," ;;
-        '"go/parser"') echo "	parser.ParseFile," ;; '"go/token"') echo "	token.NewFileSet," ;;
-      esac
-    done
-    echo "}"; echo; echo "// N is package p$i's number."; echo "func N() int { return $i }"
-  } >"$MOD/p$i/p.go"
-  printf 'package p%d\n\nimport "testing"\n\nfunc TestN(t *testing.T) {\n\tif N() != %d {\n\t\tt.Fatal(N())\n\t}\n}\n' \
-    "$i" "$i" >"$MOD/p$i/p_test.go"
-done
+# shellcheck source=scripts/bench-go-module.sh
+source scripts/bench-go-module.sh
+make_module "$MOD"
 
 args_of() {
   case $1 in
     build-std) echo "build std" ;;
     build-std-cmd) echo "build std cmd" ;;
     test-module) echo "test ./..." ;;
+    newtags-*) echo "test -tags ${1#newtags-} ./..." ;; # the module, with a build tag never used before
   esac
 }
 dir_of() { # each workload has its own directory (and so its own prefetch manifest)
-  if [ "$1" = test-module ]; then echo "$MOD"; else mkdir -p "$WORK/run/$1"; echo "$WORK/run/$1"; fi
+  case $1 in
+    test-module | newtags-*) echo "$MOD" ;;
+    *) mkdir -p "$WORK/run/$1"; echo "$WORK/run/$1" ;;
+  esac
 }
 
 # go_run WORKLOAD GOCACHE ENV...: runs the workload with -x; prints "seconds
@@ -226,15 +209,22 @@ for ri in "${!RATES[@]}"; do
         CAIRN_WAIT_FOR_UPLOADS=1)"
       record "seed $w own-first $(go_run "$w" "$WORK/own")"
     done
-    rm -rf "$WORK/seed"
   fi
   for w in "${WORKLOADS[@]}"; do
     for rep in $(seq 1 "$REPS"); do
       [ "$ri" != 0 ] || record "run $w own $rate $rep $(go_run "$w" "$WORK/own")"
-      record "run $w fresh $rate $rep $(go_run "$w" "$WORK/fresh/$w-$rate-$rep" GOCACHEPROG="$PROG" CAIRN_REMOTE="$REMOTE")"
+      record "run $w fresh $rate $rep $(go_run "$w" "$WORK/fresh/$w-$rate-$rep" GOCACHEPROG="$PROG" CAIRN_REMOTE="$REMOTE" $FRESH_ENV)"
     done
-    rm -rf "$WORK/fresh"; mkdir -p "$WORK/fresh"
   done
+  # A new flag set's first run (fallback keys): `go test -tags T ./...` of
+  # the module with a tag no run used before, so its own manifest key is
+  # empty and it starts from the project's (that of `go test ./...`).
+  if [[ " ${WORKLOADS[*]} " == *" test-module "* ]]; then
+    for rep in $(seq 1 "$REPS"); do
+      tag=cairnnew${ri}x$rep$RANDOM
+      record "run newtags fresh $rate $rep $(go_run "newtags-$tag" "$WORK/fresh/newtags-$rate-$rep" GOCACHEPROG="$PROG" CAIRN_REMOTE="$REMOTE" $FRESH_ENV)"
+    done
+  fi
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -265,6 +255,19 @@ for rate in "${RATES[@]}"; do
       }'
   done
 done
+if grep -q '^run newtags' "$RESULTS"; then
+  echo
+  echo "| link | first run of a new flag set: go test -tags NEW ./... (s, median; min–max) | compiles | prefetched go test ./... (s, median) | goal ≤ 2 × prefetched | met |"
+  echo "|---|--:|--:|--:|--:|---|"
+  for rate in "${RATES[@]}"; do
+    new=$(col newtags fresh "$rate" 1 | median)
+    range=$(col newtags fresh "$rate" 1 | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }')
+    compiles=$(col newtags fresh "$rate" 2 | tr '\n' ' ' | sed 's/ $//; s/ /, /g')
+    base=$(col test-module fresh "$rate" 1 | median)
+    awk -v r="$rate" -v n="$new" -v range="$range" -v c="$compiles" -v b="$base" 'BEGIN {
+      printf "| %s | %.2f; %s | %s | %.2f | %.2f | %s |\n", r, n, range, c, b, 2 * b, (n <= 2 * b) ? "met" : "**not met**" }'
+  done
+fi
 echo
 echo "(REPS=$REPS; MTU $MTU; $(nproc) CPUs; load average $LOAD_START at the start, $LOAD_END at the end;" \
   "$("$CAIRN_GO" version); cairn $COMMIT; $(date -u '+%Y-%m-%d %H:%M UTC'))"

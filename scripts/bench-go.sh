@@ -19,6 +19,8 @@
 set -euo pipefail
 # `scripts/bench-go.sh net`: the same shim over a real (emulated) network link instead.
 [ "${1:-}" != net ] || exec "$(dirname "$0")/bench-go-net.sh" "${@:2}"
+# `scripts/bench-go.sh trouble`: against a full server and stalled servers.
+[ "${1:-}" != trouble ] || exec "$(dirname "$0")/bench-go-trouble.sh" "${@:2}"
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 eval "$(./scripts/setup.sh | grep '^CAIRN_GO=')"

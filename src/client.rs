@@ -721,3 +721,6 @@ mod tests {
         assert_eq!(groups, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
     }
 }
+
+// Compressed and inlined reads (the Go shim on slow links).
+mod compressed;

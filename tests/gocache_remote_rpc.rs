@@ -43,6 +43,7 @@ fn remote(url: &str, key: &str) -> RemoteConfig {
         prefetch_key: Some(key.to_string()),
         wait_for_uploads: false,
         security: Default::default(),
+        zstd: true,
     }
 }
 
@@ -438,4 +439,128 @@ async fn uploads_refused_by_a_full_server_leave_reads_on() {
     let client = Client::connect(&server.grpc_url(), "", Duration::from_secs(5)).await.unwrap();
     assert!(client.get_action_result(&mapping::action_key(&aid(2000))).await.unwrap().is_none(), "refused, not stored");
     server.stop().await;
+}
+
+/// Outputs above 64 KiB that compress 4× or better (go's archives do).
+fn compressible_bodies() -> Vec<Vec<u8>> {
+    (0..6u32)
+        .map(|n| format!("archive {n}: symbol table, export data ").repeat(2_000 + 20_000 * n as usize).into_bytes())
+        .collect()
+}
+
+/// Machine A puts `bodies` (and stores their prefetch manifest); returns
+/// the server's counters after it is done.
+async fn fill(server: &TestServer, dir: &Path, r: &RemoteConfig, bodies: &[Vec<u8>]) -> common::admin::Scrape {
+    let mut a = Go::start(config(dir, RemoteConfig { wait_for_uploads: true, ..r.clone() })).await;
+    for (n, body) in bodies.iter().enumerate() {
+        assert_eq!(a.get(aid(3000 + n as u32)).await["Miss"], true);
+        a.put(aid(3000 + n as u32), body).await;
+    }
+    a.close(Duration::from_secs(10)).await;
+    settle(server).await
+}
+
+/// The server's counters once every call made so far is recorded (a call
+/// is recorded just after its client has the answer).
+async fn settle(server: &TestServer) -> common::admin::Scrape {
+    let mut last = common::admin::Scrape::take(server.admin).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = common::admin::Scrape::take(server.admin).await;
+        if now.sum("cairn_requests_total", &[]) == last.sum("cairn_requests_total", &[]) {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// A server that offers zstd (cairn does) sends the larger outputs
+/// compressed, both to a get and to the prefetcher: the bytes ByteStream
+/// sends are a fraction of the outputs' size, and none of them go through
+/// uncompressed batches.
+#[tokio::test]
+async fn larger_outputs_arrive_zstd_compressed() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bodies = compressible_bodies();
+    let total: usize = bodies.iter().map(Vec::len).sum();
+    assert!(bodies.iter().all(|b| b.len() > 64 << 10) && bodies.iter().any(|b| b.len() > 1 << 20));
+    let r = remote(&server.grpc_url(), "zstd");
+    let before = fill(&server, &tmp.path().join("a"), &r, &bodies).await;
+
+    // Gets alone (no prefetch), then a machine that prefetches everything.
+    let mut b = Go::start(config(&tmp.path().join("b"), RemoteConfig { prefetch: false, ..r.clone() })).await;
+    for (n, body) in bodies.iter().enumerate() {
+        assert_hit(&b.get(aid(3000 + n as u32)).await, body);
+    }
+    b.close(Duration::from_secs(10)).await;
+    let c_dir = tmp.path().join("c");
+    let mut c = Go::start(config(&c_dir, r.clone())).await;
+    let local = LocalStore::open(&c_dir, 1 << 30).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while !bodies.iter().all(|b| local.has_object(&OutputId::of(b), b.len() as u64)) {
+        assert!(Instant::now() < deadline, "not prefetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (n, body) in bodies.iter().enumerate() {
+        assert_hit(&c.get(aid(3000 + n as u32)).await, body);
+    }
+    c.close(Duration::from_secs(10)).await;
+
+    let after = settle(&server).await;
+    let sent = |rpc| {
+        after.value("cairn_sent_bytes_total", &[("rpc", rpc)]) - before.value("cairn_sent_bytes_total", &[("rpc", rpc)])
+    };
+    assert!(sent("Read") < (2 * total / 4) as f64, "ByteStream sent {} bytes for 2 × {total}", sent("Read"));
+    assert!(sent("BatchReadBlobs") < (64 << 10) as f64, "outputs went through uncompressed batches");
+}
+
+/// With `--zstd=false` the same outputs arrive uncompressed (the switch
+/// for a server that compresses slower than the link carries).
+#[tokio::test]
+async fn zstd_can_be_switched_off() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bodies = compressible_bodies();
+    let total: usize = bodies.iter().map(Vec::len).sum();
+    let r = RemoteConfig { prefetch: false, ..remote(&server.grpc_url(), "no zstd") };
+    let before = fill(&server, &tmp.path().join("a"), &r, &bodies).await;
+    let mut b = Go::start(config(&tmp.path().join("b"), RemoteConfig { zstd: false, ..r.clone() })).await;
+    for (n, body) in bodies.iter().enumerate() {
+        assert_hit(&b.get(aid(3000 + n as u32)).await, body);
+    }
+    b.close(Duration::from_secs(10)).await;
+    let after = settle(&server).await;
+    let sent = |rpc| {
+        after.value("cairn_sent_bytes_total", &[("rpc", rpc)]) - before.value("cairn_sent_bytes_total", &[("rpc", rpc)])
+    };
+    assert!(sent("Read") + sent("BatchReadBlobs") > total as f64);
+}
+
+/// The prefetch manifest rides inline in its ActionResult: a fresh machine
+/// whose outputs are all local already prefetches with one lookup and no
+/// CAS read at all (before: one more round trip, a BatchReadBlobs for the
+/// manifest, before any prefetching could start).
+#[tokio::test]
+async fn the_manifest_arrives_with_its_lookup() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bodies = compressible_bodies();
+    let r = remote(&server.grpc_url(), "inline manifest");
+    let a_dir = tmp.path().join("a");
+    fill(&server, &a_dir, &r, &bodies).await;
+    // The same machine again (its outputs are local): it needs only the
+    // manifest, to know there is nothing to fetch.
+    let before = settle(&server).await;
+    let mut a = Go::start(config(&a_dir, r.clone())).await;
+    for (n, body) in bodies.iter().enumerate() {
+        assert_hit(&a.get(aid(3000 + n as u32)).await, body);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the prefetcher's manifest load
+    a.close(Duration::from_secs(10)).await;
+    let after = settle(&server).await;
+    let calls =
+        |rpc| after.sum("cairn_requests_total", &[("rpc", rpc)]) - before.sum("cairn_requests_total", &[("rpc", rpc)]);
+    assert!(calls("GetActionResult") >= 1.0, "the manifest was looked up");
+    assert_eq!(calls("BatchReadBlobs") + calls("Read"), 0.0, "the manifest came with its lookup");
 }

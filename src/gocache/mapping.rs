@@ -24,7 +24,9 @@
 //! Under a second key, [`prefetch_key`] (`"cairn-gocache-prefetch-v1\0"` + a
 //! description of the build), an ActionResult names one blob, the
 //! *manifest*: the entries (action, output, size, time) that the last such
-//! build asked for, in the order it asked. See `prefetch` for its use.
+//! build asked for, in the order it asked. A manifest of up to 1 MiB also
+//! rides inline in the ActionResult (`OutputFile.contents`), saving a fresh
+//! machine a round trip; the blob is in the CAS either way. See `prefetch` for its use.
 //! Format ([`encode_manifest`]): the line `cairn-gocache-prefetch-v1\n`, then
 //! 80-byte records: action ID (32), output ID (32), size (u64 LE), time
 //! (i64 LE, Unix nanoseconds).

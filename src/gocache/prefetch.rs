@@ -20,7 +20,9 @@
 //!   manifest of the most specific key that has one (one lookup and one
 //!   read per key tried), then, in the manifest's order,
 //!   every output not already local: small ones [`BATCH_BYTES`] per
-//!   BatchReadBlobs, large ones by ByteStream, [`CONCURRENCY`] calls at a
+//!   BatchReadBlobs, large ones by ByteStream (zstd-compressed from
+//!   `shared::COMPRESSED_MIN` up when the server offers it, learnt from its
+//!   capabilities while the manifest loads), [`CONCURRENCY`] calls at a
 //!   time, each verified by the client and committed to the local tier
 //!   together with the entries naming it. A get for an entry the manifest
 //!   names needs no lookup: it waits for the prefetcher's download of that
@@ -34,7 +36,6 @@
 //! ActionCache when the manifest's output is gone.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,8 +60,9 @@ use crate::digest::Digest;
 pub const BATCH_BYTES: u64 = 2 << 20;
 
 /// Prefetch calls in flight. Enough to cover a 10 ms round trip at a few
-/// hundred MB/s, few enough not to flood a shared server.
-pub const CONCURRENCY: usize = 8;
+/// hundred MB/s even when compressed outputs go one per call (a few hundred
+/// calls for `go build std`), few enough not to flood a shared server.
+pub const CONCURRENCY: usize = 16;
 
 /// Least time a prefetch call is given (plus [`download_allowance`] of the
 /// bytes in flight): it is background work, and a timeout stops prefetching.
@@ -154,23 +156,27 @@ impl Prefetch {
 /// one), then its outputs.
 async fn run(shared: Arc<Shared>, keys: Vec<Digest>, tx: watch::Sender<Loaded>) {
     let started = Instant::now();
-    let mut found = None;
-    for (i, key) in keys.iter().enumerate() {
-        if !shared.health.usable() {
-            break;
+    let find = async {
+        for (i, key) in keys.iter().enumerate() {
+            if !shared.health.usable() {
+                break;
+            }
+            if let Some(plan) = manifest::load(&shared, key).await {
+                return Some((i, Arc::new(plan)));
+            }
         }
-        if let Some(plan) = manifest::load(&shared, key).await {
-            found = Some((i, Arc::new(plan)));
-            break;
-        }
-    }
+        None
+    };
+    // How to group the outputs depends on whether the server compresses:
+    // learn that while the manifest is on its way (both take a round trip).
+    let (found, ()) = tokio::join!(find, shared.zstd_known(started + shared.timeout));
     let _ = tx.send(Loaded::Done(found.clone()));
+    let manifest_at = started.elapsed();
     let Some((fallback, plan)) = found else { return };
     let (s, p) = (shared.clone(), plan.clone());
     let wanted = tokio::task::spawn_blocking(move || sort_out(&s.local, &p.order)).await.unwrap_or_default();
     let (count, bytes) = (wanted.len(), wanted.iter().map(|w| w.size).sum::<u64>());
-    let in_flight = AtomicU64::new(0);
-    let calls = group(wanted).into_iter().map(|g| fetch_group(&shared, g, &in_flight));
+    let calls = group(wanted, |size| shared.compresses(size)).into_iter().map(|g| fetch_group(&shared, g));
     let mut calls = futures::stream::iter(calls).buffer_unordered(CONCURRENCY);
     let mut complete = true;
     while let Some(ok) = calls.next().await {
@@ -185,6 +191,8 @@ async fn run(shared: Arc<Shared>, keys: Vec<Digest>, tx: watch::Sender<Loaded>) 
         outputs = count,
         bytes,
         complete,
+        zstd = *shared.zstd.borrow() == Some(true),
+        ?manifest_at,
         elapsed = ?started.elapsed(),
         "prefetch done"
     );
@@ -225,13 +233,14 @@ fn sort_out(local: &LocalStore, order: &[(ActionId, RemoteEntry)]) -> Vec<Wanted
 }
 
 /// Splits the outputs into calls: small ones together up to [`BATCH_BYTES`],
-/// large ones alone, keeping the order.
-fn group(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
+/// large ones alone, and those `alone` picks (fetched compressed) alone too,
+/// keeping the order.
+fn group(wanted: Vec<Wanted>, alone: impl Fn(u64) -> bool) -> Vec<Vec<Wanted>> {
     let mut groups = Vec::new();
     let mut small: Vec<Wanted> = Vec::new();
     let mut small_bytes = 0;
     for w in wanted {
-        if w.size > client::BATCH_BLOB_MAX {
+        if w.size > client::BATCH_BLOB_MAX || alone(w.size) {
             groups.push(vec![w]);
             continue;
         }
@@ -253,11 +262,11 @@ fn group(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
 /// remote failed, or is too slow to be worth it).
 ///
 /// The call's deadline is sized by all the bytes prefetching has in flight
-/// (`in_flight`), not just this call's: [`CONCURRENCY`] calls share one
+/// (`Shared::in_flight`, gets' downloads included), not just this call's: [`CONCURRENCY`] calls share one
 /// link. A prefetch timeout does not count against the remote's health: it
 /// only says the link is slower than hoped, and go's own gets (on their own
 /// connection) may still be served in time.
-async fn fetch_group(shared: &Shared, group: Vec<Wanted>, in_flight: &AtomicU64) -> bool {
+async fn fetch_group(shared: &Shared, group: Vec<Wanted>) -> bool {
     let local = &shared.local;
     let mut mine = Vec::new();
     for w in group {
@@ -277,10 +286,10 @@ async fn fetch_group(shared: &Shared, group: Vec<Wanted>, in_flight: &AtomicU64)
         return false;
     }
     let bytes: u64 = mine.iter().map(|(w, _)| w.size).sum();
-    let others = in_flight.fetch_add(bytes, Ordering::Relaxed);
+    let (others, counted) = shared.downloading(bytes);
     let deadline = Instant::now() + shared.timeout.max(MIN_CALL_TIMEOUT) + download_allowance(bytes + others);
     let fetched = fetch_outputs(shared, mine, deadline).await;
-    in_flight.fetch_sub(bytes, Ordering::Relaxed);
+    drop(counted);
     match fetched {
         Ok(()) => {
             shared.health.ok();
@@ -312,11 +321,16 @@ async fn fetch_outputs(
     };
     let client = &shared.prefetch_client;
     if let [(w, _)] = mine.as_slice() {
-        if w.size > client::BATCH_BLOB_MAX {
+        let compressed = shared.compresses(w.size);
+        if w.size > client::BATCH_BLOB_MAX || compressed {
             let mut temp = shared.local.temp_file().map_err(local_err)?;
             drop(temp.take_file());
             let digest = mapping::output_digest(&w.output, w.size);
-            let read = timeout_at(deadline, client.read_to_file(&digest, temp.path())).await;
+            let read = if compressed {
+                timeout_at(deadline, client.read_to_file_zstd(&digest, temp.path())).await
+            } else {
+                timeout_at(deadline, client.read_to_file(&digest, temp.path())).await
+            };
             if read.map_err(|_| None)?.map_err(Some)? {
                 shared.local.install_object(&w.output, temp).map_err(local_err)?;
                 link_all(&shared.local, w);

@@ -78,10 +78,14 @@ fn groups_batch_small_outputs_and_send_large_ones_alone() {
     let w = |n: u8, size: u64| Wanted { output: OutputId([n; 32]), size, actions: Vec::new() };
     let (max, big) = (client::BATCH_BLOB_MAX, client::BATCH_BLOB_MAX + 1);
     assert_eq!(2 * max, BATCH_BYTES);
-    let groups = group(vec![w(1, max), w(2, max), w(3, big), w(4, 10), w(5, 20), w(6, max - 30)]);
-    let ids: Vec<Vec<u8>> = groups.iter().map(|g| g.iter().map(|w| w.output.0[0]).collect()).collect();
+    let all = || vec![w(1, max), w(2, max), w(3, big), w(4, 10), w(5, 20), w(6, max - 30)];
+    let ids = |groups: Vec<Vec<Wanted>>| -> Vec<Vec<u8>> {
+        groups.iter().map(|g| g.iter().map(|w| w.output.0[0]).collect()).collect()
+    };
     // A large output goes out when it is reached, ahead of a part-filled batch.
-    assert_eq!(ids, vec![vec![3], vec![1, 2], vec![4, 5, 6]]);
+    assert_eq!(ids(group(all(), |_| false)), vec![vec![3], vec![1, 2], vec![4, 5, 6]]);
+    // Compressed ones (here: from 1 KiB up) go one per call too.
+    assert_eq!(ids(group(all(), |size| size >= 1024)), vec![vec![1], vec![2], vec![3], vec![6], vec![4, 5]]);
 }
 
 #[test]

@@ -27,11 +27,11 @@
 //! neither a burst of uploads nor prefetching's bulk reads ever queue in
 //! front of a get.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
@@ -65,6 +65,8 @@ pub struct RemoteConfig {
     pub wait_for_uploads: bool,
     /// TLS trust, client certificate and token (`--tls-ca`, `--token-file`, ...).
     pub security: crate::client::Security,
+    /// Fetch larger outputs zstd-compressed when the server offers it (`--zstd`).
+    pub zstd: bool,
 }
 
 /// The remote tier.
@@ -110,9 +112,14 @@ impl Remote {
             local: local.clone(),
             timeout: config.timeout,
             downloads: Downloads::default(),
+            in_flight: AtomicU64::new(0),
+            zstd: watch::channel(if config.zstd { None } else { Some(false) }).0,
             warned_corrupt: AtomicBool::new(false),
             warned_local: AtomicBool::new(false),
         });
+        if config.zstd {
+            tokio::spawn(shared.clone().probe_zstd());
+        }
         let (uploads, uploader) = upload::start(upload_client, shared.clone(), config.wait_for_uploads);
         let (prefetch, prefetcher) = prefetch::start(config, shared.clone());
         Some(Remote {

@@ -5,7 +5,7 @@
 //! none of them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +21,13 @@ use crate::client::{self, Client, ClientError};
 /// Downloads are allowed this rate on top of the lookup timeout, so a large
 /// output on a slow link is not cut off by a timeout meant for lookups.
 pub const MIN_DOWNLOAD_RATE: u64 = 10 << 20;
+
+/// Outputs at least this large are fetched zstd-compressed, one per
+/// ByteStream call, when the server offers zstd: go's archives shrink 3-4×
+/// (`go build std` fetches 177 of its 181 MiB in outputs this large), and a
+/// call of its own costs one stream, not a round trip more, when calls are
+/// in flight together. Smaller ones stay in batches, uncompressed.
+pub const COMPRESSED_MIN: u64 = 64 << 10;
 
 /// What the request tasks and the background tasks share.
 pub(super) struct Shared {
@@ -43,6 +50,14 @@ pub(super) struct Shared {
     /// `RemoteConfig::timeout`.
     pub timeout: Duration,
     pub downloads: Downloads,
+    /// Bytes being downloaded right now, by gets and the prefetcher
+    /// together: they share one link, so each download's time allowance is
+    /// sized by all of them, not by its own bytes alone (see [`Shared::downloading`]).
+    pub in_flight: AtomicU64,
+    /// Whether the server offers zstd-compressed reads: `None` until its
+    /// capabilities are known (asked once at start-up; `Some(false)` with
+    /// `--zstd=false`, or when asking failed).
+    pub zstd: watch::Sender<Option<bool>>,
     /// A corrupt blob, or local disk trouble, was already warned about:
     /// later ones only go to the debug log (one warning per kind).
     pub warned_corrupt: AtomicBool,
@@ -60,6 +75,41 @@ pub(super) enum Fetch {
 }
 
 impl Shared {
+    /// Asks the server's capabilities whether it serves zstd-compressed
+    /// blobs; until it answers, downloads are plain. Bounded by the lookup
+    /// timeout; failing to ask only means plain downloads (a down server is
+    /// the gets' and prefetch's to notice).
+    pub async fn probe_zstd(self: Arc<Self>) {
+        let offered = match tokio::time::timeout(self.timeout, self.client.offers_zstd()).await {
+            Ok(Ok(offered)) => offered,
+            Ok(Err(e)) => {
+                tracing::debug!("asking the remote's capabilities: {e}; fetching uncompressed");
+                false
+            }
+            Err(_) => false,
+        };
+        tracing::debug!(offered, "zstd-compressed reads");
+        self.zstd.send_replace(Some(offered));
+    }
+
+    /// Waits (until `deadline`) to learn whether the server offers zstd.
+    pub async fn zstd_known(&self, deadline: Instant) {
+        let mut rx = self.zstd.subscribe();
+        let _ = timeout_at(deadline, rx.wait_for(Option::is_some)).await;
+    }
+
+    /// Counts `bytes` as being downloaded until the guard drops; returns
+    /// the bytes others were downloading already.
+    pub fn downloading(&self, bytes: u64) -> (u64, InFlight<'_>) {
+        let others = self.in_flight.fetch_add(bytes, Ordering::Relaxed);
+        (others, InFlight { counter: &self.in_flight, bytes })
+    }
+
+    /// True if an output of `size` bytes is to be fetched compressed.
+    pub fn compresses(&self, size: u64) -> bool {
+        size >= COMPRESSED_MIN && *self.zstd.borrow() == Some(true)
+    }
+
     /// The remote's entry for `action`, if it has a usable one.
     pub async fn lookup(&self, action: &ActionId, deadline: Instant) -> Option<RemoteEntry> {
         let key = mapping::action_key(action);
@@ -88,7 +138,11 @@ impl Shared {
             return Fetch::Failed; // would be trimmed at once; not worth the bytes
         }
         let wait_deadline = deadline;
-        let deadline = deadline + download_allowance(e.size);
+        // Sized by everything being downloaded now, not this output alone:
+        // behind the prefetcher's bulk reads on a slow link, this download
+        // gets its share of the link, and timing out would turn an output
+        // the server has into a compile (and count against its health).
+        let deadline = download_deadline(deadline, e.size, self.in_flight.load(Ordering::Relaxed));
         // At most: look, wait for another download, look, download, look.
         for _ in 0..3 {
             match self.local.link(action, &e.output, e.size, e.time_nanos) {
@@ -160,7 +214,8 @@ impl Shared {
 
     /// Downloads one output into the local tier (verified by the client):
     /// small ones with BatchReadBlobs, large ones streamed to a temp file
-    /// with ByteStream. `Ok(false)` if the server does not have it;
+    /// with ByteStream (zstd-compressed from [`COMPRESSED_MIN`] up, when the
+    /// server offers it). `Ok(false)` if the server does not have it;
     /// `Err(None)` if the network part missed `deadline` (local writes are
     /// not bounded: a slow disk is not the server's fault).
     async fn download(&self, output: &OutputId, size: u64, deadline: Instant) -> Result<bool, Option<ClientError>> {
@@ -168,6 +223,7 @@ impl Shared {
         let local_err = |source| {
             Some(ClientError::Io { context: format!("storing {digest} in {}", self.local.root().display()), source })
         };
+        let _counted = self.downloading(size);
         if size == 0 {
             // The empty blob: every CAS has it implicitly. (An entry claiming
             // zero bytes under another hash is bogus: the server lacks it.)
@@ -175,6 +231,14 @@ impl Shared {
                 return Ok(false);
             }
             self.local.install_bytes(output, b"").map_err(local_err)?;
+        } else if self.compresses(size) {
+            let mut temp = self.local.temp_file().map_err(local_err)?;
+            drop(temp.take_file());
+            let read = timeout_at(deadline, self.client.read_to_file_zstd(&digest, temp.path())).await;
+            if !read.map_err(|_| None)?.map_err(Some)? {
+                return Ok(false);
+            }
+            self.local.install_object(output, temp).map_err(local_err)?;
         } else if size <= client::BATCH_BLOB_MAX {
             let read = timeout_at(deadline, self.client.batch_read(&[digest])).await;
             let Some(Some(data)) = read.map_err(|_| None)?.map_err(Some)?.pop() else {
@@ -251,6 +315,24 @@ pub(super) fn refuses_writes(e: &ClientError) -> bool {
         if matches!(status.code(), tonic::Code::ResourceExhausted | tonic::Code::PermissionDenied))
 }
 
+/// Bytes counted in [`Shared::in_flight`] while this lives.
+pub(super) struct InFlight<'a> {
+    counter: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// When a get's download of `size` bytes must be done, given its lookup
+/// deadline and the bytes others are downloading now over the same link.
+pub fn download_deadline(lookup: Instant, size: u64, in_flight: u64) -> Instant {
+    lookup + download_allowance(size + in_flight)
+}
+
 /// Extra time a download of `size` bytes may take beyond the lookup timeout.
 pub fn download_allowance(size: u64) -> Duration {
     Duration::from_secs_f64(size as f64 / MIN_DOWNLOAD_RATE as f64)
@@ -316,6 +398,16 @@ mod tests {
         drop(claim);
         busy.wait_for(|done| *done).await.unwrap();
         assert!(d.claim(out).is_ok(), "free again");
+    }
+
+    #[test]
+    fn a_get_behind_bulk_downloads_gets_their_time_too() {
+        let lookup = Instant::now();
+        let alone = download_deadline(lookup, MIN_DOWNLOAD_RATE, 0);
+        assert_eq!(alone - lookup, Duration::from_secs(1));
+        // Behind 30 MiB of prefetching on the same link: 3 s more, not a
+        // timeout that turns a hit into a compile.
+        assert_eq!(download_deadline(lookup, MIN_DOWNLOAD_RATE, 3 * MIN_DOWNLOAD_RATE) - alone, Duration::from_secs(3));
     }
 
     #[test]

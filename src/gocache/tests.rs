@@ -417,6 +417,7 @@ fn config_flags() {
             prefetch_key: None,
             wait_for_uploads: false,
             security: Default::default(),
+            zstd: true,
         })
     );
     assert_eq!(c.finish_timeout, Duration::from_secs(10));
