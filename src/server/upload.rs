@@ -42,14 +42,6 @@ impl Upload {
         }
     }
 
-    /// Ends a batch: the writer keeps no staging buffer between batches.
-    fn pause(&mut self) -> Result<(), Error> {
-        match self {
-            Upload::Plain(w) => w.pause(),
-            Upload::Zstd(z) => z.pause(),
-        }
-    }
-
     fn commit(self) -> Result<(), Error> {
         match self {
             Upload::Plain(w) => w.commit(),
@@ -151,7 +143,7 @@ impl Spool {
         self.pending_bytes = 0;
         self.inflight = Some(tokio::task::spawn_blocking(move || {
             let _held = held;
-            let result = batch.iter().try_for_each(|data| upload.write(data)).and_then(|()| upload.pause());
+            let result = batch.iter().try_for_each(|data| upload.write(data));
             (upload, result)
         }));
     }

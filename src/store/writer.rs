@@ -9,19 +9,10 @@
 //! blobs over `max_cas_blob_size_bytes`; retrying cannot help), and the
 //! declared size is reserved from the `--max-tmp-size` budget for as long as
 //! the writer lives (RESOURCE_EXHAUSTED when full: retrying later can).
-//!
-//! Large blobs are written with O_DIRECT where the filesystem allows it: the
-//! profile of a 64 MiB upload showed the kernel's copy into the page cache
-//! taking four times the CPU of SHA-256, and the fdatasync then writing it all
-//! out anyway. Direct writes need whole, aligned blocks, so bytes are gathered
-//! in an aligned stage of [`DIRECT_STAGE`]; the last partial block goes
-//! through the page cache at commit (the fdatasync covers both).
 
-use std::cell::RefCell;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -55,162 +46,6 @@ struct TempFile {
     /// Bytes written, and the store-wide count of spooled bytes they are in.
     bytes: u64,
     spooled: Arc<AtomicU64>,
-    /// Set while `file` is open with O_DIRECT: the bytes received but not yet
-    /// written. None once the file is written through the page cache.
-    direct: Option<Direct>,
-}
-
-/// O_DIRECT takes whole blocks from aligned memory at aligned offsets; 4 KiB
-/// satisfies the logical block size of every common device.
-const DIRECT_ALIGN: usize = 4096;
-
-/// Bytes gathered before one direct write: a direct write waits for the
-/// device, so it must be large to keep the device busy.
-pub const DIRECT_STAGE: usize = 1 << 20;
-
-/// What a direct-written file has received but not written yet.
-#[derive(Default)]
-struct Direct {
-    /// The stage while a batch of writes is under way (see [`BlobWriter::pause`]).
-    stage: Option<Stage>,
-    /// Less than one block, kept between batches instead of a whole stage.
-    tail: Vec<u8>,
-}
-
-/// A block-aligned buffer: a Vec with a block of slack, used from its first
-/// aligned byte (alignment without unsafe code).
-struct Stage {
-    buf: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-thread_local! {
-    /// One stage kept per (blocking) thread between batches, so a stalled
-    /// upload holds no stage and a busy one does not fault in a fresh MiB per batch.
-    static SPARE_STAGE: RefCell<Option<Stage>> = const { RefCell::new(None) };
-}
-
-impl Stage {
-    fn take() -> Stage {
-        SPARE_STAGE.with(|s| s.borrow_mut().take()).unwrap_or_else(|| {
-            let buf = vec![0u8; DIRECT_STAGE + DIRECT_ALIGN];
-            let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-            Stage { buf, start, len: 0 }
-        })
-    }
-
-    fn give_back(mut self) {
-        self.len = 0;
-        SPARE_STAGE.with(|s| *s.borrow_mut() = Some(self));
-    }
-
-    fn room(&self) -> usize {
-        DIRECT_STAGE - self.len
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        self.buf[self.start + self.len..][..data.len()].copy_from_slice(data);
-        self.len += data.len();
-    }
-
-    fn filled(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
-    }
-
-    /// Drops the first `n` bytes (written), keeping the rest at the aligned start.
-    fn consume(&mut self, n: usize) {
-        self.buf.copy_within(self.start + n..self.start + self.len, self.start);
-        self.len -= n;
-    }
-}
-
-/// Creates an upload's temp file, with O_DIRECT when the filesystem takes it
-/// (tmpfs and some others refuse it: those are written through the page cache).
-fn create_temp(path: &Path) -> std::io::Result<(File, Option<Direct>)> {
-    match OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(path) {
-        Ok(f) => Ok((f, Some(Direct::default()))),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((File::create(path)?, None)),
-        Err(e) => Err(e),
-    }
-}
-
-impl TempFile {
-    /// Appends `data` to the file (or to the stage of a direct file).
-    fn append(&mut self, mut data: &[u8]) -> std::io::Result<()> {
-        while !data.is_empty() {
-            let Some(direct) = &mut self.direct else { return self.file.write_all(data) };
-            let stage = direct.stage.get_or_insert_with(|| {
-                let mut s = Stage::take();
-                s.push(&direct.tail);
-                s
-            });
-            direct.tail.clear();
-            let n = stage.room().min(data.len());
-            stage.push(&data[..n]);
-            data = &data[n..];
-            if stage.room() == 0 {
-                self.write_blocks()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the whole blocks of the stage directly; the partial block stays.
-    /// A filesystem that refuses a direct write after all gets the bytes
-    /// through the page cache from then on.
-    fn write_blocks(&mut self) -> std::io::Result<()> {
-        let Some(stage) = self.direct.as_mut().and_then(|d| d.stage.as_mut()) else { return Ok(()) };
-        loop {
-            let whole = stage.len / DIRECT_ALIGN * DIRECT_ALIGN;
-            if whole == 0 {
-                return Ok(());
-            }
-            match self.file.write(&stage.filled()[..whole]) {
-                Ok(n) if n % DIRECT_ALIGN == 0 && n > 0 => stage.consume(n),
-                Ok(n) => {
-                    // A short, unaligned write (the disk filling up): the rest
-                    // cannot go direct; the page cache reports what follows.
-                    stage.consume(n);
-                    return self.go_buffered();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return self.go_buffered(),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Reopens the file without O_DIRECT and writes what the stage holds.
-    fn go_buffered(&mut self) -> std::io::Result<()> {
-        let Some(direct) = self.direct.take() else { return Ok(()) };
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
-        if let Some(stage) = direct.stage {
-            self.file.write_all(stage.filled())?;
-            stage.give_back();
-        }
-        self.file.write_all(&direct.tail)
-    }
-
-    /// Writes whole blocks and keeps the partial one in a small tail, handing
-    /// the stage back to this thread.
-    fn pause(&mut self) -> std::io::Result<()> {
-        self.write_blocks()?;
-        if let Some(direct) = &mut self.direct {
-            if let Some(stage) = direct.stage.take() {
-                direct.tail.extend_from_slice(stage.filled());
-                stage.give_back();
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes everything received: whole blocks directly, the last partial
-    /// block through the page cache.
-    fn finish(&mut self) -> std::io::Result<()> {
-        self.write_blocks()?;
-        self.go_buffered()
-    }
 }
 
 impl Drop for TempFile {
@@ -238,16 +73,9 @@ impl BlobWriter {
             Spool::Memory(Vec::with_capacity(digest.size as usize))
         } else {
             let path = store.tmp_dir().join(uuid::Uuid::new_v4().to_string());
-            let (file, direct) =
-                create_temp(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
-            Spool::File(TempFile {
-                file,
-                path,
-                published: false,
-                bytes: 0,
-                spooled: store.uploads().spool_counter(),
-                direct,
-            })
+            let file =
+                File::create(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
+            Spool::File(TempFile { file, path, published: false, bytes: 0, spooled: store.uploads().spool_counter() })
         };
         Ok(BlobWriter { store, hasher: digest.function.hasher(), digest, written: 0, spool, _reservation: reservation })
     }
@@ -277,7 +105,7 @@ impl BlobWriter {
         match &mut self.spool {
             Spool::Memory(buf) => buf.extend_from_slice(data),
             Spool::File(t) => {
-                t.append(data).map_err(|e| disk_error("writing upload", e))?;
+                t.file.write_all(data).map_err(|e| disk_error("writing upload", e))?;
                 t.bytes += data.len() as u64;
                 t.spooled.fetch_add(data.len() as u64, Ordering::AcqRel);
                 // Room is made while the bytes arrive, not after a large
@@ -287,16 +115,6 @@ impl BlobWriter {
         }
         self.written += data.len() as u64;
         Ok(())
-    }
-
-    /// Ends a batch of writes: bytes gathered for a direct write are written
-    /// (whole blocks) or kept (less than a block), so a writer between batches
-    /// (a stalled or parked upload) holds no stage. Blocking.
-    pub fn pause(&mut self) -> Result<()> {
-        match &mut self.spool {
-            Spool::Memory(_) => Ok(()),
-            Spool::File(t) => t.pause().map_err(|e| disk_error("writing upload", e)),
-        }
     }
 
     /// Verifies the bytes against the digest and publishes the blob. Blocking
@@ -321,7 +139,6 @@ impl BlobWriter {
         match self.spool {
             Spool::Memory(buf) => self.store.commit_blob(&d, Some(&buf), None).map(|_| ()),
             Spool::File(mut t) => {
-                t.finish().map_err(|e| disk_error("writing upload", e))?;
                 // Durable before visible: the record must never point at a
                 // file whose bytes are still only in the page cache.
                 t.file.sync_data().map_err(|e| disk_error("syncing upload", e))?;

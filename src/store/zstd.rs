@@ -42,11 +42,6 @@ impl ZstdUpload {
         self.decoder.feed(data, &mut |chunk| writer.write(chunk))
     }
 
-    /// Ends a batch of writes (see [`BlobWriter::pause`]).
-    pub fn pause(&mut self) -> Result<()> {
-        self.writer.pause()
-    }
-
     /// Checks the last frame is complete, then verifies and publishes as any upload.
     pub fn commit(self) -> Result<()> {
         self.decoder.finish()?;
