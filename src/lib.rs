@@ -17,6 +17,8 @@
 //! - [`tls`]: rustls for the listeners: PEM loading, reload, handshakes.
 //! - [`client`]: the one typed REAPI client, shared by the Go shim and the bench.
 //! - [`bench`]: `cairn bench`, the load generator behind BENCHMARKS.md.
+//! - [`launch`]: starting `cairn serve` as a child and reading its address
+//!   from its log, for the bench and the tests alike.
 //! - [`gocache`]: `cairn gocacheprog`, Go's cache protocol and its local tier.
 //! - [`wire`]: pure decoding of what clients send, with its limits (bounded
 //!   zstd, the digests an ActionResult or Tree names): no storage, no I/O.
@@ -38,6 +40,7 @@ pub mod digest;
 pub mod error;
 pub mod fuzzing;
 pub mod gocache;
+pub mod launch;
 pub mod proto;
 #[cfg(feature = "server")]
 pub mod server;

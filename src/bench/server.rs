@@ -2,12 +2,12 @@
 //! (`--start-cairn`, and the start-up workload), and reading a server
 //! process's memory from `/proc/<pid>/status`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// A `cairn serve` child listening on an ephemeral loopback port.
+/// A `cairn serve` child listening on an ephemeral loopback port (started by
+/// [`crate::launch`], as the tests start theirs).
 pub struct CairnChild {
     child: Child,
     /// `grpc://127.0.0.1:PORT`.
@@ -29,47 +29,24 @@ impl CairnChild {
             None => Some(ScratchDir::new("serve")?),
         };
         let dir = data_dir.map_or_else(|| temp.as_ref().expect("temp").path().to_path_buf(), Path::to_path_buf);
+        let mut flags = vec!["--log-level".to_string(), "warn,cairn::server=info".to_string()];
+        flags.extend_from_slice(extra);
+        let command = crate::launch::serve_command(bin, &dir, &flags);
         let started = Instant::now();
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn,cairn::server=info", "--data-dir"])
-            .arg(&dir)
-            // Its own admin port, so benches beside a running cache don't collide on 9093.
-            .args(if extra.iter().any(|a| a == "--admin-listen") {
-                &[][..]
-            } else {
-                &["--admin-listen", "127.0.0.1:0"][..]
-            })
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot run {} serve: {e}", bin.display()))?;
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && !line.contains("admin listening on ") {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split([',', ' ']).next().unwrap_or("").to_string();
-                        let _ = tx.send((addr, Instant::now()));
-                        sent = true;
-                        continue;
-                    }
-                }
-                // The server's warnings and errors stay visible.
+        let launched = crate::launch::launch(command, Duration::from_secs(60), |line| {
+            // The server's warnings and errors stay visible.
+            if crate::launch::grpc_addr(line).is_none() {
                 eprintln!("[cairn serve] {line}");
             }
-        });
-        let (addr, at) = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(v) => v,
-            Err(_) => {
-                let _ = child.kill();
-                anyhow::bail!("cairn serve did not report its address within 60 s");
-            }
-        };
-        Ok(CairnChild { child, url: format!("grpc://{addr}"), spawned: started, startup: at - started, _dir: temp })
+        })
+        .map_err(|e| anyhow::anyhow!("cannot run {} serve: {e}", bin.display()))?;
+        Ok(CairnChild {
+            child: launched.child,
+            url: format!("grpc://{}", launched.addr),
+            spawned: started,
+            startup: launched.startup,
+            _dir: temp,
+        })
     }
 
     pub fn pid(&self) -> u32 {

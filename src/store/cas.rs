@@ -19,13 +19,20 @@ impl Store {
     /// takes it within the minimum age.
     pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let keys: Vec<[u8; 33]> = digests.iter().map(cas_key).collect();
-        let mut missing = Vec::new();
+        // RocksDB sorts a batch's keys itself unless told they are sorted; its
+        // sort (through the comparator, per key context) was a third of the
+        // lookup's instructions, a sort of the plain keys here far less.
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by_key(|&i| keys[i]);
+        let mut present = vec![false; digests.len()];
         let backlog = {
             let _gate = self.inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
-            let found = self.inner.db.batched_multi_get_cf(self.inner.cf(CF_CAS), keys.iter(), false);
+            let sorted = order.iter().map(|&i| &keys[i]);
+            let found = self.inner.db.batched_multi_get_cf(self.inner.cf(CF_CAS), sorted, true);
             let mut used = Vec::with_capacity(digests.len());
-            for ((d, k), r) in digests.iter().zip(&keys).zip(found) {
-                let present = match r? {
+            for (&i, r) in order.iter().zip(found) {
+                let (d, k) = (&digests[i], &keys[i]);
+                present[i] = match r? {
                     Some(v) => {
                         let same = parse_cas_value(&v)?.1 == d.size;
                         if same {
@@ -35,14 +42,11 @@ impl Store {
                     }
                     None => d.is_empty_blob(),
                 };
-                if !present {
-                    missing.push(*d);
-                }
             }
             self.inner.touches.touch_all(used)
         };
         self.inner.relieve_backlog(backlog)?;
-        Ok(missing)
+        Ok(digests.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| *d).collect())
     }
 
     /// True when the CAS holds `d` (a use of it, as for [`Store::find_missing`]).

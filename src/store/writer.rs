@@ -12,6 +12,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +49,36 @@ struct TempFile {
     /// Bytes written, and the store-wide count of spooled bytes they are in.
     bytes: u64,
     spooled: Arc<AtomicU64>,
+    /// Bytes whose writeback has been started (see [`WRITEBACK_STEP`]).
+    flushed: u64,
+}
+
+/// Bytes of a large upload after which their writeback to disk is started,
+/// so the disk works while the rest arrives and the fdatasync at commit only
+/// waits for the last step instead of the whole blob.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+impl TempFile {
+    /// Starts (without waiting for) the writeback of the bytes written since
+    /// the last call, once there are [`WRITEBACK_STEP`] of them. Only a hint:
+    /// durability still comes from the fdatasync at commit.
+    fn start_writeback(&mut self) {
+        let pending = self.bytes - self.flushed;
+        if pending < WRITEBACK_STEP {
+            return;
+        }
+        // SAFETY: sync_file_range on a file descriptor this struct owns; no
+        // memory is passed. A failure only means no early writeback.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                self.flushed as libc::off64_t,
+                pending as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.flushed = self.bytes;
+    }
 }
 
 impl Drop for TempFile {
@@ -77,7 +108,14 @@ impl BlobWriter {
             let path = store.tmp_dir().join(uuid::Uuid::new_v4().to_string());
             let file =
                 File::create(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
-            Spool::File(TempFile { file, path, published: false, bytes: 0, spooled: store.uploads().spool_counter() })
+            Spool::File(TempFile {
+                file,
+                path,
+                published: false,
+                bytes: 0,
+                spooled: store.uploads().spool_counter(),
+                flushed: 0,
+            })
         };
         Ok(BlobWriter {
             store,
@@ -125,6 +163,7 @@ impl BlobWriter {
                 t.file.write_all(data).map_err(|e| disk_error("writing upload", e))?;
                 t.bytes += data.len() as u64;
                 t.spooled.fetch_add(data.len() as u64, Ordering::AcqRel);
+                t.start_writeback();
                 // Room is made while the bytes arrive, not after a large
                 // blob has landed: the disk stays within --max-size.
                 self.store.inner.wake_if_over_limit();

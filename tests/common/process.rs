@@ -1,10 +1,9 @@
 //! Runs the real `cairn serve` binary as a child process, for tests that
 //! need to kill it (kill -9) or watch its start-up.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,47 +24,24 @@ impl ServerProcess {
     /// restarting a server on its old port does), and waits for its
     /// "listening on" lines to learn the ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
-        let own_admin = !extra.contains(&"--admin-listen");
-        let own_listen = !extra.contains(&"--listen");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .arg("serve")
-            .args(if own_listen { &["--listen", "127.0.0.1:0"][..] } else { &[][..] })
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(if own_admin { &["--admin-listen", "127.0.0.1:0"][..] } else { &[][..] })
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cairn serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let command = cairn::launch::serve_command(Path::new(env!("CARGO_BIN_EXE_cairn")), data_dir, extra);
         let (admin_tx, admin_rx) = std::sync::mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            let addr_after = |line: &str, marker: &str| {
-                let rest = line.split(marker).nth(1)?;
-                rest.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse::<SocketAddr>().ok()
-            };
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("admin listening on ") {
-                    let _ = admin_tx.send(addr_after(&line, "admin listening on "));
-                } else if !sent && line.contains("listening on ") {
-                    let _ = tx.send(addr_after(&line, "listening on "));
-                    sent = true;
-                }
-                eprintln!("[cairn] {line}");
-                lines.lock().unwrap().push(line);
+        let addr_after = |line: &str, marker: &str| {
+            let rest = line.split(marker).nth(1)?;
+            rest.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse::<SocketAddr>().ok()
+        };
+        // The gRPC "listening on" line is found by cairn::launch, as the bench finds it.
+        let launched = cairn::launch::launch(command, Duration::from_secs(60), move |line| {
+            if line.contains("admin listening on ") {
+                let _ = admin_tx.send(addr_after(line, "admin listening on "));
             }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .flatten()
-            .expect("cairn serve did not report its listen address");
+            eprintln!("[cairn] {line}");
+            lines.lock().unwrap().push(line.to_string());
+        })
+        .expect("cairn serve did not report its listen address");
+        let (child, addr) = (launched.child, launched.addr);
         let off = extra.windows(2).any(|w| w[0] == "--admin-listen" && w[1] == "off");
         let admin = (!off).then(|| {
             admin_rx

@@ -105,8 +105,8 @@ impl Logged {
             }
         });
         let mut logged = Logged { child, addr: String::new(), startup: String::new(), lines };
-        let line = logged.wait_for("listening on")?;
-        logged.addr = line.split("listening on ").nth(1).unwrap().split(',').next().unwrap().to_string();
+        let line = logged.wait_for(cairn::launch::GRPC_LISTENING)?;
+        logged.addr = cairn::launch::grpc_addr(&line).expect("the listening line has an address").to_string();
         logged.startup = line;
         Ok(logged)
     }
