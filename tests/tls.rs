@@ -8,27 +8,16 @@ mod common;
 mod go_support;
 mod security_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn::client::{Client, ClientError, Security};
-use cairn::config::Config;
 use cairn::digest::DigestFunction;
-use cairn::tls::TlsFiles;
 use common::TestServer;
 use go_support::{compiles, Workspace, APP_OUTPUT};
-use security_support::{token_new, Ca, Issued, Logged};
+use security_support::{tls_config, token_new, Ca, Issued, Logged};
 use tonic::Code;
-
-/// A config serving TLS with a certificate from `ca` (mTLS when `client_ca`).
-fn tls_config(dir: &Path, ca: &Ca, client_ca: Option<&Path>) -> Config {
-    let server = ca.server("server");
-    let mut config = Config::for_data_dir(dir.join("data"));
-    config.security.tls =
-        Some(TlsFiles { cert: server.cert, key: server.key, client_ca: client_ca.map(Path::to_path_buf) });
-    config
-}
 
 fn grpcs(server: &TestServer) -> String {
     format!("grpcs://127.0.0.1:{}", server.addr.port())

@@ -24,11 +24,21 @@ impl ServerProcess {
     /// waits for its "listening on" lines to learn the ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         let own_admin = !extra.contains(&"--admin-listen");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(if own_admin { &["--admin-listen", "127.0.0.1:0"][..] } else { &[][..] })
-            .args(extra)
+            .args(extra);
+        let off = extra.windows(2).any(|w| w[0] == "--admin-listen" && w[1] == "off");
+        ServerProcess::spawn(command, !off)
+    }
+
+    /// Runs `command` (a `cairn serve` whose flags the caller chose, e.g.
+    /// from a config file) and waits for its gRPC "listening on" line, and
+    /// for the admin port's when `admin` (it must then listen on one).
+    pub fn spawn(mut command: Command, admin: bool) -> ServerProcess {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -41,10 +51,6 @@ impl ServerProcess {
         let lines = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
-            let addr_after = |line: &str, marker: &str| {
-                let rest = line.split(marker).nth(1)?;
-                rest.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse::<SocketAddr>().ok()
-            };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("admin listening on ") {
                     let _ = admin_tx.send(addr_after(&line, "admin listening on "));
@@ -61,8 +67,7 @@ impl ServerProcess {
             .ok()
             .flatten()
             .expect("cairn serve did not report its listen address");
-        let off = extra.windows(2).any(|w| w[0] == "--admin-listen" && w[1] == "off");
-        let admin = (!off).then(|| {
+        let admin = admin.then(|| {
             admin_rx
                 .recv_timeout(Duration::from_secs(60))
                 .ok()
@@ -70,6 +75,15 @@ impl ServerProcess {
                 .expect("cairn serve did not report its admin address")
         });
         ServerProcess { child, addr, admin, log }
+    }
+
+    /// The HTTP cache port (`--http-listen`), from its "http listening on"
+    /// line; waits up to 60 s for it.
+    pub fn http_addr(&self) -> SocketAddr {
+        const MARKER: &str = "http listening on ";
+        self.wait_for_log(MARKER);
+        let line = self.log_lines(MARKER).remove(0);
+        addr_after(&line, MARKER).unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     /// The lines logged so far that contain `needle`.
@@ -140,6 +154,12 @@ impl ServerProcess {
         let _ = self.child.kill();
         panic!("cairn serve did not exit within 30 s of SIGTERM");
     }
+}
+
+/// The address logged right after `marker` in `line`.
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    rest.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse::<SocketAddr>().ok()
 }
 
 impl Drop for ServerProcess {

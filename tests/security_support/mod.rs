@@ -62,6 +62,16 @@ impl Ca {
     }
 }
 
+/// A config over `dir/data` serving TLS with a server certificate from `ca`
+/// (mTLS when `client_ca` names the CA client certificates must chain to).
+pub fn tls_config(dir: &Path, ca: &Ca, client_ca: Option<&Path>) -> cairn::config::Config {
+    let server = ca.server("server");
+    let mut config = cairn::config::Config::for_data_dir(dir.join("data"));
+    config.security.tls =
+        Some(cairn::tls::TlsFiles { cert: server.cert, key: server.key, client_ca: client_ca.map(Path::to_path_buf) });
+    config
+}
+
 /// Runs `cairn token new NAME MODE PREFIX...` (the real binary) and returns
 /// the token and the tokens-file line it printed.
 pub fn token_new(name: &str, mode: &str, prefixes: &[&str]) -> (String, String) {
