@@ -6,29 +6,17 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn::client::Client;
 use cairn::config::Config;
-use cairn::digest::{Digest, DigestFunction};
 use cairn::proto::reapi;
-use common::curl::curl;
+use common::curl::{curl, sha, write};
 use common::process::ServerProcess;
 use common::TestServer;
 use prost::Message;
-
-fn sha(data: &[u8]) -> Digest {
-    DigestFunction::Sha256.digest_of(data)
-}
-
-fn write(dir: &Path, name: &str, data: &[u8]) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, data).unwrap();
-    p.to_string_lossy().into_owned()
-}
 
 /// PUT, GET and HEAD of a blob and an ActionResult, and what is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,26 +8,12 @@
 mod common;
 mod security_support;
 
-use std::path::Path;
-
-use cairn::digest::{Digest, DigestFunction};
 use cairn::proto::reapi;
-use common::curl::{curl, try_curl};
+use common::curl::{curl, sha, try_curl, write};
 use common::process::ServerProcess;
 use common::TestServer;
 use prost::Message;
-use security_support::{tls_config, token_new, Ca, Issued};
-
-fn sha(data: &[u8]) -> Digest {
-    DigestFunction::Sha256.digest_of(data)
-}
-
-/// Writes `data` to `dir/name` and returns the path, for `curl -T`.
-fn write(dir: &Path, name: &str, data: &[u8]) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, data).unwrap();
-    p.to_string_lossy().into_owned()
-}
+use security_support::{tls_config, token_new, Ca, Issued, TlsFilesOnDisk};
 
 fn https(server: &TestServer) -> String {
     format!("https://{}", server.http_addr.expect("started with an HTTP port"))
@@ -149,26 +135,18 @@ async fn mtls_on_the_http_port_maps_certificates_to_scopes_as_on_grpc() {
 async fn a_sighup_reload_reaches_new_http_connections() {
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (Ca::new(dir.path(), "old"), Ca::new(dir.path(), "new"));
-    let (cert, key, client_ca) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
-    let install = |ca: &Ca| {
-        let s = ca.server("server");
-        std::fs::copy(&s.cert, &cert).unwrap();
-        std::fs::copy(&s.key, &key).unwrap();
-        std::fs::copy(&ca.cert, &client_ca).unwrap();
-    };
-    install(&old);
-    let paths = [&cert, &key, &client_ca].map(|p| p.to_str().unwrap());
-    let server = ServerProcess::start(
-        &dir.path().join("data"),
-        &["--http-listen", "127.0.0.1:0", "--tls-cert", paths[0], "--tls-key", paths[1], "--tls-client-ca", paths[2]],
-    );
+    let files = TlsFilesOnDisk::new(dir.path());
+    files.install(&old);
+    let mut args = vec!["--http-listen", "127.0.0.1:0"];
+    args.extend(files.flags());
+    let server = ServerProcess::start(&dir.path().join("data"), &args);
     let url = format!("https://{}/cas/{}", server.http_addr(), sha(b"").hex());
     let old_client = trusting(&old, Some(&old.client("c", "old-client")));
     let new_client = trusting(&new, Some(&new.client("c", "new-client")));
     assert_eq!(curl(&with(&old_client, &[&url])).await.code, 200);
     assert!(try_curl(&with(&new_client, &[&url])).await.is_err(), "the new CA before the reload");
 
-    install(&new);
+    files.install(&new);
     server.signal(libc::SIGHUP);
     server.wait_for_log("SIGHUP: reloaded the TLS certificate");
     assert_eq!(curl(&with(&new_client, &[&url])).await.code, 200);

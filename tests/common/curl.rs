@@ -1,7 +1,10 @@
 //! curl, the plain HTTP client that drives the HTTP cache port in tests
 //! (README's curl examples come from these tests).
 
+use std::path::Path;
 use std::process::Command;
+
+use cairn::digest::{Digest, DigestFunction};
 
 /// What curl got: the status code, the body, and the response headers.
 pub struct Reply {
@@ -52,4 +55,16 @@ pub async fn try_curl(args: &[&str]) -> Result<Reply, String> {
     })
     .await
     .unwrap()
+}
+
+/// SHA-256 digest of `data`, the only function of the HTTP protocol.
+pub fn sha(data: &[u8]) -> Digest {
+    DigestFunction::Sha256.digest_of(data)
+}
+
+/// Writes `data` to `dir/name` and returns the path, for `curl -T`.
+pub fn write(dir: &Path, name: &str, data: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    p.to_string_lossy().into_owned()
 }
