@@ -135,7 +135,7 @@ struct ServeArgs {
     print_config: bool,
     // --- end of config file ---
     // --- security ---
-    /// PEM certificate chain: serve gRPC over TLS (with --tls-key). Reloaded on SIGHUP [default: none: plain gRPC].
+    /// PEM certificate chain: serve gRPC (and --http-listen) over TLS (with --tls-key). Reloaded on SIGHUP [default: none: plain TCP].
     #[arg(long, env = "CAIRN_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert. Reloaded on SIGHUP [default: none].

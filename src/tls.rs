@@ -2,7 +2,9 @@
 //! the configuration on reload (SIGHUP) without a restart, and an accept loop
 //! whose handshakes run each in its own task with a timeout, so a client that
 //! stalls mid-handshake holds up nobody else. No gRPC here: any front end
-//! (gRPC, HTTP) can serve the [`TlsConn`]s it yields.
+//! (gRPC, HTTP) can serve the [`TlsConn`]s it yields; one [`TlsAcceptor`]
+//! serves every port, each offering its own [`Protocol`] by ALPN, so one
+//! reload changes the certificate on all of them.
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,24 +41,63 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The application protocol a port speaks, offered to clients by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC: `h2` (grpc-java in Bazel and grpc-go insist on negotiating it).
+    Grpc,
+    /// Bazel's HTTP cache protocol: `http/1.1`, the only version its
+    /// front end speaks. A client that offers no ALPN at all (Java without
+    /// ALPN support) is still served.
+    Http1,
+}
+
+impl Protocol {
+    fn alpn(self) -> &'static [u8] {
+        match self {
+            Protocol::Grpc => b"h2",
+            Protocol::Http1 => b"http/1.1",
+        }
+    }
+}
+
 /// The TLS configuration in force, rebuilt from the files on [`reload`](Self::reload).
 pub struct TlsAcceptor {
     files: TlsFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Configs>,
+}
+
+/// The configuration of each [`Protocol`]: the same certificate and client
+/// CA, different ALPN. Swapped together, so no port keeps an old certificate.
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    http1: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn build(files: &TlsFiles) -> Result<Configs, String> {
+        let base = build(files)?;
+        let with = |p: Protocol| {
+            let mut config = base.clone();
+            config.alpn_protocols = vec![p.alpn().to_vec()];
+            Arc::new(config)
+        };
+        Ok(Configs { grpc: with(Protocol::Grpc), http1: with(Protocol::Http1) })
+    }
 }
 
 impl TlsAcceptor {
     /// Loads the files; an error names the file and what is wrong with it.
     pub fn load(files: TlsFiles) -> Result<TlsAcceptor, String> {
-        let config = build(&files)?;
-        Ok(TlsAcceptor { files, current: RwLock::new(Arc::new(config)) })
+        let configs = Configs::build(&files)?;
+        Ok(TlsAcceptor { files, current: RwLock::new(configs) })
     }
 
     /// Re-reads the files. On error the old configuration stays in force
     /// (a half-written certificate must not take the server down).
     pub fn reload(&self) -> Result<(), String> {
-        let config = build(&self.files)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        let configs = Configs::build(&self.files)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = configs;
         Ok(())
     }
 
@@ -65,8 +106,12 @@ impl TlsAcceptor {
         self.files.client_ca.is_some()
     }
 
-    fn config(&self) -> Arc<ServerConfig> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn config(&self, protocol: Protocol) -> Arc<ServerConfig> {
+        let configs = self.current.read().unwrap_or_else(|e| e.into_inner());
+        match protocol {
+            Protocol::Grpc => configs.grpc.clone(),
+            Protocol::Http1 => configs.http1.clone(),
+        }
     }
 }
 
@@ -91,12 +136,9 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
+    builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("--tls-cert {} with --tls-key {}: {e}", files.cert.display(), files.key.display()))?;
-    // gRPC clients (grpc-java in Bazel, grpc-go) insist on negotiating h2.
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+        .map_err(|e| format!("--tls-cert {} with --tls-key {}: {e}", files.cert.display(), files.key.display()))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -134,10 +176,16 @@ pub struct TcpSettings {
     pub keepalive: Option<Duration>,
 }
 
-/// Accepts on `listener` and yields connections whose handshake succeeded.
-/// Failed and timed-out handshakes are logged at debug and dropped. The loop
-/// ends when the receiver is dropped (the server stopped).
-pub fn incoming(listener: TcpListener, tls: Arc<TlsAcceptor>, tcp: TcpSettings) -> mpsc::Receiver<io::Result<TlsConn>> {
+/// Accepts on `listener` and yields connections whose handshake succeeded,
+/// offering `protocol` by ALPN. Failed and timed-out handshakes are logged
+/// at debug and dropped. The loop ends when the receiver is dropped (the
+/// server stopped).
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<TlsAcceptor>,
+    protocol: Protocol,
+    tcp: TcpSettings,
+) -> mpsc::Receiver<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -157,7 +205,7 @@ pub fn incoming(listener: TcpListener, tls: Arc<TlsAcceptor>, tcp: TcpSettings) 
                 }
             };
             apply(&stream, tcp);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config(protocol));
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _permit = permit;

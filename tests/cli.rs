@@ -195,35 +195,22 @@ fn serve_help_lists_every_option_with_its_env_var_and_default() {
 /// serves, with the file's --max-blob-size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_settings_reach_the_server() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cairn.toml");
     let data = dir.path().join("data");
     std::fs::write(
         &file,
         format!(
-            "listen = \"127.0.0.1:0\"\nhttp-listen = \"127.0.0.1:0\"\nmax-blob-size = \"1KiB\"\ndata-dir = {:?}\n",
+            "listen = \"127.0.0.1:0\"\nhttp-listen = \"127.0.0.1:0\"\nadmin-listen = \"off\"\n\
+             max-blob-size = \"1KiB\"\ndata-dir = {:?}\n",
             data.to_str().unwrap()
         ),
     )
     .unwrap();
-    let mut child = cairn()
-        .args(["serve", "--config", file.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads the log to its end, so the server never writes to a closed pipe.
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("[cairn] {line}");
-            if let Some(rest) = line.split("http listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let http = rx.recv_timeout(Duration::from_secs(60)).expect("no http listening line");
+    let mut command = cairn();
+    command.args(["serve", "--config", file.to_str().unwrap()]);
+    let server = ServerProcess::spawn(command, false);
+    let http = server.http_addr();
     let put = |size: usize| {
         let body = dir.path().join("body");
         std::fs::write(&body, vec![1u8; size]).unwrap();
@@ -239,8 +226,5 @@ async fn config_file_settings_reach_the_server() {
     assert_eq!(put(1000), "200");
     assert_eq!(put(2000), "413", "max-blob-size from the file");
     assert!(data.join("db").exists(), "data-dir from the file");
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    child.wait().unwrap();
+    server.terminate();
 }

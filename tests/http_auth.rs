@@ -1,8 +1,8 @@
 //! The HTTP cache port under `--tokens`: the same policy as gRPC, with the
 //! token as `Authorization: Bearer` or as the Basic-auth password (Bazel's
 //! `http://name:TOKEN@host` form): no or unknown token 401, a write with a
-//! read-only token or outside the token's prefixes 403. And TLS together
-//! with `--http-listen` is refused at start-up rather than served in clear.
+//! read-only token or outside the token's prefixes 403. Client certificates
+//! on the HTTP port (mTLS) are in http_tls.rs.
 
 mod common;
 mod security_support;
@@ -89,22 +89,4 @@ async fn anonymous_ro_reads_over_http_but_never_writes() {
     assert_eq!(status(args(&[&cas])).await, 404, "an anonymous read is answered");
     // As over gRPC: a write without credentials is unauthenticated (401), not forbidden.
     assert_eq!(status(args(&["-T", body.to_str().unwrap(), &cas])).await, 401);
-}
-
-#[test]
-fn tls_with_the_http_port_is_refused_at_start_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let server_cert = security_support::Ca::new(dir.path(), "test").server("server");
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--tls-cert")
-        .arg(&server_cert.cert)
-        .arg("--tls-key")
-        .arg(&server_cert.key)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "served the HTTP port in clear text beside TLS");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--http-listen does not support TLS yet"), "{err}");
 }

@@ -6,67 +6,17 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn::client::Client;
 use cairn::config::Config;
-use cairn::digest::{Digest, DigestFunction};
 use cairn::proto::reapi;
+use common::curl::{curl, sha, write};
+use common::process::ServerProcess;
 use common::TestServer;
 use prost::Message;
-
-/// What curl got: the status code, the body, and the response headers.
-struct Reply {
-    code: u16,
-    body: Vec<u8>,
-    headers: String,
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Runs `curl -sS <args>` on a blocking thread (the server runs in this process).
-async fn curl(args: &[&str]) -> Reply {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().unwrap();
-        let (body, headers) = (dir.path().join("body"), dir.path().join("headers"));
-        let out = Command::new("curl")
-            .arg("-sS")
-            .arg("-o")
-            .arg(&body)
-            .arg("-D")
-            .arg(&headers)
-            .args(["-w", "%{http_code}"])
-            .args(&args)
-            .output()
-            .expect("run curl (apt-get install curl)");
-        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        Reply {
-            code: String::from_utf8_lossy(&out.stdout).trim().parse().expect("status code"),
-            body: std::fs::read(&body).unwrap_or_default(),
-            headers: std::fs::read_to_string(&headers).unwrap_or_default().to_ascii_lowercase(),
-        }
-    })
-    .await
-    .unwrap()
-}
-
-fn sha(data: &[u8]) -> Digest {
-    DigestFunction::Sha256.digest_of(data)
-}
-
-fn write(dir: &Path, name: &str, data: &[u8]) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, data).unwrap();
-    p.to_string_lossy().into_owned()
-}
 
 /// PUT, GET and HEAD of a blob and an ActionResult, and what is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,28 +244,15 @@ async fn large_blobs_stream_through_a_small_budget() {
 /// and read back over HTTP: neither direction holds a body whole.
 #[test]
 fn server_memory_stays_below_the_blob_size() {
-    use std::io::{BufRead, BufReader};
     const SIZE: usize = 256 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--max-buffered-bytes", "16MiB"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("http listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("http listening line");
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--http-listen", "127.0.0.1:0", "--max-buffered-bytes", "16MiB", "--admin-listen", "off"],
+    );
+    let addr = server.http_addr();
     let peak_kib = || {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
     };
@@ -333,8 +270,7 @@ fn server_memory_stays_below_the_blob_size() {
     assert_eq!(run(&["-o", &back, &url]), "200");
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&file).unwrap(), "read back different bytes");
     let peak = peak_kib();
-    let _ = child.kill();
-    let _ = child.wait();
+    server.kill9();
     eprintln!("server peak RSS {} MiB for a {} MiB blob up and down", peak >> 10, SIZE >> 20);
     assert!(peak < (SIZE as u64 >> 10) / 2, "peak RSS {peak} KiB: a body was held whole");
 }

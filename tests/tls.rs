@@ -8,27 +8,16 @@ mod common;
 mod go_support;
 mod security_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn::client::{Client, ClientError, Security};
-use cairn::config::Config;
 use cairn::digest::DigestFunction;
-use cairn::tls::TlsFiles;
 use common::TestServer;
 use go_support::{compiles, Workspace, APP_OUTPUT};
-use security_support::{token_new, Ca, Issued, Logged};
+use security_support::{tls_config, token_new, Ca, Issued, Logged, TlsFilesOnDisk};
 use tonic::Code;
-
-/// A config serving TLS with a certificate from `ca` (mTLS when `client_ca`).
-fn tls_config(dir: &Path, ca: &Ca, client_ca: Option<&Path>) -> Config {
-    let server = ca.server("server");
-    let mut config = Config::for_data_dir(dir.join("data"));
-    config.security.tls =
-        Some(TlsFiles { cert: server.cert, key: server.key, client_ca: client_ca.map(Path::to_path_buf) });
-    config
-}
 
 fn grpcs(server: &TestServer) -> String {
     format!("grpcs://127.0.0.1:{}", server.addr.port())
@@ -128,16 +117,9 @@ async fn mtls_refuses_clients_without_a_known_certificate_and_scopes_the_rest() 
 async fn certificates_reload_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (Ca::new(dir.path(), "old"), Ca::new(dir.path(), "new"));
-    let (cert, key, client_ca) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
-    let install = |ca: &Ca| {
-        let s = ca.server("server");
-        std::fs::copy(&s.cert, &cert).unwrap();
-        std::fs::copy(&s.key, &key).unwrap();
-        std::fs::copy(&ca.cert, &client_ca).unwrap();
-    };
-    install(&old);
-    let flags = [("--tls-cert", &cert), ("--tls-key", &key), ("--tls-client-ca", &client_ca)];
-    let args: Vec<&str> = flags.iter().flat_map(|(f, p)| [*f, p.to_str().unwrap()]).collect();
+    let files = TlsFilesOnDisk::new(dir.path());
+    files.install(&old);
+    let args = files.flags();
     let server = Logged::start(&dir.path().join("data"), &args).unwrap();
     assert!(server.startup.contains("TLS with client certificates (mTLS)"), "{}", server.startup);
     let url = format!("grpcs://{}", server.addr);
@@ -146,12 +128,12 @@ async fn certificates_reload_on_sighup() {
     assert!(round_trip(&url, &trusting(&new, Some(&new_client))).await.is_err());
 
     // A half-written key: the old certificate stays.
-    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
     server.hup();
     server.wait_for("SIGHUP: keeping the previous TLS certificate").unwrap();
     round_trip(&url, &trusting(&old, Some(&old_client))).await.unwrap();
 
-    install(&new);
+    files.install(&new);
     server.hup();
     server.wait_for("SIGHUP: reloaded the TLS certificate").unwrap();
     round_trip(&url, &trusting(&new, Some(&new_client))).await.unwrap();

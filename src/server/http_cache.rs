@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prost::Message;
@@ -30,6 +30,7 @@ use crate::server::action_cache::{lookup, validate_result};
 use crate::server::budget::Budget;
 use crate::server::status::to_status;
 use crate::store::Store;
+use crate::tls::{PeerInfo, TcpSettings, TlsAcceptor};
 
 /// The only digest function of Bazel's HTTP protocol.
 pub(super) const FUNCTION: DigestFunction = DigestFunction::Sha256;
@@ -52,22 +53,33 @@ pub struct HttpCache {
 }
 
 /// Serves the HTTP cache on `listener` until `shutdown` resolves, then lets
-/// requests in flight finish.
+/// requests in flight finish. With `tls`, over TLS with the gRPC port's
+/// certificate and client CA; each request then carries the peer's
+/// [`PeerInfo`] (its verified client certificate) for [`HttpCache::authorize`].
 pub async fn run(
     listener: TcpListener,
+    tls: Option<(Arc<TlsAcceptor>, TcpSettings)>,
     cache: HttpCache,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> crate::error::Result<()> {
     use axum::serve::ListenerExt;
-    // Small AC lookups dominate: don't let Nagle delay them.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let app = axum::Router::new().fallback(handle).with_state(Arc::new(cache));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::io("serving the HTTP cache", e))
+    let served = match tls {
+        Some((tls, tcp)) => {
+            let listener = super::http_tls::TlsListener::new(listener, tls, tcp)
+                .map_err(|e| Error::io("reading the HTTP listen address", e))?;
+            let app = app.into_make_service_with_connect_info::<PeerInfo>();
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        None => {
+            // Small AC lookups dominate: don't let Nagle delay them.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+    };
+    served.map_err(|e| Error::io("serving the HTTP cache", e))
 }
 
 /// The two keyspaces of the protocol.
@@ -124,7 +136,9 @@ async fn handle(State(cache): State<Arc<HttpCache>>, req: Request) -> Response {
             Method::PUT => Access::Write,
             _ => return Err(HttpError::method_not_allowed(&method)),
         };
-        cache.authorize(req.headers(), &target.instance, access)?;
+        // Set by the TLS listener only: plain HTTP has no verified peer.
+        let client_cn = req.extensions().get::<ConnectInfo<PeerInfo>>().and_then(|c| c.0.client_cn.clone());
+        cache.authorize(req.headers(), client_cn, &target.instance, access)?;
         match (access, target.space) {
             (Access::Read, Space::Ac) => cache.get_action(&target, method == Method::HEAD).await,
             (Access::Write, Space::Ac) => {
@@ -152,9 +166,16 @@ impl HttpCache {
     /// before any store call, by the same policy as the gRPC port. The token
     /// comes as `Authorization: Bearer TOKEN` (Bazel's `--remote_header`), or
     /// as the password of Basic auth (`http://name:TOKEN@host/…` in Bazel's
-    /// `--remote_cache`, or `curl -u name:TOKEN`).
-    fn authorize(&self, headers: &HeaderMap, instance: &str, access: Access) -> Result<(), HttpError> {
-        let creds = crate::auth::Credentials { bearer: bearer_token(headers), client_cn: None };
+    /// `--remote_cache`, or `curl -u name:TOKEN`); `client_cn` is the subject
+    /// CN of the client certificate the TLS handshake verified (mTLS).
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        client_cn: Option<String>,
+        instance: &str,
+        access: Access,
+    ) -> Result<(), HttpError> {
+        let creds = crate::auth::Credentials { bearer: bearer_token(headers), client_cn };
         self.auth.check(&creds, instance, access).map_err(|d| match d {
             crate::auth::Denied::Unauthenticated(m) => HttpError::new(StatusCode::UNAUTHORIZED, m),
             crate::auth::Denied::PermissionDenied(m) => HttpError::new(StatusCode::FORBIDDEN, m),

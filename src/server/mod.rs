@@ -24,6 +24,7 @@ mod get_tree;
 mod get_tree_token;
 mod http_blobs;
 pub mod http_cache;
+mod http_tls;
 pub mod status;
 mod upload;
 
@@ -82,15 +83,6 @@ pub async fn serve(
     validate_limits(&config.streams)?;
     // --- security ---
     let (guard, tls) = security(&config.security)?;
-    if tls.is_some() && http.is_some() {
-        // Serving tokens or cache entries in clear text beside a TLS port
-        // would defeat it; TLS on the HTTP port is not built yet.
-        return Err(Error::InvalidArgument(
-            "--http-listen does not support TLS yet: with --tls-cert, leave --http-listen off \
-             (or put the HTTP port behind a TLS-terminating proxy on loopback)"
-                .into(),
-        ));
-    }
     // --- end of security ---
     let store = {
         let dir = config.data_dir.clone();
@@ -143,7 +135,8 @@ pub async fn serve(
         shutdown.await;
         drop(stop);
     };
-    let http_served = serve_http(http, tiers.clone(), &config, budget.clone(), guard.0.clone(), stopped.clone());
+    let http_served =
+        serve_http(http, tls.clone(), tiers.clone(), &config, budget.clone(), guard.0.clone(), stopped.clone());
     // --- observability ---
     let metrics = Arc::new(metrics::Metrics::new(store.clone(), config.max_size).with_tiers(tiers.clone()));
     let stopped_for_drain = stopped.clone();
@@ -197,11 +190,16 @@ pub async fn serve(
             .max_decoding_message_size(BYTESTREAM_MAX_MESSAGE),
         );
     // --- security ---
-    let tcp = crate::tls::TcpSettings { nodelay: true, keepalive: limits.tcp_keepalive };
+    let tcp = tcp_settings(&config);
     let grpc_served = async move {
         match tls {
             Some(tls) => {
-                let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::tls::incoming(listener, tls, tcp));
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::tls::incoming(
+                    listener,
+                    tls,
+                    crate::tls::Protocol::Grpc,
+                    tcp,
+                ));
                 router.serve_with_incoming_shutdown(incoming, shutdown).await
             }
             None => {
@@ -249,9 +247,11 @@ async fn drain_deadline(stopped: tokio::sync::watch::Receiver<()>, timeout: std:
 }
 
 /// Serves Bazel's HTTP cache protocol on `listener`, if there is one, until
-/// `stopped` changes or closes.
+/// `stopped` changes or closes; over TLS when the gRPC port has it (the
+/// same acceptor, so a SIGHUP reload reaches both ports).
 async fn serve_http(
     listener: Option<TcpListener>,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
     tiers: crate::store::tiered::Tiered,
     config: &Config,
     budget: budget::Budget,
@@ -260,7 +260,8 @@ async fn serve_http(
 ) -> Result<()> {
     let Some(listener) = listener else { return Ok(()) };
     let addr = listener.local_addr().map_err(|e| Error::io("reading the HTTP listen address", e))?;
-    tracing::info!("http listening on {addr} (Bazel's HTTP cache protocol: --remote_cache=http://{addr})");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("http listening on {addr} (Bazel's HTTP cache protocol: --remote_cache={scheme}://{addr})");
     let cache = http_cache::HttpCache {
         store: tiers.store().clone(),
         tiers,
@@ -270,7 +271,14 @@ async fn serve_http(
         max_blob_size: config.upload_limits().max_blob_size,
         auth,
     };
-    http_cache::run(listener, cache, watch_closed(stopped)).await
+    let tls = tls.map(|t| (t, tcp_settings(config)));
+    http_cache::run(listener, tls, cache, watch_closed(stopped)).await
+}
+
+/// TCP settings of the TLS listeners (plain gRPC sets the same on tonic's).
+fn tcp_settings(config: &Config) -> crate::tls::TcpSettings {
+    // Small unary calls dominate: don't let Nagle delay them.
+    crate::tls::TcpSettings { nodelay: true, keepalive: config.streams.tcp_keepalive }
 }
 
 /// Resolves when the watch's sender is dropped: the shutdown signal, or the

@@ -34,6 +34,8 @@ pub struct Bazel {
     output_user_root: PathBuf,
     /// Numbers the execution log of each build.
     builds: AtomicUsize,
+    /// Extra startup options (before the command), e.g. `--host_jvm_args=…`.
+    startup: Vec<String>,
 }
 
 /// What one successful `bazel build` did.
@@ -96,9 +98,17 @@ impl Bazel {
             output_user_root: dir.path().join("root"),
             dir,
             builds: AtomicUsize::new(0),
+            startup: Vec::new(),
         };
         bazel.generate(edit);
         bazel
+    }
+
+    /// Adds startup options (`bazel OPTION… build …`), such as JVM flags;
+    /// call before the first command.
+    pub fn with_startup(mut self, options: &[String]) -> Bazel {
+        self.startup.extend_from_slice(options);
+        self
     }
 
     /// (Re)writes the workspace; only the editable input changes with `edit`.
@@ -179,6 +189,7 @@ impl Bazel {
             .arg("--nohome_rc")
             .arg(format!("--output_user_root={}", self.output_user_root.display()))
             .arg(format!("--max_idle_secs={MAX_IDLE_SECS}"))
+            .args(&self.startup)
             // Bazel run by a test runner that sets this would put its output there.
             .env_remove("TEST_TMPDIR");
         cmd

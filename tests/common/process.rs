@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,13 +25,18 @@ impl ServerProcess {
     /// "listening on" lines to learn the ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         let command = cairn::launch::serve_command(Path::new(env!("CARGO_BIN_EXE_cairn")), data_dir, extra);
+        let off = extra.windows(2).any(|w| w[0] == "--admin-listen" && w[1] == "off");
+        ServerProcess::spawn(command, !off)
+    }
+
+    /// Runs `command` (a `cairn serve` whose flags the caller chose, e.g.
+    /// from a config file) and waits for its gRPC "listening on" line, and
+    /// for the admin port's when `admin` (it must then listen on one).
+    pub fn spawn(mut command: Command, admin: bool) -> ServerProcess {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let (admin_tx, admin_rx) = std::sync::mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = log.clone();
-        let addr_after = |line: &str, marker: &str| {
-            let rest = line.split(marker).nth(1)?;
-            rest.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse::<SocketAddr>().ok()
-        };
         // The gRPC "listening on" line is found by cairn::launch, as the bench finds it.
         let launched = cairn::launch::launch(command, Duration::from_secs(60), move |line| {
             if line.contains("admin listening on ") {
@@ -42,8 +47,7 @@ impl ServerProcess {
         })
         .expect("cairn serve did not report its listen address");
         let (child, addr) = (launched.child, launched.addr);
-        let off = extra.windows(2).any(|w| w[0] == "--admin-listen" && w[1] == "off");
-        let admin = (!off).then(|| {
+        let admin = admin.then(|| {
             admin_rx
                 .recv_timeout(Duration::from_secs(60))
                 .ok()
@@ -51,6 +55,15 @@ impl ServerProcess {
                 .expect("cairn serve did not report its admin address")
         });
         ServerProcess { child, addr, admin, log }
+    }
+
+    /// The HTTP cache port (`--http-listen`), from its "http listening on"
+    /// line; waits up to 60 s for it.
+    pub fn http_addr(&self) -> SocketAddr {
+        const MARKER: &str = "http listening on ";
+        self.wait_for_log(MARKER);
+        let line = self.log_lines(MARKER).remove(0);
+        addr_after(&line, MARKER).unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     /// The lines logged so far that contain `needle`.
@@ -121,6 +134,12 @@ impl ServerProcess {
         let _ = self.child.kill();
         panic!("cairn serve did not exit within 30 s of SIGTERM");
     }
+}
+
+/// The address logged right after `marker` in `line`.
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    rest.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse::<SocketAddr>().ok()
 }
 
 impl Drop for ServerProcess {

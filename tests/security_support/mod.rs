@@ -62,6 +62,44 @@ impl Ca {
     }
 }
 
+/// A config over `dir/data` serving TLS with a server certificate from `ca`
+/// (mTLS when `client_ca` names the CA client certificates must chain to).
+pub fn tls_config(dir: &Path, ca: &Ca, client_ca: Option<&Path>) -> cairn::config::Config {
+    let server = ca.server("server");
+    let mut config = cairn::config::Config::for_data_dir(dir.join("data"));
+    config.security.tls =
+        Some(cairn::tls::TlsFiles { cert: server.cert, key: server.key, client_ca: client_ca.map(Path::to_path_buf) });
+    config
+}
+
+/// The three TLS files of a server at fixed paths under a dir, whose
+/// contents a test swaps (then sends SIGHUP) to test reloads.
+pub struct TlsFilesOnDisk {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+impl TlsFilesOnDisk {
+    pub fn new(dir: &Path) -> TlsFilesOnDisk {
+        TlsFilesOnDisk { cert: dir.join("cert.pem"), key: dir.join("key.pem"), client_ca: dir.join("ca.pem") }
+    }
+
+    /// A server certificate from `ca`, and `ca` as the client CA.
+    pub fn install(&self, ca: &Ca) {
+        let s = ca.server("server");
+        std::fs::copy(&s.cert, &self.cert).unwrap();
+        std::fs::copy(&s.key, &self.key).unwrap();
+        std::fs::copy(&ca.cert, &self.client_ca).unwrap();
+    }
+
+    /// `--tls-cert … --tls-key … --tls-client-ca …`
+    pub fn flags(&self) -> Vec<&str> {
+        let [cert, key, ca] = [&self.cert, &self.key, &self.client_ca].map(|p| p.to_str().expect("UTF-8 temp path"));
+        vec!["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca]
+    }
+}
+
 /// Runs `cairn token new NAME MODE PREFIX...` (the real binary) and returns
 /// the token and the tokens-file line it printed.
 pub fn token_new(name: &str, mode: &str, prefixes: &[&str]) -> (String, String) {
