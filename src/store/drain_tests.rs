@@ -1,7 +1,7 @@
 //! The drain's ordering rule against an in-memory tier that records the
 //! order of its calls: an ActionResult reaches the tier only after every
 //! blob it names, never incomplete, and nothing leaves the queue while the
-//! tier is down.
+//! tier is down, and eviction keeps what is still queued.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use prost::Message;
 
 use super::super::link::Link;
 use super::super::memory_tier::MemoryTier;
-use super::super::{QueueLimits, Store};
+use super::super::{Clock, Limits, QueueLimits, Store};
 use super::{pass, Pass};
 use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi;
@@ -205,4 +205,47 @@ async fn a_result_naming_a_tree_only_the_tier_has_still_goes_out() {
     drain_all(&s).await;
     assert!(s.tier.actions.lock().unwrap().is_empty(), "a result with an unknown tree went out");
     assert_eq!(s.store.queue_stats().unwrap().entries, 0);
+}
+
+#[tokio::test]
+async fn queued_blobs_are_not_evicted_until_written_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_000);
+    let limits = Limits { max_size: 3_000, min_age: Duration::ZERO, clock: clock.clone() };
+    let store = Store::open_with(dir.path(), limits).unwrap();
+    store.attach_outbox(ROOMY).unwrap();
+    let tier = Arc::new(MemoryTier::default());
+    let s = Setup { _dir: dir, store, link: Arc::new(Link::new(tier.clone(), Duration::from_secs(5))), tier };
+    s.tier.down.store(true, Ordering::Relaxed);
+    // Four queued blobs, the least recently used, then one filled from the
+    // tier (not queued): together well over the limit.
+    let queued: Vec<_> = (1..=4).map(|i| blob(40 + i, 1000)).collect();
+    for (d, data) in &queued {
+        s.store.put(*d, data).unwrap();
+        clock.advance(1);
+    }
+    let (filled, filled_data) = blob(50, 1000);
+    let mut w = s.store.begin_write(filled).unwrap().from_tier();
+    w.write(&filled_data).unwrap();
+    w.commit().unwrap();
+    clock.advance(1);
+    assert_eq!(pass(&s.store, &s.link, 4).await.unwrap(), Pass::Retry);
+
+    s.store.maintain().unwrap();
+    let ds: Vec<Digest> = queued.iter().map(|(d, _)| *d).collect();
+    assert!(s.store.find_missing(&ds).unwrap().is_empty(), "a queued blob was evicted");
+    assert!(!s.store.contains(&filled).unwrap(), "the unqueued blob past them was not evicted");
+    let stats = s.store.stats();
+    assert_eq!((stats.evictions, stats.min_age_overruns), (1, 1), "{stats:?}");
+
+    // Once written behind they are ordinary entries again.
+    s.tier.down.store(false, Ordering::Relaxed);
+    drain_all(&s).await;
+    assert_eq!(s.tier.blobs.lock().unwrap().len(), 4);
+    s.store.maintain().unwrap();
+    let stats = s.store.stats();
+    assert!(stats.total_bytes() <= 2_850, "{stats:?}");
+    assert_eq!(stats.evictions, 3, "{stats:?}");
+    // (Which two depends on the order the drain read them in.)
+    assert_eq!(s.store.find_missing(&ds).unwrap().len(), 2, "two of them were evicted");
 }

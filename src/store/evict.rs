@@ -3,14 +3,18 @@
 //! the stored bytes exceed `max_size`, evicts least recently used entries down
 //! to [`LOW_WATER`] of the limit. Entries younger than `min_age` are never
 //! evicted; when only such entries are left, the overrun is logged loudly and
-//! counted in `min_age_overruns`. The same thread sweeps `blobs/` once after
-//! start-up for files no record accounts for (see [`reclaim`]).
+//! counted in `min_age_overruns`. Entries still waiting in the write-behind
+//! queue are skipped too (evicting one would lose an acknowledged write
+//! before it reaches the tier); when only such entries keep the store over
+//! its limit, that overrun is logged and counted the same way. The same
+//! thread sweeps `blobs/` once after start-up for files no record accounts
+//! for (see [`reclaim`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use std::path::{Path, PathBuf};
 
@@ -213,14 +217,23 @@ pub(super) fn evict(inner: &Inner) -> Result<()> {
     }
     let target = (max as f64 * LOW_WATER) as u64;
     let cutoff = inner.limits.clock.now().saturating_sub(inner.limits.min_age.as_secs());
-    let (mut evicted, mut freed) = (0u64, 0u64);
-    while inner.bytes_held() > target {
+    let (mut evicted, mut freed, mut queued) = (0u64, 0u64, 0u64);
+    // The last row looked at: queued entries keep their rows, so each pass
+    // goes on after it rather than from the start.
+    let mut after: Option<Box<[u8]>> = None;
+    let mut result = Ok(());
+    'passes: while inner.bytes_held() > target {
+        let mode = match &after {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
         let rows: Vec<Box<[u8]>> = inner
             .db
-            .iterator_cf(inner.cf(CF_LRU), IteratorMode::Start)
+            .iterator_cf(inner.cf(CF_LRU), mode)
             .take(EVICT_CHUNK)
             .map(|r| r.map(|(k, _)| k))
             .collect::<std::result::Result<_, _>>()?;
+        let rows: Vec<Box<[u8]>> = rows.into_iter().filter(|r| Some(r) != after.as_ref()).collect();
         if rows.is_empty() {
             break;
         }
@@ -237,16 +250,35 @@ pub(super) fn evict(inner: &Inner) -> Result<()> {
                     "the cache is over its size limit but every remaining entry was used within the minimum age; \
                      raise --max-size or lower --min-age, or builds may lose entries they still need"
                 );
-                return Ok(());
+                break 'passes;
             }
-            if let Some(removed) = evict_one(inner, &row, secs, entry)? {
-                freed += removed;
-                evicted += 1;
+            match evict_one(inner, &row, secs, entry) {
+                Ok(Outcome::Freed(n)) => {
+                    freed += n;
+                    evicted += 1;
+                }
+                Ok(Outcome::Kept) => {}
+                Ok(Outcome::Queued) => queued += 1,
+                Err(e) => {
+                    result = Err(e);
+                    break 'passes;
+                }
             }
+            after = Some(row);
             if inner.bytes_held() <= target {
                 break;
             }
         }
+    }
+    if queued > 0 && inner.bytes_held() > target {
+        inner.counters.count_min_age_overrun();
+        tracing::warn!(
+            stored = inner.counters.snapshot().total_bytes(),
+            max_size = max,
+            queued,
+            "the cache is over its size limit but the entries left to evict are still waiting to be written \
+             to the tier (it is down or slow); they stay until written, or until the queue overflows"
+        );
     }
     if evicted > 0 {
         inner.counters.count_evictions(evicted);
@@ -255,12 +287,22 @@ pub(super) fn evict(inner: &Inner) -> Result<()> {
         inner.db.write(batch)?;
         tracing::info!(evicted, freed, "evicted least recently used entries");
     }
-    Ok(())
+    result
 }
 
-/// Evicts the entry of one `lru` row unless it was used since: returns the
-/// bytes freed, or `None` when the row was stale or the entry in use.
-fn evict_one(inner: &Inner, row: &[u8], secs: u64, entry: &[u8]) -> Result<Option<u64>> {
+/// What [`evict_one`] did with an `lru` row.
+enum Outcome {
+    /// The entry is gone, these bytes freed.
+    Freed(u64),
+    /// The row was stale, or the entry used since the last flush.
+    Kept,
+    /// The entry is waiting in the write-behind queue.
+    Queued,
+}
+
+/// Evicts the entry of one `lru` row unless it was used since or is still
+/// queued for the tier.
+fn evict_one(inner: &Inner, row: &[u8], secs: u64, entry: &[u8]) -> Result<Outcome> {
     let removed = {
         let _gate = inner.use_gate.write().unwrap_or_else(|p| p.into_inner());
         let _guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -268,7 +310,7 @@ fn evict_one(inner: &Inner, row: &[u8], secs: u64, entry: &[u8]) -> Result<Optio
         if current.as_deref() != Some(&secs.to_be_bytes()[..]) {
             // A stale row (the entry was used again, or is gone).
             inner.db.delete_cf(inner.cf(CF_LRU), row)?;
-            return Ok(None);
+            return Ok(Outcome::Kept);
         }
         if inner.touches.contains(entry) {
             // Used since the last flush (found present, returned as a hit):
@@ -276,12 +318,17 @@ fn evict_one(inner: &Inner, row: &[u8], secs: u64, entry: &[u8]) -> Result<Optio
             let mut batch = WriteBatch::default();
             inner.stamp(&mut batch, entry, current.as_deref());
             inner.db.write(batch)?;
-            return Ok(None);
+            return Ok(Outcome::Kept);
+        }
+        // Under the commit lock, which every queued commit holds: an entry
+        // is never queued between this check and its removal.
+        if inner.outbox.get().is_some_and(|q| q.holds(entry)) {
+            return Ok(Outcome::Queued);
         }
         inner.remove_entry(entry)?
     };
     inner.bury(removed.doomed);
-    Ok(Some(removed.freed))
+    Ok(Outcome::Freed(removed.freed))
 }
 
 /// Starts the thread that flushes uses and evicts; it holds the store only

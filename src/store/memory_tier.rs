@@ -2,8 +2,8 @@
 //! records the order of its writes, and can be made to fail, stall or lie.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -23,6 +23,10 @@ pub struct MemoryTier {
     pub stalled: AtomicBool,
     /// Reads return the blob with its first byte flipped.
     pub lying: AtomicBool,
+    /// Blob reads asked for so far.
+    pub reads: AtomicUsize,
+    /// When set, each blob read waits for a permit from it.
+    pub read_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl MemoryTier {
@@ -48,6 +52,11 @@ impl Tier for MemoryTier {
         Ok(digests.iter().filter(|d| !blobs.contains_key(d)).copied().collect())
     }
     async fn read(&self, d: &Digest) -> Result<Option<Chunks>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let gate = self.read_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            let _permit = gate.acquire().await;
+        }
         self.check().await?;
         let mut got = self.blobs.lock().unwrap().get(d).cloned();
         if self.lying.load(Ordering::Relaxed) {

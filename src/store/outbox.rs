@@ -12,12 +12,21 @@
 //! overflow episode). Dropping a blob entry loses nothing an ActionResult
 //! needs: the drain uploads every blob a queued result names before the
 //! result itself, whether or not the blob was queued.
+//!
+//! Eviction keeps what is queued: the queue counts its entries by a hash of
+//! their `atime`/`lru` key in memory ([`Outbox::holds`], one map lookup per
+//! eviction candidate), so an acknowledged write is never evicted locally
+//! before it reaches the tier, unless an overflow dropped it from the queue.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{ColumnFamily, IteratorMode, WriteBatch, DB};
 
+use super::lru::{entry_key, KIND_AC, KIND_CAS};
+use super::{ac_key, cas_key};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
 
@@ -72,6 +81,26 @@ struct State {
     next: u64,
     entries: u64,
     bytes: u64,
+    /// Queued entries by [`pin_of`] their `atime`/`lru` key, with how many
+    /// times each is queued (an ActionResult put twice is queued twice).
+    /// About 16 bytes per entry; a hash collision only keeps an entry from
+    /// eviction a while longer.
+    pinned: HashMap<u64, u32>,
+}
+
+impl State {
+    fn pin(&mut self, pin: u64) {
+        *self.pinned.entry(pin).or_default() += 1;
+    }
+
+    fn unpin(&mut self, pin: u64) {
+        if let std::collections::hash_map::Entry::Occupied(mut o) = self.pinned.entry(pin) {
+            *o.get_mut() -= 1;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+    }
 }
 
 /// An entry added to a write batch, applied to the counts once the batch is
@@ -84,6 +113,9 @@ pub(super) struct Staged<'a> {
     dropped: u64,
     /// False when the entry was too large to queue at all.
     queued: bool,
+    /// The new entry's pin, and those of the entries the overflow dropped.
+    pin: u64,
+    unpinned: Vec<u64>,
 }
 
 impl Staged<'_> {
@@ -92,6 +124,12 @@ impl Staged<'_> {
         self.state.next += u64::from(self.queued);
         self.state.entries = self.entries;
         self.state.bytes = self.bytes;
+        for pin in std::mem::take(&mut self.unpinned) {
+            self.state.unpin(pin);
+        }
+        if self.queued {
+            self.state.pin(self.pin);
+        }
         drop(self.state);
         if self.dropped > 0 {
             self.outbox.dropped.fetch_add(self.dropped, Ordering::Relaxed);
@@ -105,9 +143,11 @@ impl Outbox {
     /// so the scan is too).
     pub(super) fn open(db: &DB, cf: &ColumnFamily, limits: QueueLimits) -> Result<Outbox> {
         let (mut entries, mut bytes, mut next) = (0u64, 0u64, 0u64);
+        let mut pinned = HashMap::new();
         for row in db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = row?;
-            let (_, b) = decode(&v)?;
+            let (e, b) = decode(&v)?;
+            *pinned.entry(pin_of(&e)).or_default() += 1;
             entries += 1;
             bytes += b;
             next = seq_of(&k)? + 1;
@@ -117,7 +157,7 @@ impl Outbox {
         }
         Ok(Outbox {
             limits,
-            state: Mutex::new(State { next, entries, bytes }),
+            state: Mutex::new(State { next, entries, bytes, pinned }),
             dropped: AtomicU64::new(0),
             overflowing: AtomicBool::new(false),
             arrived: tokio::sync::Notify::new(),
@@ -144,9 +184,11 @@ impl Outbox {
             // Could never fit: dropped at once, whatever is queued stays.
             tracing::warn!(?entry, bytes, "an entry larger than the whole write-behind queue was not queued");
             let (entries, bytes) = (state.entries, state.bytes);
-            return Ok(Staged { outbox: self, state, entries, bytes, dropped: 1, queued: false });
+            let unpinned = Vec::new();
+            return Ok(Staged { outbox: self, state, entries, bytes, dropped: 1, queued: false, pin: 0, unpinned });
         }
         let (mut n, mut b, mut dropped) = (state.entries + 1, state.bytes + bytes, 0u64);
+        let mut unpinned = Vec::new();
         if n > self.limits.max_entries || b > self.limits.max_bytes {
             // Oldest blob entries first; results only if blobs alone can't
             // make room (they are small, and what makes a cache hit).
@@ -163,6 +205,7 @@ impl Outbox {
                         continue;
                     }
                     batch.delete_cf(cf, &k);
+                    unpinned.push(pin_of(&old));
                     n -= 1;
                     b -= old_bytes;
                     dropped += 1;
@@ -180,7 +223,8 @@ impl Outbox {
             self.overflowing.store(false, Ordering::Relaxed);
         }
         batch.put_cf(cf, state.next.to_be_bytes(), encode(entry, bytes));
-        Ok(Staged { outbox: self, state, entries: n, bytes: b, dropped, queued: true })
+        let pin = pin_of(entry);
+        Ok(Staged { outbox: self, state, entries: n, bytes: b, dropped, queued: true, pin, unpinned })
     }
 
     /// The oldest `n` entries, with their sequence numbers.
@@ -199,10 +243,13 @@ impl Outbox {
         let mut state = self.lock();
         let mut batch = WriteBatch::default();
         let (mut n, mut b) = (0u64, 0u64);
+        let mut unpinned = Vec::new();
         for seq in seqs {
             let key = seq.to_be_bytes();
             if let Some(v) = db.get_pinned_cf(cf, key)? {
-                b += decode(&v)?.1;
+                let (e, bytes) = decode(&v)?;
+                unpinned.push(pin_of(&e));
+                b += bytes;
                 n += 1;
                 batch.delete_cf(cf, key);
             }
@@ -210,7 +257,16 @@ impl Outbox {
         db.write(batch)?;
         state.entries -= n;
         state.bytes -= b;
+        for pin in unpinned {
+            state.unpin(pin);
+        }
         Ok(())
+    }
+
+    /// Whether the entry with this `atime`/`lru` key (kind byte, then its
+    /// key) is waiting in the queue, so eviction must keep it.
+    pub(super) fn holds(&self, entry: &[u8]) -> bool {
+        self.lock().pinned.contains_key(&hash_entry(entry))
     }
 
     /// Entries, bytes and drops now.
@@ -236,6 +292,21 @@ impl super::Inner {
             _ => Ok(None),
         }
     }
+}
+
+/// The pin of a queued entry: the hash of its `atime`/`lru` key.
+fn pin_of(entry: &Entry) -> u64 {
+    hash_entry(&match entry {
+        Entry::Blob(d) => entry_key(KIND_CAS, &cas_key(d)),
+        Entry::Action { instance, action } => entry_key(KIND_AC, &ac_key(instance, action)),
+    })
+}
+
+/// A fixed hash (the same in every run: the map is rebuilt at start-up).
+fn hash_entry(entry: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    entry.hash(&mut h);
+    h.finish()
 }
 
 fn seq_of(key: &[u8]) -> Result<u64> {

@@ -10,11 +10,14 @@
 //! A tier that is slow or down never turns into an error: reads degrade to
 //! the local answer ([`Link`] says when to stop asking), and writes wait in
 //! the persistent queue ([`super::outbox`], drained by [`super::drain`]).
+//! Fills are single-flight: requests for a blob already being fetched wait
+//! for that fetch, so a burst of misses on one blob reads the tier once.
 //! Without a tier every method is the local store's answer.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use prost::Message;
 
@@ -46,7 +49,12 @@ pub struct Tiered {
     link: Option<Arc<Link>>,
     /// Tier calls one request may have in flight at once.
     concurrency: usize,
+    /// Fills under way, shared by every request for the same blob.
+    flights: Arc<Mutex<HashMap<Digest, Flight>>>,
 }
+
+/// One fill under way: true once the blob is in the local store.
+type Flight = Shared<BoxFuture<'static, bool>>;
 
 /// Runs blocking store work off the async workers.
 pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -56,7 +64,7 @@ pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
 impl Tiered {
     /// The local store alone.
     pub fn local(store: Store) -> Tiered {
-        Tiered { store, link: None, concurrency: 1 }
+        Tiered { store, link: None, concurrency: 1, flights: Default::default() }
     }
 
     /// The local store in front of `link`.
@@ -66,7 +74,7 @@ impl Tiered {
 
     /// The local store in front of `link`, `concurrency` tier calls at once.
     pub(super) fn with_link(store: Store, link: Arc<Link>, concurrency: usize) -> Tiered {
-        Tiered { store, link: Some(link), concurrency: concurrency.max(1) }
+        Tiered { store, link: Some(link), concurrency: concurrency.max(1), flights: Default::default() }
     }
 
     /// The local store.
@@ -139,8 +147,35 @@ impl Tiered {
         Ok(filled.into_iter().filter(|(_, ok)| !ok).map(|(d, _)| d).collect())
     }
 
-    /// Fetches one blob into the local store; true when it is there now.
+    /// Fetches one blob into the local store, or waits for the fetch of it
+    /// already under way; true when it is there now. The fetch runs as its
+    /// own task, so it completes (and leaves the map) even if every request
+    /// waiting for it goes away.
     async fn fill_one(&self, d: Digest) -> bool {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&d) {
+                Some(f) => f.clone(),
+                None => {
+                    let this = self.clone();
+                    // Its removal takes the lock held here, so it can't run
+                    // before the insert below.
+                    let task = tokio::spawn(async move {
+                        let ok = this.fetch_one(d).await;
+                        this.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&d);
+                        ok
+                    });
+                    let f = task.map(|r| r.unwrap_or(false)).boxed().shared();
+                    flights.insert(d, f.clone());
+                    f
+                }
+            }
+        };
+        flight.await
+    }
+
+    /// Fetches one blob from the tier into the local store; true when it is there now.
+    async fn fetch_one(&self, d: Digest) -> bool {
         let Some(link) = &self.link else { return false };
         if !link.available() {
             return false;

@@ -1,7 +1,8 @@
 //! The composition against an in-memory tier: FindMissingBlobs asks the tier
 //! only about local misses and reports what it doesn't answer as missing;
 //! fills verify (a lying tier is a miss); ActionResults are stored locally
-//! only once complete; a tier that is down or hangs leaves local answers.
+//! only once complete; a tier that is down or hangs leaves local answers;
+//! concurrent fills of one blob read the tier once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -134,4 +135,39 @@ async fn a_tier_that_is_down_leaves_the_local_answers() {
     s.tiered.prefetch(&[remote]).await.unwrap();
     assert!(!s.tiered.fill_action("", &remote).await.unwrap());
     assert!(!s.tiered.stats().unwrap().up);
+}
+
+#[tokio::test]
+async fn two_requests_for_one_missing_blob_read_the_tier_once() {
+    let s = setup();
+    let (d, data) = blob(31, 1000);
+    s.in_tier(d, &data);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *s.tier.read_gate.lock().unwrap() = Some(gate.clone());
+    // Holds the tier's answer until the first read has begun and both
+    // requests have had ample turns to ask for the blob too.
+    let open = async {
+        while s.tier.reads.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(100);
+    };
+    let one = [d];
+    let (a, b, ()) = tokio::join!(s.tiered.prefetch(&one), s.tiered.prefetch(&one), open);
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(s.tier.reads.load(Ordering::Relaxed), 1, "each request read the tier itself");
+    assert!(s.store.contains(&d).unwrap(), "both requests find it locally now");
+    assert_eq!(s.tiered.stats().unwrap().fills, 1);
+
+    // A flight that found nothing is over: a later request asks again.
+    let (e, e_data) = blob(32, 100);
+    s.tiered.prefetch(&[e]).await.unwrap();
+    s.in_tier(e, &e_data);
+    s.tiered.prefetch(&[e]).await.unwrap();
+    assert!(s.store.contains(&e).unwrap());
+    assert!(s.tiered.flights.lock().unwrap().is_empty(), "finished flights leave the map");
 }
