@@ -157,7 +157,7 @@ impl Collector for StoreCollector {
         counter(
             &mut enc,
             "cairn_min_age_overruns",
-            "Times eviction stopped because every entry was younger than --min-age, leaving the store over its limit.",
+            "Times eviction stopped because every entry left was younger than --min-age or still queued for the tier, leaving the store over its limit.",
             s.min_age_overruns,
         )?;
         gauge(
