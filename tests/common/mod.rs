@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub mod admin;
+pub mod garage;
 pub mod process;
 pub mod small_disk;
 
