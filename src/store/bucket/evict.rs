@@ -108,9 +108,14 @@ impl Bucket {
             self.store.put(&self.path(&rel), PutPayload::from_static(b"clock")),
         )
         .await?;
-        let listed = self.list_all(&rel).await?;
+        // Listed, not HEADed: a listing gives milliseconds, like the
+        // listings the pass compares with; HEAD's Last-Modified has seconds.
+        // (A listing names what is under a folder, so list the folder.)
+        let mine = self.path(&rel);
+        let listed = self.list_all("_cairn/clock").await?;
         listed
             .iter()
+            .filter(|m| m.location == mine)
             .map(millis)
             .max()
             .ok_or_else(|| Error::Unavailable(format!("object store {}: the clock object vanished", self.url)))
