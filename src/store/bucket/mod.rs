@@ -168,6 +168,17 @@ impl Bucket {
         Ok(Bucket::with_store(url, store, root, opts))
     }
 
+    /// Opens the bucket `cairn serve --object-store` names, with its knobs.
+    pub fn from_config(cfg: &crate::config::ObjectStore) -> Result<Bucket> {
+        let opts = BucketOptions {
+            max_size: cfg.max_size,
+            min_age: cfg.min_age,
+            request_timeout: cfg.timeout,
+            ..Default::default()
+        };
+        Bucket::open(&cfg.url, opts)
+    }
+
     /// A bucket over an already built store (the `object_store` crate offers
     /// more back ends than the URL schemes above).
     pub fn with_store(url: &str, store: Arc<dyn ObjectStore>, root: Path, opts: BucketOptions) -> Bucket {
