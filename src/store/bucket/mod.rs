@@ -131,7 +131,7 @@ impl Bucket {
         // two reads may not.
         let mut client = vec![
             ("connect_timeout".to_string(), "2s".to_string()),
-            ("timeout".to_string(), "10m".to_string()),
+            ("timeout".to_string(), "1h".to_string()),
             ("read_timeout".to_string(), format!("{}ms", timeout.as_millis())),
         ];
         client.extend(opts.settings.iter().cloned());
