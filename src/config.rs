@@ -225,8 +225,9 @@ pub struct ObjectStore {
     pub min_age: std::time::Duration,
     /// Deadline of one object-store call.
     pub timeout: std::time::Duration,
-    /// Time between two eviction passes of this node.
-    pub evict_interval: std::time::Duration,
+    /// Time between two eviction passes of this node (None: this node runs
+    /// none, it only logs its uses for the nodes that do).
+    pub evict_interval: Option<std::time::Duration>,
 }
 
 impl ObjectStore {
@@ -237,7 +238,7 @@ impl ObjectStore {
             max_size: None,
             min_age: DEFAULT_MIN_AGE,
             timeout: DEFAULT_OBJECT_STORE_TIMEOUT,
-            evict_interval: DEFAULT_OBJECT_STORE_EVICT_INTERVAL,
+            evict_interval: Some(DEFAULT_OBJECT_STORE_EVICT_INTERVAL),
         }
     }
 }

@@ -176,7 +176,8 @@ struct ServeArgs {
     /// Deadline of one object-store call (and of a stall within a streamed one).
     #[arg(long, env = "CAIRN_OBJECT_STORE_TIMEOUT", default_value = "10s", value_parser = config::parse_duration)]
     object_store_timeout: std::time::Duration,
-    /// Time between this node's eviction passes over the bucket (each lists the whole bucket).
+    /// Time between this node's eviction passes over the bucket (each lists the whole bucket;
+    /// 0: none here, this node only logs its uses for the nodes that evict).
     #[arg(long, env = "CAIRN_OBJECT_STORE_EVICT_INTERVAL", default_value = "10m", value_parser = config::parse_duration)]
     object_store_evict_interval: std::time::Duration,
     // --- end of bucket ---
@@ -314,7 +315,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_size: args.object_store_max_size,
         min_age: args.object_store_min_age,
         timeout: args.object_store_timeout,
-        evict_interval: args.object_store_evict_interval,
+        evict_interval: config::nonzero(args.object_store_evict_interval),
     });
     // --- end of bucket ---
     let listener = tokio::net::TcpListener::bind(args.listen)

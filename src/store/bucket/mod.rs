@@ -357,16 +357,17 @@ impl Bucket {
         self.uses.len()
     }
 
-    /// Runs forever: flushes use logs every `use_log_interval` and, when the
-    /// bucket is bounded, evicts every `evict_interval` (first pass after a
-    /// random part of it, so nodes started together don't list together).
-    /// Failures are logged and retried on the next round.
-    pub async fn run_background(self: Arc<Self>, use_log_interval: Duration, evict_interval: Duration) {
+    /// Runs forever when the bucket is bounded: flushes use logs every
+    /// `use_log_interval` and, unless `evict_interval` is None (a node that
+    /// only logs its uses), runs an eviction pass every `evict_interval`
+    /// (the first after a random part of it, so nodes started together
+    /// don't list together). Failures are logged and retried next round.
+    pub async fn run_background(self: Arc<Self>, use_log_interval: Duration, evict_interval: Option<Duration>) {
         if self.opts.max_size.is_none() {
             return;
         }
-        let jitter = Duration::from_millis(rand::random::<u64>() % evict_interval.as_millis().max(1) as u64);
-        let mut next_evict = tokio::time::Instant::now() + jitter;
+        let jitter = |iv: Duration| Duration::from_millis(rand::random::<u64>() % (iv.as_millis() as u64).max(1));
+        let mut next_evict = evict_interval.map(|iv| tokio::time::Instant::now() + jitter(iv));
         let mut tick = tokio::time::interval(use_log_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -374,13 +375,15 @@ impl Bucket {
             if let Err(e) = self.flush_uses().await {
                 tracing::warn!("{e}");
             }
-            if tokio::time::Instant::now() >= next_evict {
-                next_evict = tokio::time::Instant::now() + evict_interval;
-                match self.evict().await {
-                    Ok(r) if r.deleted > 0 || r.held_by_min_age => tracing::info!("object store {}: {r}", self.url),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("eviction: {e}"),
-                }
+            let (Some(iv), Some(due)) = (evict_interval, next_evict) else { continue };
+            if tokio::time::Instant::now() < due {
+                continue;
+            }
+            next_evict = Some(tokio::time::Instant::now() + iv);
+            match self.evict().await {
+                Ok(r) if r.deleted > 0 || r.held_by_min_age => tracing::info!("object store {}: {r}", self.url),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("eviction: {e}"),
             }
         }
     }
