@@ -227,6 +227,14 @@ impl Metrics {
         }
     }
 
+    // --- bucket ---
+    /// Adds an object-store tier's call counts to the scrape
+    /// (`cairn_object_store_requests_total{op}`).
+    pub fn add_object_store(&mut self, counts: Arc<crate::store::bucket::OpCounts>) {
+        self.registry.register_collector(Box::new(super::object_store_metrics::ObjectStoreCollector(counts)));
+    }
+    // --- end of bucket ---
+
     /// The Prometheus (OpenMetrics) text of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

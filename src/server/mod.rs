@@ -7,6 +7,9 @@ pub mod auth;
 // --- observability ---
 pub mod admin;
 pub mod metrics;
+// --- bucket ---
+pub mod object_store_metrics;
+// --- end of bucket ---
 pub mod observe;
 pub mod overview;
 pub mod status_page;
