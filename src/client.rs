@@ -554,6 +554,55 @@ impl Client {
         Ok(())
     }
 
+    // --- tiers ---
+    /// The same connection, for another instance name (a proxy forwards
+    /// each client's instance).
+    pub fn with_instance(&self, instance: &str) -> Client {
+        Client { instance: instance.to_string(), ..self.clone() }
+    }
+
+    /// The same connection, for digests of `function`.
+    pub fn with_function(&self, function: DigestFunction) -> Client {
+        Client { function, ..self.clone() }
+    }
+
+    /// Starts a ByteStream read of the whole blob and hands its bytes out
+    /// as they arrive, unverified (the caller hashes them); `None` when the
+    /// server lacks it.
+    pub async fn read_stream(
+        &self,
+        d: &Digest,
+    ) -> Result<Option<impl futures::Stream<Item = Result<Bytes>> + Send + 'static>> {
+        use futures::StreamExt;
+        let Some(stream) = self.open_read(d).await? else { return Ok(None) };
+        Ok(Some(stream.map(|r| r.map(|m| m.data).map_err(rpc("ByteStream.Read")))))
+    }
+
+    /// Uploads one blob through ByteStream from an async stream of chunks
+    /// adding up to `d.size` bytes, pulled as the upload drains (never
+    /// whole in memory).
+    pub async fn write_stream<S>(&self, d: &Digest, chunks: S) -> Result<()>
+    where
+        S: futures::Stream<Item = Bytes> + Send + 'static,
+    {
+        use futures::StreamExt;
+        let (name, size) = (self.upload_name(d), d.size);
+        let mut off = 0u64;
+        let requests = chunks.map(move |data| {
+            let msg = WriteRequest {
+                resource_name: if off == 0 { name.clone() } else { String::new() },
+                write_offset: off as i64,
+                finish_write: off + data.len() as u64 == size,
+                data,
+            };
+            off += msg.data.len() as u64;
+            msg
+        });
+        ByteStreamClient::new(self.conn()).write(requests).await.map_err(rpc("ByteStream.Write"))?;
+        Ok(())
+    }
+    // --- end of tiers ---
+
     fn prefix(&self) -> String {
         if self.instance.is_empty() {
             String::new()

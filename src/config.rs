@@ -245,6 +245,71 @@ impl ObjectStore {
 
 // --- end of bucket ---
 
+// --- tiers ---
+
+/// Default `--tier-timeout`: how long a lookup waits on the tier (and the
+/// FindMissingBlobs deadline), and how long a tier read may stall mid-blob.
+/// A tier slower than this is treated as down for that call: the client gets
+/// the local answer.
+pub const DEFAULT_TIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Default `--tier-concurrency`: tier calls one request (or the
+/// write-behind drain) has in flight at once.
+pub const DEFAULT_TIER_CONCURRENCY: usize = 16;
+
+/// Default `--tier-queue-max-entries`: entries the write-behind queue holds
+/// before dropping its oldest blob entries.
+pub const DEFAULT_TIER_QUEUE_MAX_ENTRIES: u64 = 1_000_000;
+
+/// Default `--tier-queue-max-size`: bytes the queued entries may stand for
+/// (the default `--max-size`: more could not still be in the local store).
+pub const DEFAULT_TIER_QUEUE_MAX_SIZE: u64 = DEFAULT_MAX_SIZE;
+
+/// The tier behind the local store (README, "Several nodes").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierSettings {
+    /// `--upstream grpc(s)://host:port`: another REAPI server this node is a proxy of.
+    pub upstream: Option<String>,
+    /// `--upstream-instance`: the instance name used upstream (a prefix for ActionCache names).
+    pub upstream_instance: String,
+    /// `--upstream-tls-ca`: PEM CA certificates for a `grpcs://` upstream (default: system roots).
+    pub upstream_tls_ca: Option<PathBuf>,
+    /// `--upstream-token-file`: first line is the token sent upstream.
+    pub upstream_token_file: Option<PathBuf>,
+    /// `--tier-timeout`.
+    pub timeout: std::time::Duration,
+    /// `--tier-concurrency`.
+    pub concurrency: usize,
+    /// `--tier-queue-max-entries`.
+    pub queue_max_entries: u64,
+    /// `--tier-queue-max-size`.
+    pub queue_max_size: u64,
+    // --- bucket ---
+    /// `--object-store`: a bucket shared by several nodes (None: none).
+    pub object_store: Option<ObjectStore>,
+    // --- end of bucket ---
+}
+
+impl Default for TierSettings {
+    fn default() -> Self {
+        TierSettings {
+            upstream: None,
+            upstream_instance: String::new(),
+            upstream_tls_ca: None,
+            upstream_token_file: None,
+            timeout: DEFAULT_TIER_TIMEOUT,
+            concurrency: DEFAULT_TIER_CONCURRENCY,
+            queue_max_entries: DEFAULT_TIER_QUEUE_MAX_ENTRIES,
+            queue_max_size: DEFAULT_TIER_QUEUE_MAX_SIZE,
+            // --- bucket ---
+            object_store: None,
+            // --- end of bucket ---
+        }
+    }
+}
+
+// --- end of tiers ---
+
 /// Everything `server::serve` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -270,10 +335,10 @@ pub struct Config {
     /// Admin port and request logging.
     pub observability: Observability,
     // --- end of observability ---
-    // --- bucket ---
-    /// A shared object-store bucket behind the local store (None: none).
-    pub object_store: Option<ObjectStore>,
-    // --- end of bucket ---
+    // --- tiers ---
+    /// The tier behind the local store, if any (`--upstream`, `--tier-*`).
+    pub tiers: TierSettings,
+    // --- end of tiers ---
 }
 
 impl Config {
@@ -292,9 +357,9 @@ impl Config {
             // --- observability ---
             observability: Observability::default(),
             // --- end of observability ---
-            // --- bucket ---
-            object_store: None,
-            // --- end of bucket ---
+            // --- tiers ---
+            tiers: TierSettings::default(),
+            // --- end of tiers ---
         }
     }
 }

@@ -30,10 +30,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the REAPI cache (Capabilities, ActionCache, CAS, ByteStream, health) over gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Serve Go's build and test cache as GOCACHEPROG (GOCACHEPROG="cairn gocacheprog").
     #[command(name = "gocacheprog")]
-    GoCacheProg(cairn::gocache::GoCacheArgs),
+    GoCacheProg(Box<cairn::gocache::GoCacheArgs>),
     /// Print entries, bytes, hits, misses and evictions of a data dir (safe while a server runs).
     Stats(StatsArgs),
     /// Load a REAPI server (cairn or a peer) and report speed against this machine's limits.
@@ -181,6 +181,34 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_OBJECT_STORE_EVICT_INTERVAL", default_value = "10m", value_parser = config::parse_duration)]
     object_store_evict_interval: std::time::Duration,
     // --- end of bucket ---
+    // --- tiers ---
+    /// Make this node a proxy of another REAPI cache (cairn or any other), e.g. grpc://central:9092
+    /// or grpcs://central:443: local misses are filled from it, writes go to it behind [default: none].
+    #[arg(long, env = "CAIRN_UPSTREAM", value_name = "URL")]
+    upstream: Option<String>,
+    /// Instance name used on the upstream; ActionCache names go below it (ci + linux -> ci/linux).
+    #[arg(long, env = "CAIRN_UPSTREAM_INSTANCE", default_value = "")]
+    upstream_instance: String,
+    /// PEM CA certificates a grpcs:// upstream's certificate must chain to [default: the system's roots].
+    #[arg(long, env = "CAIRN_UPSTREAM_TLS_CA", value_name = "FILE")]
+    upstream_tls_ca: Option<PathBuf>,
+    /// File whose first line is the token sent to the upstream [default: none].
+    #[arg(long, env = "CAIRN_UPSTREAM_TOKEN_FILE", value_name = "FILE")]
+    upstream_token_file: Option<PathBuf>,
+    /// How long a lookup waits on the tier before answering from the local store alone
+    /// (also the FindMissingBlobs deadline and the longest stall of a tier read).
+    #[arg(long, env = "CAIRN_TIER_TIMEOUT", default_value = "5s", value_parser = config::parse_duration)]
+    tier_timeout: std::time::Duration,
+    /// Tier calls one request, or the write-behind queue, has in flight at once.
+    #[arg(long, env = "CAIRN_TIER_CONCURRENCY", default_value_t = config::DEFAULT_TIER_CONCURRENCY)]
+    tier_concurrency: usize,
+    /// Entries the write-behind queue holds; beyond it the oldest blob entries are dropped.
+    #[arg(long, env = "CAIRN_TIER_QUEUE_MAX_ENTRIES", default_value_t = config::DEFAULT_TIER_QUEUE_MAX_ENTRIES)]
+    tier_queue_max_entries: u64,
+    /// Bytes the write-behind queue's entries may stand for; beyond it the oldest blob entries are dropped.
+    #[arg(long, env = "CAIRN_TIER_QUEUE_MAX_SIZE", default_value = "10GiB", value_parser = config::parse_size)]
+    tier_queue_max_size: u64,
+    // --- end of tiers ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -208,7 +236,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
         Command::Serve(args) => {
-            let served = runtime.block_on(serve(args));
+            let served = runtime.block_on(serve(*args));
             // Calls still running after the drain timeout may sit in blocking
             // tasks; don't wait for them (what they had not committed was
             // never acknowledged, and the data dir is crash-safe).
@@ -226,7 +254,7 @@ fn main() -> anyhow::Result<()> {
         // --- end of security ---
         Command::Bench(args) => runtime.block_on(cairn::bench::run(*args)),
         Command::GoCacheProg(args) => {
-            let config = args.into_config()?;
+            let config = (*args).into_config()?;
             runtime.block_on(cairn::gocache::run(config))?;
             Ok(())
         }
@@ -309,15 +337,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.observability =
         config::Observability { admin_listen: args.admin_listen.0, log_slow: config::nonzero(args.log_slow) };
     // --- end of observability ---
-    // --- bucket ---
-    config.object_store = args.object_store.map(|url| config::ObjectStore {
-        url,
-        max_size: args.object_store_max_size,
-        min_age: args.object_store_min_age,
-        timeout: args.object_store_timeout,
-        evict_interval: config::nonzero(args.object_store_evict_interval),
-    });
-    // --- end of bucket ---
+    // --- tiers ---
+    config.tiers = config::TierSettings {
+        upstream: args.upstream,
+        upstream_instance: args.upstream_instance,
+        upstream_tls_ca: args.upstream_tls_ca,
+        upstream_token_file: args.upstream_token_file,
+        timeout: args.tier_timeout,
+        concurrency: args.tier_concurrency,
+        queue_max_entries: args.tier_queue_max_entries,
+        queue_max_size: args.tier_queue_max_size,
+        // --- bucket ---
+        object_store: args.object_store.map(|url| config::ObjectStore {
+            url,
+            max_size: args.object_store_max_size,
+            min_age: args.object_store_min_age,
+            timeout: args.object_store_timeout,
+            evict_interval: config::nonzero(args.object_store_evict_interval),
+        }),
+        // --- end of bucket ---
+    };
+    // --- end of tiers ---
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

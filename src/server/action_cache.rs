@@ -13,6 +13,7 @@ use crate::proto::reapi::{self, action_cache_server::ActionCache};
 use crate::server::auth::Guard;
 use crate::server::blocking;
 use crate::server::status::IntoStatus;
+use crate::store::tiered::Tiered;
 use crate::store::{complete, Store};
 
 /// Largest stdout/stderr inlined into a GetActionResult reply on request.
@@ -20,7 +21,8 @@ const MAX_INLINE_OUTPUT: u64 = 1 << 20;
 
 /// The ActionCache service.
 pub struct ActionCacheService {
-    pub store: Store,
+    /// The local store, and the tier behind it that fills its misses.
+    pub tiers: Tiered,
     /// Who may read and write which instance.
     pub guard: Guard,
 }
@@ -36,15 +38,7 @@ impl ActionCache for ActionCacheService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action_digest").status()?;
-        let store = self.store.clone();
-        let result = blocking(move || {
-            let result = get_action_result(&store, &req, &action);
-            // A result naming a lost blob is a miss to the client: count it so.
-            store.count_lookup(result.is_ok());
-            result
-        })
-        .await?;
-        Ok(Response::new(result))
+        Ok(Response::new(lookup(&self.tiers, req, action).await?))
     }
 
     async fn update_action_result(
@@ -60,11 +54,35 @@ impl ActionCache for ActionCacheService {
             req.action_result.ok_or_else(|| Error::InvalidArgument("action_result is missing".into())).status()?;
         validate_result(function, &result).status()?;
         let bytes = result.encode_to_vec();
-        let store = self.store.clone();
+        let store = self.tiers.store().clone();
         let instance = req.instance_name;
         blocking(move || store.put_action(&instance, &action, &bytes)).await?;
         Ok(Response::new(result))
     }
+}
+
+/// A GetActionResult lookup: the local store's answer; on a miss, the tier
+/// (if any) fills the local store and the lookup runs again. Counted once.
+pub(super) async fn lookup(
+    tiers: &Tiered,
+    req: reapi::GetActionResultRequest,
+    action: Digest,
+) -> Result<reapi::ActionResult, Status> {
+    let req = std::sync::Arc::new(req);
+    let local = |req: std::sync::Arc<reapi::GetActionResultRequest>| {
+        let store = tiers.store().clone();
+        blocking(move || get_action_result(&store, &req, &action))
+    };
+    let mut result = local(req.clone()).await;
+    if matches!(&result, Err(s) if s.code() == tonic::Code::NotFound) {
+        // A tier that is down or lies leaves the miss a miss.
+        if tiers.fill_action(&req.instance_name, &action).await.unwrap_or(false) {
+            result = local(req).await;
+        }
+    }
+    // A result naming a lost blob is a miss to the client: count it so.
+    tiers.store().count_lookup(result.is_ok());
+    result
 }
 
 pub(super) fn get_action_result(

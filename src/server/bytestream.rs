@@ -23,12 +23,15 @@ use crate::server::budget::{Budget, Held, ZSTD_STATE_BYTES};
 use crate::server::download::{self, Accounting, Chunks, ReadStream};
 use crate::server::status::{to_status, IntoStatus};
 use crate::server::upload::{Spool, Upload, BATCH_BYTES};
+use crate::store::tiered::Tiered;
 use crate::store::zstd::{ZstdReader, ZstdUpload};
 use crate::store::{BlobWriter, Store, INLINE_MAX};
 
 /// The ByteStream service.
 pub struct ByteStreamService {
     pub store: Store,
+    /// Fills local misses from the tier behind the store, if any.
+    pub tiers: Tiered,
     /// Bounds the stream data held in memory across all calls.
     pub budget: Budget,
     /// A stream without progress for this long is cancelled.
@@ -98,6 +101,7 @@ impl ByteStream for ByteStreamService {
         let state = blob_state + if compressed { ZSTD_STATE_BYTES } else { 0 };
         let state_held =
             if state > 0 { Some(self.budget.take(state, "a ByteStream read's in-memory state").await?) } else { None };
+        self.tiers.prefetch(std::slice::from_ref(&digest)).await.status()?;
         let store = self.store.clone();
         let chunks = blocking(move || {
             let Some(reader) = store.read(&digest, offset, limit)? else {

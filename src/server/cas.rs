@@ -12,11 +12,13 @@ use crate::server::auth::Guard;
 use crate::server::blocking;
 use crate::server::get_tree;
 use crate::server::status::{ok_rpc_status, to_rpc_status, IntoStatus};
+use crate::store::tiered::Tiered;
 use crate::store::{zstd, Store};
 
 /// The CAS service.
 pub struct CasService {
-    pub store: Store,
+    /// The local store, and the tier behind it that fills its misses.
+    pub tiers: Tiered,
     /// Bound on blob bytes per batch call, as advertised in Capabilities.
     pub max_batch_total_size: u64,
     /// Who may read and write which instance.
@@ -58,7 +60,7 @@ impl ContentAddressableStorage for CasService {
             })
             .collect::<Result<Vec<_>, _>>()
             .status()?;
-        let missing = self.store.find_missing(&digests).status()?;
+        let missing = self.tiers.find_missing(&digests).await.status()?;
         crate::server::observe::note_lookups(digests.len() - missing.len(), missing.len());
         Ok(Response::new(reapi::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
@@ -74,7 +76,7 @@ impl ContentAddressableStorage for CasService {
         let function = DigestFunction::from_proto(req.digest_function).status()?;
         validate_instance(&req.instance_name).status()?;
         self.check_batch_size("carries", update_batch_size(&req.requests)).status()?;
-        let store = self.store.clone();
+        let store = self.tiers.store().clone();
         let responses =
             blocking(move || Ok(req.requests.into_iter().map(|r| update_one(&store, function, r)).collect())).await?;
         Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
@@ -91,7 +93,10 @@ impl ContentAddressableStorage for CasService {
         // Saturating: absurd declared sizes must not wrap around the limit check.
         let total = req.digests.iter().fold(0u64, |t, d| t.saturating_add(d.size_bytes.max(0) as u64));
         self.check_batch_size("asks for", total).status()?;
-        let store = self.store.clone();
+        let wanted: Vec<Digest> =
+            req.digests.iter().filter_map(|d| Digest::from_proto(function, Some(d), "digest").ok()).collect();
+        self.tiers.prefetch(&wanted).await.status()?;
+        let store = self.tiers.store().clone();
         let responses: Vec<reapi::batch_read_blobs_response::Response> =
             blocking(move || Ok(req.digests.iter().map(|d| read_one(&store, function, d)).collect())).await?;
         let found = responses.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0)).count();
@@ -104,7 +109,7 @@ impl ContentAddressableStorage for CasService {
 
     async fn get_tree(&self, request: Request<reapi::GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
         self.guard.check_request(&request, &request.get_ref().instance_name, Access::Read)?;
-        get_tree::get_tree(self.store.clone(), request.into_inner()).await
+        get_tree::get_tree(self.tiers.clone(), request.into_inner()).await
     }
 }
 

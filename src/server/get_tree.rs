@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::proto::reapi;
 use crate::server::get_tree_token::{self as token, Cursor, MAX_DEPTH, MAX_SEEN};
 use crate::server::status::{to_status, IntoStatus};
+use crate::store::tiered::Tiered;
 use crate::store::Store;
 
 /// Directories per page when the client does not say.
@@ -33,7 +34,7 @@ const MAX_DIRECTORY_BYTES: u64 = MAX_PAGE_BYTES as u64;
 
 pub type GetTreeStream = Pin<Box<dyn Stream<Item = Result<reapi::GetTreeResponse, Status>> + Send>>;
 
-pub async fn get_tree(store: Store, req: reapi::GetTreeRequest) -> Result<Response<GetTreeStream>, Status> {
+pub async fn get_tree(tiers: Tiered, req: reapi::GetTreeRequest) -> Result<Response<GetTreeStream>, Status> {
     let function = DigestFunction::from_proto(req.digest_function).status()?;
     validate_instance(&req.instance_name).status()?;
     let root = Digest::from_proto(function, req.root_digest.as_ref(), "root_digest").status()?;
@@ -44,6 +45,9 @@ pub async fn get_tree(store: Store, req: reapi::GetTreeRequest) -> Result<Respon
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
     };
+    // Directories only the tier holds are fetched before the walk.
+    tiers.fill_directories(root).await.status()?;
+    let store = tiers.store().clone();
     let cursor = if req.page_token.is_empty() { None } else { Some(token::decode(&req.page_token, &root).status()?) };
     // Fail fast (as a status, not a stream error) when the root is absent.
     let walk = crate::server::blocking(move || Walk::start(store, root, cursor, page_size))

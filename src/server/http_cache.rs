@@ -26,7 +26,7 @@ use tonic::Code;
 use crate::digest::{validate_instance, Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::reapi;
-use crate::server::action_cache::{get_action_result, validate_result};
+use crate::server::action_cache::{lookup, validate_result};
 use crate::server::budget::Budget;
 use crate::server::status::to_status;
 use crate::store::Store;
@@ -37,6 +37,8 @@ pub(super) const FUNCTION: DigestFunction = DigestFunction::Sha256;
 /// What the HTTP front end shares between requests.
 pub struct HttpCache {
     pub store: Store,
+    /// Fills ActionCache misses from the tier behind the store, if any.
+    pub tiers: crate::store::tiered::Tiered,
     /// The stream memory budget, shared with ByteStream.
     pub budget: Budget,
     /// A body that moves no bytes for this long is cancelled (None: never).
@@ -168,14 +170,7 @@ impl HttpCache {
             action_digest: Some(action.to_proto()),
             ..Default::default()
         };
-        let store = self.store.clone();
-        let result = super::blocking(move || {
-            let result = get_action_result(&store, &req, &action);
-            store.count_lookup(result.is_ok());
-            result
-        })
-        .await
-        .map_err(HttpError::from_status)?;
+        let result = lookup(&self.tiers, req, action).await.map_err(HttpError::from_status)?;
         let bytes = result.encode_to_vec();
         let len = bytes.len();
         let body = if head { Body::empty() } else { Body::from(bytes) };

@@ -101,6 +101,10 @@ pub struct Metrics {
     started_unix: u64,
     pub(super) store: Store,
     pub(super) max_size: u64,
+    // --- tiers ---
+    /// The tier behind the store, if any (its queue, errors and fills).
+    pub(super) tiers: Option<crate::store::tiered::Tiered>,
+    // --- end of tiers ---
 }
 
 /// Call totals the status page shows and the store collector exports.
@@ -224,16 +228,30 @@ impl Metrics {
             started_unix,
             store,
             max_size,
+            tiers: None,
         }
     }
 
     // --- bucket ---
-    /// Adds an object-store tier's call counts to the scrape
-    /// (`cairn_object_store_requests_total{op}`).
-    pub fn add_object_store(&mut self, counts: Arc<crate::store::bucket::OpCounts>) {
-        self.registry.register_collector(Box::new(super::object_store_metrics::ObjectStoreCollector(counts)));
+    /// Reports the calls an object-store tier makes
+    /// (`cairn_object_store_requests_total{op}`; nothing for other tiers).
+    pub fn with_object_store(mut self, tiers: crate::store::tiered::Tiered) -> Metrics {
+        if !tiers.tier_calls().is_empty() {
+            self.registry.register_collector(Box::new(super::object_store_metrics::ObjectStoreCollector(tiers)));
+        }
+        self
     }
     // --- end of bucket ---
+    // --- tiers ---
+    /// Reports the tier behind the store too (nothing when it has none).
+    pub fn with_tiers(mut self, tiers: crate::store::tiered::Tiered) -> Metrics {
+        if tiers.stats().is_some() {
+            self.registry.register_collector(Box::new(super::tier_metrics::TierCollector(tiers.clone())));
+            self.tiers = Some(tiers);
+        }
+        self
+    }
+    // --- end of tiers ---
 
     /// The Prometheus (OpenMetrics) text of every metric.
     pub fn render(&self) -> String {

@@ -15,6 +15,9 @@ pub mod overview;
 pub mod status_page;
 pub mod window;
 // --- end of observability ---
+// --- tiers ---
+mod tier_metrics;
+// --- end of tiers ---
 pub mod budget;
 mod bytestream;
 mod capabilities;
@@ -100,6 +103,9 @@ pub async fn serve(
             .map_err(|e| Error::Internal(format!("opening the store: {e}")))??
     };
     store.uploads().set_limits(&config.upload_limits());
+    // --- tiers ---
+    let (tiers, drain) = crate::store::tiered::start(&store, &config.tiers)?;
+    // --- end of tiers ---
     // --- security ---
     // Registered before the listening line, so a SIGHUP sent after it never
     // meets the default action (exit).
@@ -140,9 +146,14 @@ pub async fn serve(
         shutdown.await;
         drop(stop);
     };
-    let http_served = serve_http(http, store.clone(), &config, budget.clone(), guard.0.clone(), stopped.clone());
+    let http_served = serve_http(http, tiers.clone(), &config, budget.clone(), guard.0.clone(), stopped.clone());
     // --- observability ---
-    let metrics = Arc::new(metrics::Metrics::new(store.clone(), config.max_size));
+    let metrics = Arc::new(
+        metrics::Metrics::new(store.clone(), config.max_size)
+            .with_tiers(tiers.clone())
+            // --- bucket ---
+            .with_object_store(tiers.clone()), // --- end of bucket ---
+    );
     let stopped_for_drain = stopped.clone();
     let admin_stopped = stopped;
     let admin_served = async {
@@ -171,12 +182,12 @@ pub async fn serve(
             guard: guard.clone(),
         }))
         .add_service(
-            ActionCacheServer::new(action_cache::ActionCacheService { store: store.clone(), guard: guard.clone() })
+            ActionCacheServer::new(action_cache::ActionCacheService { tiers: tiers.clone(), guard: guard.clone() })
                 .max_decoding_message_size(max_message),
         )
         .add_service(
             ContentAddressableStorageServer::new(cas::CasService {
-                store: store.clone(),
+                tiers: tiers.clone(),
                 max_batch_total_size: config.max_batch_total_size,
                 guard: guard.clone(),
             })
@@ -186,6 +197,7 @@ pub async fn serve(
         .add_service(
             ByteStreamServer::new(bytestream::ByteStreamService {
                 store: store.clone(),
+                tiers: tiers.clone(),
                 budget,
                 idle: limits.stream_idle_timeout,
                 guard: guard.clone(),
@@ -224,6 +236,11 @@ pub async fn serve(
         }
     };
     reloader.abort();
+    // --- tiers ---
+    if let Some(drain) = drain {
+        drain.stop().await;
+    }
+    // --- end of tiers ---
     // Stop the eviction thread and close RocksDB before returning, so the
     // data dir can be reopened at once (tests restart servers this way).
     tokio::task::spawn_blocking(move || store.close()).await.ok();
@@ -243,7 +260,7 @@ async fn drain_deadline(stopped: tokio::sync::watch::Receiver<()>, timeout: std:
 /// `stopped` changes or closes.
 async fn serve_http(
     listener: Option<TcpListener>,
-    store: Store,
+    tiers: crate::store::tiered::Tiered,
     config: &Config,
     budget: budget::Budget,
     auth: Arc<crate::auth::Auth>,
@@ -253,7 +270,8 @@ async fn serve_http(
     let addr = listener.local_addr().map_err(|e| Error::io("reading the HTTP listen address", e))?;
     tracing::info!("http listening on {addr} (Bazel's HTTP cache protocol: --remote_cache=http://{addr})");
     let cache = http_cache::HttpCache {
-        store,
+        store: tiers.store().clone(),
+        tiers,
         budget,
         idle: config.streams.stream_idle_timeout,
         max_action_result: max_message(config),

@@ -3,22 +3,26 @@
 //! what the bucket costs per build (DEPLOYMENT.md).
 
 use std::fmt;
-use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 
-use crate::store::bucket::OpCounts;
+use crate::store::tiered::Tiered;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
 
-/// Reports a bucket's [`OpCounts`] on each scrape.
-#[derive(Debug)]
-pub struct ObjectStoreCollector(pub Arc<OpCounts>);
+/// Reads the tier's call counts on each scrape.
+pub struct ObjectStoreCollector(pub Tiered);
+
+impl fmt::Debug for ObjectStoreCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectStoreCollector").finish_non_exhaustive()
+    }
+}
 
 impl Collector for ObjectStoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
@@ -30,8 +34,8 @@ impl Collector for ObjectStoreCollector {
             None,
             kind.metric_type(),
         )?;
-        for (op, n) in self.0.snapshot() {
-            ConstCounter::new(n).encode(family.encode_family(&OpLabels { op: op.name() })?)?;
+        for (op, n) in self.0.tier_calls() {
+            ConstCounter::new(n).encode(family.encode_family(&OpLabels { op })?)?;
         }
         Ok(())
     }

@@ -29,6 +29,11 @@ pub struct Overview {
     pub chart: Chart,
     /// Instance names with the most calls since start, busiest first.
     pub busiest_instances: Vec<InstanceFigure>,
+    // --- tiers ---
+    /// The tier behind the store (`--upstream`...), absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<crate::store::tiered::TierStats>,
+    // --- end of tiers ---
 }
 
 /// The store against its limit.
@@ -149,6 +154,7 @@ impl Overview {
                 .into_iter()
                 .map(|(name, requests)| InstanceFigure { name, requests })
                 .collect(),
+            tier: m.tiers.as_ref().and_then(|t| t.stats()),
         }
     }
 }

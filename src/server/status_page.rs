@@ -61,6 +61,27 @@ th:first-child, td:first-child {{ text-align: left; }} .bar {{ background: #e4e4
         reserved = human_size(s.upload_reserved_bytes),
     );
 
+    // --- tiers ---
+    if let Some(t) = &o.tier {
+        let errors: u64 = t.errors.iter().map(|(_, n)| n).sum();
+        let _ = write!(
+            h,
+            "<h2>Tier</h2>\n<table>\n<tr><td><code>{}</code></td><td id=\"tier-up\" data-value=\"{up}\">{}</td><td></td></tr>\n\
+             <tr><td>Waiting to be written behind</td><td id=\"tier-queue-entries\" data-value=\"{qn}\">{qn} entries</td><td>{}</td></tr>\n\
+             <tr><td>Dropped from a full queue</td><td id=\"tier-queue-dropped\" data-value=\"{qd}\">{qd}</td><td></td></tr>\n\
+             <tr><td>Filled from the tier</td><td id=\"tier-fills\" data-value=\"{f}\">{f}</td><td></td></tr>\n\
+             <tr><td>Failed tier calls</td><td id=\"tier-errors\" data-value=\"{e}\">{e}</td><td></td></tr>\n</table>\n",
+            esc(&t.tier),
+            if t.up { "reachable" } else { "unreachable: serving local hits and misses" },
+            human_size(t.queue.bytes),
+            up = u8::from(t.up),
+            qn = t.queue.entries,
+            qd = t.queue.dropped,
+            f = t.fills,
+            e = errors,
+        );
+    }
+    // --- end of tiers ---
     h.push_str(
         "<h2>Hit rates</h2>\n<p class=\"muted\">ActionCache: results found over GetActionResult calls. \
          CAS: blobs found over blobs asked for (FindMissingBlobs, BatchReadBlobs, ByteStream Read).</p>\n\

@@ -4,7 +4,7 @@
 use rocksdb::{IteratorMode, WriteBatch};
 
 use super::lru::{self, KIND_AC};
-use super::{ac_key, Inner, Store, CF_AC, CF_ATIME, CF_META};
+use super::{ac_key, Inner, QueueEntry, Store, CF_AC, CF_ATIME, CF_META};
 use crate::digest::Digest;
 use crate::error::Result;
 
@@ -78,8 +78,19 @@ impl Store {
         self.inner.counters.count_lookup(hit);
     }
 
-    /// Stores (or replaces) the ActionResult bytes for `action` in `instance`.
+    /// Stores (or replaces) the ActionResult bytes for `action` in `instance`,
+    /// and queues it for the tier if one is attached.
     pub fn put_action(&self, instance: &str, action: &Digest, result: &[u8]) -> Result<()> {
+        self.put_action_with(instance, action, result, true)
+    }
+
+    /// [`Store::put_action`] for a result filled from the tier: not queued
+    /// to be written back.
+    pub fn put_action_from_tier(&self, instance: &str, action: &Digest, result: &[u8]) -> Result<()> {
+        self.put_action_with(instance, action, result, false)
+    }
+
+    fn put_action_with(&self, instance: &str, action: &Digest, result: &[u8], behind: bool) -> Result<()> {
         let inner = &self.inner;
         let cf = inner.cf(CF_AC);
         let key = ac_key(instance, action);
@@ -97,8 +108,13 @@ impl Store {
         let previous = inner.db.get_cf(inner.cf(CF_ATIME), &entry)?;
         inner.stamp(&mut batch, &entry, previous.as_deref());
         inner.counters.add_ac(&mut batch, inner.cf(CF_META), dn, db);
+        let entry = QueueEntry::Action { instance: instance.to_string(), action: *action };
+        let queued = inner.queue_behind(behind, &mut batch, entry, result.len() as u64)?;
         inner.db.write(batch)?;
         inner.counters.applied_ac(dn, db);
+        if let Some(q) = queued {
+            q.applied();
+        }
         drop(_guard);
         drop(_gate);
         inner.wake_if_over_limit();

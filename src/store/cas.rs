@@ -7,7 +7,7 @@ use rocksdb::WriteBatch;
 
 use super::lru::{self, KIND_CAS};
 use super::reader::{self, OpenError};
-use super::{cas_header, cas_key, parse_cas_value, BlobReader, BlobWriter, Inner, Store};
+use super::{cas_header, cas_key, parse_cas_value, BlobReader, BlobWriter, Inner, QueueEntry, Store};
 use super::{CF_ATIME, CF_CAS, CF_CAS_DATA, CF_META, KIND_FILE, KIND_INLINE};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -145,7 +145,14 @@ impl Store {
     /// Returns true when `file` was moved into the store (else the caller
     /// deletes it). Storing a blob already held counts as a use of it; a
     /// record whose file has gone missing is repaired with the new bytes.
-    pub(super) fn commit_blob(&self, d: &Digest, inline: Option<&[u8]>, file: Option<&Path>) -> Result<bool> {
+    /// `behind`: queue the new blob for the tier, if one is attached.
+    pub(super) fn commit_blob(
+        &self,
+        d: &Digest,
+        inline: Option<&[u8]>,
+        file: Option<&Path>,
+        behind: bool,
+    ) -> Result<bool> {
         let inner = &self.inner;
         let key = cas_key(d);
         let entry = lru::entry_key(KIND_CAS, &key);
@@ -187,6 +194,7 @@ impl Store {
                 None => (1, d.size as i64),
             };
             inner.counters.add_cas(&mut batch, inner.cf(CF_META), dn, db);
+            let queued = inner.queue_behind(behind, &mut batch, QueueEntry::Blob(*d), d.size)?;
             let published = match file {
                 Some(path) => Some(publish(path, &dest)?),
                 None => None,
@@ -200,6 +208,9 @@ impl Store {
                 return Err(e.into());
             }
             inner.counters.applied_cas(dn, db);
+            if let Some(q) = queued {
+                q.applied();
+            }
             published
         };
         if let Some(dir) = &published {

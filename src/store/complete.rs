@@ -75,3 +75,63 @@ fn walk_directories(
     }
     Ok(None)
 }
+// --- tiers ---
+
+/// Every blob an ActionResult names, as far as the local CAS can tell: what
+/// a tier must hold before the result may be written to it, and what a fill
+/// from a tier must fetch before the result may be served.
+#[derive(Debug, Default)]
+pub struct Named {
+    /// Every digest named: plain blobs, Trees, Directories and the files
+    /// inside the Trees and Directories that could be read.
+    pub blobs: Vec<Digest>,
+    /// Trees and Directories absent from the local CAS: what is below them
+    /// is unknown until they are fetched.
+    pub absent: Vec<Digest>,
+    /// Trees and Directories present but undecodable: the result is unusable.
+    pub broken: Vec<Digest>,
+}
+
+/// What `result` names (see [`Named`]); Tree and Directory reads are bounded
+/// as in [`first_missing`].
+pub fn named(store: &Store, function: DigestFunction, result: &reapi::ActionResult) -> Result<Named> {
+    let refs = ResultRefs::lenient(function, result);
+    let mut out = Named { blobs: refs.blobs, ..Named::default() };
+    for tree in refs.trees {
+        out.blobs.push(tree);
+        if tree.size > MAX_TREE_BYTES {
+            continue;
+        }
+        match store.read_all(&tree)? {
+            None => out.absent.push(tree),
+            Some(bytes) => match refs::tree_files(function, &bytes) {
+                Ok(files) => out.blobs.extend(files),
+                Err(_) => out.broken.push(tree),
+            },
+        }
+    }
+    let mut budget = MAX_TREE_BYTES;
+    for root in refs.root_directories {
+        let mut queue = vec![root];
+        let mut seen = HashSet::from([root]);
+        while let Some(d) = queue.pop() {
+            out.blobs.push(d);
+            if d.size > budget {
+                continue;
+            }
+            budget -= d.size;
+            match store.read_all(&d)? {
+                None => out.absent.push(d),
+                Some(bytes) => match refs::directory_refs(function, &bytes) {
+                    Ok(dir) => {
+                        out.blobs.extend(dir.files);
+                        queue.extend(dir.directories.into_iter().filter(|c| seen.insert(*c)));
+                    }
+                    Err(_) => out.broken.push(d),
+                },
+            }
+        }
+    }
+    Ok(out)
+}
+// --- end of tiers ---

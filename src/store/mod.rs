@@ -45,6 +45,15 @@ mod lru;
 mod reader;
 mod reclaim;
 pub mod tier;
+// --- tiers ---
+pub mod drain;
+mod link;
+#[cfg(test)]
+mod memory_tier;
+mod outbox;
+pub mod tiered;
+pub mod upstream;
+// --- end of tiers ---
 mod uploads;
 mod writer;
 pub mod zstd;
@@ -64,6 +73,9 @@ pub use lru::Clock;
 pub use reader::BlobReader;
 pub use uploads::Uploads;
 pub use writer::BlobWriter;
+// --- tiers ---
+pub use outbox::{Entry as QueueEntry, QueueLimits, QueueStats};
+// --- end of tiers ---
 
 /// Blobs up to this size are stored inside RocksDB; larger ones as files.
 /// Also bounds the memory an upload of a small blob buffers.
@@ -76,7 +88,7 @@ const CF_META: &str = "meta";
 const CF_ATIME: &str = "atime";
 const CF_LRU: &str = "lru";
 /// Every column family, for work that spans them all (the flush at close).
-const ALL_CFS: [&str; 6] = [CF_CAS, CF_CAS_DATA, CF_AC, CF_META, CF_ATIME, CF_LRU];
+const ALL_CFS: [&str; 7] = [CF_CAS, CF_CAS_DATA, CF_AC, CF_META, CF_ATIME, CF_LRU, outbox::CF_OUTBOX];
 
 /// What the store must keep within.
 #[derive(Clone, Debug)]
@@ -131,6 +143,11 @@ struct Inner {
     touches: lru::Touches,
     /// Wakes the background flusher early (writes past the limit, shutdown).
     wake: Arc<evict::Wake>,
+    // --- tiers ---
+    /// The write-behind queue, once a tier is attached: every commit and
+    /// ActionCache put is recorded in it in the same write batch.
+    outbox: std::sync::OnceLock<outbox::Outbox>,
+    // --- end of tiers ---
 }
 
 impl Drop for Inner {
@@ -221,6 +238,7 @@ impl Store {
                 limits,
                 touches: lru::Touches::new(),
                 wake: Arc::new(evict::Wake::default()),
+                outbox: std::sync::OnceLock::new(),
             }),
         };
         ac::upgrade_accounting(&store.inner)?;
@@ -250,6 +268,21 @@ impl Store {
     fn tmp_dir(&self) -> PathBuf {
         self.inner.tmp_dir()
     }
+
+    // --- tiers ---
+    /// Starts recording every commit and ActionCache put in the write-behind
+    /// queue (see [`outbox`]); picks up what a previous run left in it.
+    /// Call once, before serving.
+    pub fn attach_outbox(&self, limits: QueueLimits) -> Result<()> {
+        let q = outbox::Outbox::open(&self.inner.db, self.inner.cf(outbox::CF_OUTBOX), limits)?;
+        self.inner.outbox.set(q).map_err(|_| Error::Internal("the write-behind queue is attached twice".into()))
+    }
+
+    /// What the write-behind queue holds (None when no tier is attached).
+    pub fn queue_stats(&self) -> Option<QueueStats> {
+        self.inner.outbox.get().map(outbox::Outbox::stats)
+    }
+    // --- end of tiers ---
 }
 
 impl Inner {
@@ -337,6 +370,7 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
         ColumnFamilyDescriptor::new(CF_META, meta_opts),
         ColumnFamilyDescriptor::new(CF_ATIME, small(true)),
         ColumnFamilyDescriptor::new(CF_LRU, small(false)),
+        ColumnFamilyDescriptor::new(outbox::CF_OUTBOX, small(false)),
     ]
 }
 
@@ -352,7 +386,10 @@ pub fn read_stats(root: &Path) -> Result<Stats> {
     // attempt sees the new list.
     let mut attempt = 0;
     loop {
-        let opened = DB::open_cf_descriptors_read_only(&db_options(), &path, cf_descriptors(), false);
+        // A data dir from an older cairn may lack a family (`outbox`).
+        let present = DB::list_cf(&db_options(), &path).unwrap_or_default();
+        let cfs = cf_descriptors().into_iter().filter(|c| present.iter().any(|p| p == c.name()));
+        let opened = DB::open_cf_descriptors_read_only(&db_options(), &path, cfs, false);
         match opened {
             Ok(db) => {
                 let counters = counters::Counters::load(&db, db.cf_handle(CF_META).expect("meta cf"))?;

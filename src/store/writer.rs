@@ -30,6 +30,8 @@ pub struct BlobWriter {
     spool: Spool,
     /// This upload's share of the upload budget, released when the writer goes.
     _reservation: Reservation,
+    /// Queue the committed blob for the tier (false for fills from the tier).
+    behind: bool,
 }
 
 enum Spool {
@@ -77,7 +79,22 @@ impl BlobWriter {
                 File::create(&path).map_err(|e| Error::io(format!("creating upload file {}", path.display()), e))?;
             Spool::File(TempFile { file, path, published: false, bytes: 0, spooled: store.uploads().spool_counter() })
         };
-        Ok(BlobWriter { store, hasher: digest.function.hasher(), digest, written: 0, spool, _reservation: reservation })
+        Ok(BlobWriter {
+            store,
+            hasher: digest.function.hasher(),
+            digest,
+            written: 0,
+            spool,
+            _reservation: reservation,
+            behind: true,
+        })
+    }
+
+    /// Marks a fill from a tier: its commit is not queued to be written
+    /// back to the tier it came from.
+    pub fn from_tier(mut self) -> BlobWriter {
+        self.behind = false;
+        self
     }
 
     /// The digest this upload must match.
@@ -137,13 +154,13 @@ impl BlobWriter {
             )));
         }
         match self.spool {
-            Spool::Memory(buf) => self.store.commit_blob(&d, Some(&buf), None).map(|_| ()),
+            Spool::Memory(buf) => self.store.commit_blob(&d, Some(&buf), None, self.behind).map(|_| ()),
             Spool::File(mut t) => {
                 // Durable before visible: the record must never point at a
                 // file whose bytes are still only in the page cache.
                 t.file.sync_data().map_err(|e| disk_error("syncing upload", e))?;
                 // Moved into the store, or dropped (deleted) if another upload won.
-                t.published = self.store.commit_blob(&d, None, Some(&t.path))?;
+                t.published = self.store.commit_blob(&d, None, Some(&t.path), self.behind)?;
                 Ok(())
             }
         }

@@ -20,15 +20,27 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `cairn serve` on 127.0.0.1:0 over `data_dir` with extra flags
-    /// (the admin port on 127.0.0.1:0 too, unless `extra` names one), and
-    /// waits for its "listening on" lines to learn the ports.
+    /// (the admin port on 127.0.0.1:0 too, unless `extra` names one; the
+    /// gRPC port too, unless `extra` names one with `--listen`, as a test
+    /// restarting a server on its old port does), and waits for its
+    /// "listening on" lines to learn the ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_env(data_dir, extra, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables (e.g. the
+    /// `AWS_*` of an object store).
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(String, String)]) -> ServerProcess {
         let own_admin = !extra.contains(&"--admin-listen");
+        let own_listen = !extra.contains(&"--listen");
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(if own_listen { &["--listen", "127.0.0.1:0"][..] } else { &[][..] })
+            .arg("--data-dir")
             .arg(data_dir)
             .args(if own_admin { &["--admin-listen", "127.0.0.1:0"][..] } else { &[][..] })
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -60,9 +60,6 @@ const PART_CONCURRENCY: usize = 2;
 /// Default interval between two use logs of a node.
 pub const DEFAULT_USE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Default interval between two eviction passes of a node.
-pub const DEFAULT_EVICT_INTERVAL: Duration = Duration::from_secs(600);
-
 /// How a [`Bucket`] behaves; the URL comes apart.
 #[derive(Clone, Debug)]
 pub struct BucketOptions {
@@ -101,6 +98,31 @@ pub struct Bucket {
     opts: BucketOptions,
     counts: Arc<OpCounts>,
     uses: uses::Recorder,
+    /// The task [`Bucket::start`] spawned; aborted on drop.
+    background: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Bucket {
+    fn drop(&mut self) {
+        if let Some(task) = self.background.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// When the next eviction pass of a node is due.
+struct Background {
+    evict_interval: Option<Duration>,
+    next_evict: Option<tokio::time::Instant>,
+}
+
+impl Background {
+    /// The first pass comes after a random part of the interval, so nodes
+    /// started together don't list the bucket together.
+    fn new(evict_interval: Option<Duration>) -> Background {
+        let jitter = |iv: Duration| Duration::from_millis(rand::random::<u64>() % (iv.as_millis() as u64).max(1));
+        Background { evict_interval, next_evict: evict_interval.map(|iv| tokio::time::Instant::now() + jitter(iv)) }
+    }
 }
 
 impl Bucket {
@@ -179,6 +201,29 @@ impl Bucket {
         Bucket::open(&cfg.url, opts)
     }
 
+    /// Opens the bucket `cairn serve --object-store` names and, when it is
+    /// bounded, starts its background work (use logs, eviction passes),
+    /// which ends when the bucket is dropped.
+    pub fn start(cfg: &crate::config::ObjectStore) -> Result<Arc<Bucket>> {
+        let bucket = Arc::new(Bucket::from_config(cfg)?);
+        if bucket.opts.max_size.is_some() {
+            let weak = Arc::downgrade(&bucket);
+            let evict_interval = cfg.evict_interval;
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(DEFAULT_USE_LOG_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut state = Background::new(evict_interval);
+                loop {
+                    tick.tick().await;
+                    let Some(bucket) = weak.upgrade() else { return };
+                    bucket.background_round(&mut state).await;
+                }
+            });
+            *bucket.background.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
+        Ok(bucket)
+    }
+
     /// A bucket over an already built store (the `object_store` crate offers
     /// more back ends than the URL schemes above).
     pub fn with_store(url: &str, store: Arc<dyn ObjectStore>, root: Path, opts: BucketOptions) -> Bucket {
@@ -189,6 +234,7 @@ impl Bucket {
             opts,
             counts: Arc::new(OpCounts::default()),
             uses: uses::Recorder::default(),
+            background: std::sync::Mutex::new(None),
         }
     }
 
@@ -357,34 +403,21 @@ impl Bucket {
         self.uses.len()
     }
 
-    /// Runs forever when the bucket is bounded: flushes use logs every
-    /// `use_log_interval` and, unless `evict_interval` is None (a node that
-    /// only logs its uses), runs an eviction pass every `evict_interval`
-    /// (the first after a random part of it, so nodes started together
-    /// don't list together). Failures are logged and retried next round.
-    pub async fn run_background(self: Arc<Self>, use_log_interval: Duration, evict_interval: Option<Duration>) {
-        if self.opts.max_size.is_none() {
+    /// One round of background work: flush the use log and, when due,
+    /// run an eviction pass. Failures are logged and retried next round.
+    async fn background_round(&self, state: &mut Background) {
+        if let Err(e) = self.flush_uses().await {
+            tracing::warn!("{e}");
+        }
+        let (Some(iv), Some(due)) = (state.evict_interval, state.next_evict) else { return };
+        if tokio::time::Instant::now() < due {
             return;
         }
-        let jitter = |iv: Duration| Duration::from_millis(rand::random::<u64>() % (iv.as_millis() as u64).max(1));
-        let mut next_evict = evict_interval.map(|iv| tokio::time::Instant::now() + jitter(iv));
-        let mut tick = tokio::time::interval(use_log_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.flush_uses().await {
-                tracing::warn!("{e}");
-            }
-            let (Some(iv), Some(due)) = (evict_interval, next_evict) else { continue };
-            if tokio::time::Instant::now() < due {
-                continue;
-            }
-            next_evict = Some(tokio::time::Instant::now() + iv);
-            match self.evict().await {
-                Ok(r) if r.deleted > 0 || r.held_by_min_age => tracing::info!("object store {}: {r}", self.url),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("eviction: {e}"),
-            }
+        state.next_evict = Some(tokio::time::Instant::now() + iv);
+        match self.evict().await {
+            Ok(r) if r.deleted > 0 || r.held_by_min_age => tracing::info!("object store {}: {r}", self.url),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("eviction: {e}"),
         }
     }
 }
@@ -489,5 +522,9 @@ impl Tier for Bucket {
         let what = format!("PUT {key}");
         self.call(Op::Put, &what, self.store.put(&self.path(&key), PutPayload::from(result))).await?;
         Ok(())
+    }
+
+    fn calls(&self) -> Vec<(&'static str, u64)> {
+        self.counts.snapshot().into_iter().map(|(op, n)| (op.name(), n)).collect()
     }
 }

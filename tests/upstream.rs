@@ -1,0 +1,341 @@
+//! Proxy nodes (`cairn serve --upstream`) in front of a central `cairn
+//! serve`, all real processes on loopback: writes through a proxy reach the
+//! central behind (results only after their blobs), a cold proxy serves what
+//! only the central has, a dead central leaves the proxy answering local
+//! hits and misses (never UNAVAILABLE) while writes wait in the persistent
+//! queue, which survives kill -9 and drains when the central returns, and a
+//! central serving wrong bytes causes misses, never wrong hits. Then a real
+//! Bazel through two proxies.
+
+mod bazel_support;
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn::client::Client;
+use cairn::digest::{Digest, DigestFunction};
+use cairn::proto::reapi;
+use common::admin::Scrape;
+use common::process::ServerProcess;
+use futures::StreamExt;
+use prost::Message;
+
+/// A blob of `size` bytes that no other seed gives.
+fn blob(seed: u8, size: usize) -> (Digest, Bytes) {
+    let data: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8).collect();
+    (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
+}
+
+/// A result with these output files and stdout.
+fn result_naming(outputs: &[Digest], stdout: Digest) -> reapi::ActionResult {
+    reapi::ActionResult {
+        output_files: outputs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| reapi::OutputFile {
+                path: format!("out/{i}"),
+                digest: Some(d.to_proto()),
+                ..Default::default()
+            })
+            .collect(),
+        stdout_digest: Some(stdout.to_proto()),
+        ..Default::default()
+    }
+}
+
+/// One action's worth of writes: two outputs (one 2 MiB, streamed), stdout,
+/// and the result naming them.
+struct Action {
+    digest: Digest,
+    blobs: Vec<(Digest, Bytes)>,
+    result: reapi::ActionResult,
+}
+
+impl Action {
+    fn new(seed: u8) -> Action {
+        let blobs = vec![blob(seed, 100), blob(seed.wrapping_add(1), (2 << 20) + 1), blob(seed.wrapping_add(2), 40)];
+        let result = result_naming(&[blobs[0].0, blobs[1].0], blobs[2].0);
+        Action { digest: DigestFunction::Sha256.digest_of(&[b'a', seed]), blobs, result }
+    }
+
+    fn large(&self) -> Digest {
+        self.blobs[1].0
+    }
+
+    fn digests(&self) -> Vec<Digest> {
+        self.blobs.iter().map(|(d, _)| *d).collect()
+    }
+
+    /// Uploads the blobs (small ones batched, the large one by ByteStream), then the result.
+    async fn write(&self, c: &Client) {
+        for (d, data) in &self.blobs {
+            if data.len() > 1 << 20 {
+                c.write_bytes(d, data.clone()).await.expect("ByteStream write");
+            } else {
+                c.batch_upload(&[(*d, data.clone())]).await.expect("batch upload");
+            }
+        }
+        c.update_action_result(&self.digest, self.result.clone()).await.expect("UpdateActionResult");
+    }
+
+    /// Asserts `c` serves the result and every blob with the right bytes.
+    async fn assert_served(&self, c: &Client, who: &str) {
+        let got = c.get_action_result(&self.digest).await.expect("GetActionResult");
+        assert_eq!(got.as_ref().map(|r| &r.output_files), Some(&self.result.output_files), "{who}: the result");
+        assert!(c.find_missing(&self.digests()).await.expect("FindMissingBlobs").is_empty(), "{who}: blobs missing");
+        assert_eq!(c.read_blob(&self.large(), true).await.expect("ByteStream read"), Some((2 << 20) + 1), "{who}");
+        let small: Vec<Digest> = vec![self.blobs[0].0, self.blobs[2].0];
+        let read = c.batch_read(&small).await.expect("BatchReadBlobs");
+        assert_eq!(read, vec![Some(self.blobs[0].1.clone()), Some(self.blobs[2].1.clone())], "{who}: small blobs");
+    }
+}
+
+async fn client(server: &ServerProcess) -> Client {
+    Client::connect(&server.grpc_url(), "", Duration::from_secs(10)).await.expect("connect")
+}
+
+/// A proxy of `central` (a grpc:// URL) over `dir`.
+fn proxy(dir: &Path, central: &str) -> ServerProcess {
+    ServerProcess::start(dir, &["--upstream", central, "--tier-timeout", "2s"])
+}
+
+/// Polls `check` until it holds; panics naming `what` after 60 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The write-behind queue's depth on `server`.
+async fn queued(server: &ServerProcess) -> f64 {
+    Scrape::take(server.admin.expect("admin port")).await.value("cairn_tier_queue_entries", &[])
+}
+
+/// True once `central` serves the action's result (a cairn central only
+/// answers a result whose blobs it holds).
+async fn has_result(central: &Client, action: &Action) -> bool {
+    matches!(central.get_action_result(&action.digest).await, Ok(Some(_)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_a_proxy_reach_the_central() {
+    let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let central = ServerProcess::start(c_dir.path(), &[]);
+    let proxy = proxy(p_dir.path(), &central.grpc_url());
+    let (to_proxy, to_central) = (client(&proxy).await, client(&central).await);
+    let action = Action::new(1);
+    action.write(&to_proxy).await;
+    action.assert_served(&to_proxy, "the proxy").await;
+    eventually("the result reaches the central", || has_result(&to_central, &action)).await;
+    action.assert_served(&to_central, "the central").await;
+    eventually("the proxy's queue empties", || async { queued(&proxy).await == 0.0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_proxy_serves_what_only_the_central_has() {
+    let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let central = ServerProcess::start(c_dir.path(), &[]);
+    let action = Action::new(20);
+    action.write(&client(&central).await).await;
+
+    let proxy = proxy(p_dir.path(), &central.grpc_url());
+    let to_proxy = client(&proxy).await;
+    assert!(to_proxy.find_missing(&action.digests()).await.unwrap().is_empty(), "present in the tier is present");
+    action.assert_served(&to_proxy, "the cold proxy").await;
+    let fills = Scrape::take(proxy.admin.unwrap()).await.value("cairn_tier_fills_total", &[]);
+    assert!(fills >= 4.0, "the result and its 3 blobs were filled: {fills}");
+    assert_eq!(queued(&proxy).await, 0.0, "fills are not queued back to the central");
+
+    // Filled means stored here: the proxy answers without the central.
+    central.kill9();
+    action.assert_served(&to_proxy, "the proxy without its central").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_central_down_the_proxy_answers_locally_and_catches_up() {
+    let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let central = ServerProcess::start(c_dir.path(), &[]);
+    let central_addr = central.addr.to_string();
+    let proxy = proxy(p_dir.path(), &central.grpc_url());
+    let to_proxy = client(&proxy).await;
+    let before = Action::new(40);
+    before.write(&to_proxy).await;
+    let to_central = client(&central).await;
+    eventually("the first result reaches the central", || has_result(&to_central, &before)).await;
+    central.kill9();
+
+    // Local hits still hit; misses are misses, not UNAVAILABLE.
+    before.assert_served(&to_proxy, "the proxy, central down").await;
+    let (unknown, _) = blob(99, 10);
+    assert_eq!(to_proxy.get_action_result(&unknown).await.expect("a miss, not an error"), None);
+    assert_eq!(to_proxy.read_blob(&unknown, true).await.expect("a miss, not an error"), None);
+    let missing = to_proxy.find_missing(&[unknown, before.blobs[0].0]).await.expect("FindMissingBlobs");
+    assert_eq!(missing, vec![unknown]);
+
+    // Writes are acknowledged and queued.
+    let during = Action::new(60);
+    during.write(&to_proxy).await;
+    during.assert_served(&to_proxy, "the proxy, central down").await;
+    assert!(queued(&proxy).await >= 4.0, "3 blobs and a result wait for the central");
+    let scrape = Scrape::take(proxy.admin.unwrap()).await;
+    assert_eq!(scrape.value("cairn_tier_up", &[]), 0.0);
+    assert!(scrape.sum("cairn_tier_errors_total", &[]) > 0.0);
+    assert_eq!(proxy.log_lines("the tier is unreachable").len(), 1, "one warning per outage, not per request");
+
+    let central = ServerProcess::start(c_dir.path(), &["--listen", &central_addr]);
+    let to_central = client(&central).await;
+    eventually("the queued result reaches the restarted central", || has_result(&to_central, &during)).await;
+    during.assert_served(&to_central, "the central after catching up").await;
+    eventually("the proxy's queue empties", || async { queued(&proxy).await == 0.0 }).await;
+    proxy.wait_for_log("the tier is reachable again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_writes_survive_a_proxy_kill_9() {
+    let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let central = ServerProcess::start(c_dir.path(), &[]);
+    let (central_url, central_addr) = (central.grpc_url(), central.addr.to_string());
+    central.kill9();
+
+    let first = proxy(p_dir.path(), &central_url);
+    let action = Action::new(80);
+    action.write(&client(&first).await).await;
+    assert_eq!(queued(&first).await, 4.0, "3 blobs and a result queued");
+    first.kill9();
+
+    let central = ServerProcess::start(c_dir.path(), &["--listen", &central_addr]);
+    let second = proxy(p_dir.path(), &central_url);
+    let to_central = client(&central).await;
+    eventually("the queue left by the killed proxy reaches the central", || has_result(&to_central, &action)).await;
+    action.assert_served(&to_central, "the central").await;
+    eventually("the queue empties", || async { queued(&second).await == 0.0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_central_serving_wrong_bytes_is_a_miss_never_a_wrong_hit() {
+    let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let central = ServerProcess::start(c_dir.path(), &[]);
+    let action = Action::new(100);
+    action.write(&client(&central).await).await;
+    // Flip one byte of the large blob's file: same size, so the central
+    // serves it as it is.
+    let hex = action.large().hex();
+    let path = c_dir.path().join("blobs").join("sha256").join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&path).expect("the central's blob file");
+    bytes[12345] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let proxy = proxy(p_dir.path(), &central.grpc_url());
+    let to_proxy = client(&proxy).await;
+    assert_eq!(to_proxy.read_blob(&action.large(), true).await.expect("a miss, not an error"), None);
+    assert_eq!(
+        to_proxy.get_action_result(&action.digest).await.expect("a miss, not an error"),
+        None,
+        "a result whose output can't be fetched intact is a miss"
+    );
+    let scrape = Scrape::take(proxy.admin.unwrap()).await;
+    assert!(scrape.value("cairn_tier_errors_total", &[("op", "read")]) >= 1.0, "counted as a tier read error");
+    assert_eq!(proxy.log_lines("the tier's copy is wrong").len(), 2, "both fills were refused");
+}
+
+/// Real Bazel: a cold build through one proxy; after `clean --expunge`, the
+/// same build through a second, empty proxy of the same central is all
+/// remote cache hits (so everything reached the central, results and
+/// outputs, and a proxy fills itself from it).
+#[tokio::test(flavor = "multi_thread")]
+async fn bazel_through_a_fresh_proxy_hits_what_another_proxy_wrote() {
+    use bazel_support::runner::Bazel;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let central = ServerProcess::start(dirs[0].path(), &[]);
+    let first = proxy(dirs[1].path(), &central.grpc_url());
+    let bazel = Bazel::new("original");
+    let cold = bazel.build(&[format!("--remote_cache={}", first.grpc_url())]).await;
+    eprintln!("bazel cold through proxy 1: {}", cold.describe());
+    assert!(cold.remote_warnings().is_empty(), "{:#?}", cold.remote_warnings());
+    assert!(cold.summary.cacheable() >= 50, "{:?}", cold.summary);
+    assert_eq!(cold.summary.remote_cache_hits(), 0);
+    eventually("proxy 1 has written everything to the central", || async { queued(&first).await == 0.0 }).await;
+
+    let second = proxy(dirs[2].path(), &central.grpc_url());
+    bazel.clean_expunge().await;
+    let warm = bazel.build(&[format!("--remote_cache={}", second.grpc_url())]).await;
+    eprintln!("bazel warm through proxy 2: {}", warm.describe());
+    assert!(warm.remote_warnings().is_empty(), "{:#?}", warm.remote_warnings());
+    assert_eq!(
+        warm.summary.remote_cache_hits(),
+        cold.summary.cacheable(),
+        "not every action hit: {:?}\nmisses: {:#?}",
+        warm.summary,
+        warm.misses()
+    );
+}
+
+/// GetTree, GetActionResult with `inline_stdout` and the HTTP port's
+/// `GET /ac/` on a cold proxy: each fills from the central first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_proxy_fills_get_tree_inline_stdout_and_http_lookups() {
+    use cairn::proto::reapi::action_cache_client::ActionCacheClient;
+    use cairn::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+    let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let central = ServerProcess::start(c_dir.path(), &[]);
+    let to_central = client(&central).await;
+    // root/ -> sub/ -> file
+    let (file, file_data) = blob(120, 1000);
+    let dir = |files: Vec<reapi::FileNode>, dirs: Vec<reapi::DirectoryNode>| {
+        let bytes = Bytes::from(reapi::Directory { files, directories: dirs, ..Default::default() }.encode_to_vec());
+        (DigestFunction::Sha256.digest_of(&bytes), bytes)
+    };
+    let file_node = reapi::FileNode { name: "f".into(), digest: Some(file.to_proto()), ..Default::default() };
+    let (sub, sub_bytes) = dir(vec![file_node], vec![]);
+    let sub_node = reapi::DirectoryNode { name: "sub".into(), digest: Some(sub.to_proto()) };
+    let (root, root_bytes) = dir(vec![], vec![sub_node]);
+    let (stdout, stdout_data) = blob(121, 64);
+    let blobs = [(file, file_data), (sub, sub_bytes), (root, root_bytes), (stdout, stdout_data.clone())];
+    to_central.batch_upload(&blobs).await.unwrap();
+    let action = DigestFunction::Sha256.digest_of(b"with stdout");
+    let result = reapi::ActionResult { stdout_digest: Some(stdout.to_proto()), ..Default::default() };
+    to_central.update_action_result(&action, result.clone()).await.unwrap();
+    let http_action = DigestFunction::Sha256.digest_of(b"over http");
+    to_central.update_action_result(&http_action, result).await.unwrap();
+
+    let proxy = ServerProcess::start(
+        p_dir.path(),
+        &["--upstream", &central.grpc_url(), "--tier-timeout", "2s", "--http-listen", "127.0.0.1:0"],
+    );
+    let channel = proxy.channel().await;
+    let pages: Vec<reapi::GetTreeResponse> = ContentAddressableStorageClient::new(channel.clone())
+        .get_tree(reapi::GetTreeRequest { root_digest: Some(root.to_proto()), ..Default::default() })
+        .await
+        .expect("GetTree of a tree only the central has")
+        .into_inner()
+        .map(|r| r.expect("GetTree page"))
+        .collect()
+        .await;
+    assert_eq!(pages.iter().map(|p| p.directories.len()).sum::<usize>(), 2, "root and sub");
+
+    let got = ActionCacheClient::new(channel)
+        .get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            inline_stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("GetActionResult")
+        .into_inner();
+    assert_eq!(got.stdout_raw, stdout_data, "stdout inlined from a blob filled from the central");
+
+    let http = proxy.log_lines("http listening on ")[0].split("http listening on ").nth(1).unwrap().to_string();
+    let http: std::net::SocketAddr = http.split_whitespace().next().unwrap().parse().unwrap();
+    let (status, _, body) = common::admin::get(http, &format!("/ac/{}", http_action.hex())).await;
+    assert_eq!(status, 200, "GET /ac/ on the proxy: {body}");
+    let decoded = reapi::ActionResult::decode(body.as_bytes()).expect("an ActionResult");
+    assert_eq!(decoded.stdout_digest, Some(stdout.to_proto()));
+}
