@@ -3,11 +3,14 @@
 //! (results after their blobs), a cold node B serves it as hits, and losing
 //! a Garage node fails nothing. Then a real Bazel build through A, `clean
 //! --expunge`, the same build through a cold B with a Garage node killed:
-//! every action a remote cache hit. The object-store calls each node made
+//! every action a remote cache hit; and a Go build through the shim on
+//! "machine A" (node A), rebuilt on "machine B" (fresh GOCACHE, node B)
+//! without a compile. The object-store calls each node made
 //! are printed (DEPLOYMENT.md quotes them).
 
 mod bazel_support;
 mod common;
+mod go_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -179,4 +182,33 @@ async fn bazel_through_a_cold_node_hits_everything_another_node_wrote() {
         cold.summary.cacheable(),
         calls(&b).await
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_on_machine_b_through_node_b_compiles_nothing_machine_a_built_through_node_a() {
+    use go_support::{compiles, Workspace};
+    let _one = go_support::one_at_a_time();
+    let garage = Garage::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(&garage, a_dir.path(), "go");
+    let b = node(&garage, b_dir.path(), "go");
+    let ws = Workspace::new();
+    let (url_a, url_b) = (a.grpc_url(), b.grpc_url());
+    let build = |gocache: &'static str, env: Vec<(&'static str, String)>, out: &'static str| {
+        let ws = &ws;
+        let target = ws.root.join(out);
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let run = ws.go_env(gocache, &pairs, &["build", "-x", "-o", target.to_str().unwrap(), "./cmd/app"]);
+        assert!(run.cairn_lines().is_empty(), "{out}: cairn complained:\n{}", run.stderr);
+        run.stderr
+    };
+    let cold = tokio::task::block_in_place(|| {
+        build("gocache-a", vec![("CAIRN_REMOTE", url_a.clone()), ("CAIRN_WAIT_FOR_UPLOADS", "1".into())], "bin/app-a")
+    });
+    assert!(compiles(&cold).len() >= 4, "a cold build compiles:\n{cold}");
+    eventually("node A has written the Go build to the bucket", || async { queued(&a).await == 0.0 }).await;
+    let warm = tokio::task::block_in_place(|| build("gocache-b", vec![("CAIRN_REMOTE", url_b.clone())], "bin/app-b"));
+    assert_eq!(compiles(&warm), Vec::<&str>::new(), "machine B compiled through node B:\n{warm}");
+    assert!(ws.read("bin/app-a") == ws.read("bin/app-b"), "binaries differ");
+    eprintln!("go: object-store calls, node A {:?}; node B {:?}", calls(&a).await, calls(&b).await);
 }
