@@ -212,3 +212,39 @@ async fn go_on_machine_b_through_node_b_compiles_nothing_machine_a_built_through
     assert!(ws.read("bin/app-a") == ws.read("bin/app-b"), "binaries differ");
     eprintln!("go: object-store calls, node A {:?}; node B {:?}", calls(&a).await, calls(&b).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_keeps_the_bucket_under_object_store_max_size() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = garage.url("bound");
+    let flags = [
+        "--object-store",
+        &url,
+        "--object-store-max-size",
+        "100KiB",
+        "--object-store-min-age",
+        "0",
+        "--object-store-evict-interval",
+        "1s",
+    ];
+    let a = ServerProcess::start_env(dir.path(), &flags, &garage.env(0));
+    let to_a = client(&a).await;
+    // Several times the bound, written through the node and behind to the bucket.
+    let blobs: Vec<(Digest, Bytes)> = (0..40u8).map(|i| blob(i.wrapping_mul(3).wrapping_add(100), 10_000)).collect();
+    for chunk in blobs.chunks(10) {
+        to_a.batch_upload(chunk).await.expect("batch upload");
+    }
+    eventually("node A drains to the bucket", || async { queued(&a).await == 0.0 }).await;
+    let observer = Bucket::open(&url, BucketOptions { settings: garage.settings(1), ..Default::default() }).unwrap();
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    eventually("the node's eviction passes bring the bucket under 100 KiB", || async {
+        let missing = observer.find_missing(&digests).await.expect("find missing").len();
+        (digests.len() - missing) * 10_000 <= 100 << 10
+    })
+    .await;
+    let listed = Scrape::take(a.admin.unwrap()).await.value("cairn_object_store_requests_total", &[("op", "list")]);
+    assert!(listed > 0.0, "the passes list the bucket");
+    // The node still serves every blob from its own store.
+    assert!(to_a.find_missing(&digests).await.expect("FindMissingBlobs").is_empty());
+}

@@ -210,7 +210,9 @@ impl Bucket {
             let weak = Arc::downgrade(&bucket);
             let evict_interval = cfg.evict_interval;
             let task = tokio::spawn(async move {
-                let mut tick = tokio::time::interval(DEFAULT_USE_LOG_INTERVAL);
+                // A round at least as often as passes are due (tests use seconds).
+                let every = evict_interval.map_or(DEFAULT_USE_LOG_INTERVAL, |iv| iv.min(DEFAULT_USE_LOG_INTERVAL));
+                let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut state = Background::new(evict_interval);
                 loop {
