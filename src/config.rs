@@ -201,6 +201,49 @@ impl Default for Observability {
 }
 
 // --- end of observability ---
+// --- bucket ---
+
+/// Default `--object-store-timeout`: the deadline of one object-store call.
+pub const DEFAULT_OBJECT_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Default `--object-store-evict-interval`: how often a node with
+/// `--object-store-max-size` runs an eviction pass over the bucket (each
+/// pass lists the whole bucket: one LIST call per 1000 objects).
+pub const DEFAULT_OBJECT_STORE_EVICT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `--object-store URL` and its knobs: a bucket shared by several nodes,
+/// behind each node's local store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectStore {
+    /// `s3://bucket[/prefix]`, `gs://...` or `az://...`; credentials and
+    /// endpoint come from the usual environment variables (`AWS_*`, ...).
+    pub url: String,
+    /// Bound on the bucket's CAS and AC bytes, kept by LRU eviction across
+    /// every node (None: unbounded, no use logs).
+    pub max_size: Option<u64>,
+    /// Objects used within this time are never evicted from the bucket.
+    pub min_age: std::time::Duration,
+    /// Deadline of one object-store call.
+    pub timeout: std::time::Duration,
+    /// Time between two eviction passes of this node (None: this node runs
+    /// none, it only logs its uses for the nodes that do).
+    pub evict_interval: Option<std::time::Duration>,
+}
+
+impl ObjectStore {
+    /// Defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> ObjectStore {
+        ObjectStore {
+            url: url.into(),
+            max_size: None,
+            min_age: DEFAULT_MIN_AGE,
+            timeout: DEFAULT_OBJECT_STORE_TIMEOUT,
+            evict_interval: Some(DEFAULT_OBJECT_STORE_EVICT_INTERVAL),
+        }
+    }
+}
+
+// --- end of bucket ---
 
 // --- tiers ---
 
@@ -241,6 +284,10 @@ pub struct TierSettings {
     pub queue_max_entries: u64,
     /// `--tier-queue-max-size`.
     pub queue_max_size: u64,
+    // --- bucket ---
+    /// `--object-store`: a bucket shared by several nodes (None: none).
+    pub object_store: Option<ObjectStore>,
+    // --- end of bucket ---
 }
 
 impl Default for TierSettings {
@@ -254,6 +301,9 @@ impl Default for TierSettings {
             concurrency: DEFAULT_TIER_CONCURRENCY,
             queue_max_entries: DEFAULT_TIER_QUEUE_MAX_ENTRIES,
             queue_max_size: DEFAULT_TIER_QUEUE_MAX_SIZE,
+            // --- bucket ---
+            object_store: None,
+            // --- end of bucket ---
         }
     }
 }

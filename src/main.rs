@@ -161,6 +161,26 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_LOG_SLOW", default_value = "10s", value_parser = config::parse_duration)]
     log_slow: std::time::Duration,
     // --- end of observability ---
+    // --- bucket ---
+    /// A bucket shared by several cairn nodes, behind the local store: s3://bucket[/prefix]
+    /// (gs://, az:// too). Credentials and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_ENDPOINT_URL, AWS_REGION, AWS_ALLOW_HTTP [default: none].
+    #[arg(long, env = "CAIRN_OBJECT_STORE", value_name = "URL")]
+    object_store: Option<String>,
+    /// Bound on the bucket's bytes, kept by LRU eviction across all nodes, e.g. 500GiB [default: unbounded].
+    #[arg(long, env = "CAIRN_OBJECT_STORE_MAX_SIZE", value_parser = config::parse_size, requires = "object_store")]
+    object_store_max_size: Option<u64>,
+    /// Objects used in the bucket more recently than this are never evicted from it.
+    #[arg(long, env = "CAIRN_OBJECT_STORE_MIN_AGE", default_value = "12h", value_parser = config::parse_duration)]
+    object_store_min_age: std::time::Duration,
+    /// Deadline of one object-store call (and of a stall within a streamed one).
+    #[arg(long, env = "CAIRN_OBJECT_STORE_TIMEOUT", default_value = "10s", value_parser = config::parse_duration)]
+    object_store_timeout: std::time::Duration,
+    /// Time between this node's eviction passes over the bucket (each lists the whole bucket;
+    /// 0: none here, this node only logs its uses for the nodes that evict).
+    #[arg(long, env = "CAIRN_OBJECT_STORE_EVICT_INTERVAL", default_value = "10m", value_parser = config::parse_duration)]
+    object_store_evict_interval: std::time::Duration,
+    // --- end of bucket ---
     // --- tiers ---
     /// Make this node a proxy of another REAPI cache (cairn or any other), e.g. grpc://central:9092
     /// or grpcs://central:443: local misses are filled from it, writes go to it behind [default: none].
@@ -327,6 +347,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         concurrency: args.tier_concurrency,
         queue_max_entries: args.tier_queue_max_entries,
         queue_max_size: args.tier_queue_max_size,
+        // --- bucket ---
+        object_store: args.object_store.map(|url| config::ObjectStore {
+            url,
+            max_size: args.object_store_max_size,
+            min_age: args.object_store_min_age,
+            timeout: args.object_store_timeout,
+            evict_interval: config::nonzero(args.object_store_evict_interval),
+        }),
+        // --- end of bucket ---
     };
     // --- end of tiers ---
     let listener = tokio::net::TcpListener::bind(args.listen)

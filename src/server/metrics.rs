@@ -232,6 +232,16 @@ impl Metrics {
         }
     }
 
+    // --- bucket ---
+    /// Reports the calls an object-store tier makes
+    /// (`cairn_object_store_requests_total{op}`; nothing for other tiers).
+    pub fn with_object_store(mut self, tiers: crate::store::tiered::Tiered) -> Metrics {
+        if !tiers.tier_calls().is_empty() {
+            self.registry.register_collector(Box::new(super::object_store_metrics::ObjectStoreCollector(tiers)));
+        }
+        self
+    }
+    // --- end of bucket ---
     // --- tiers ---
     /// Reports the tier behind the store too (nothing when it has none).
     pub fn with_tiers(mut self, tiers: crate::store::tiered::Tiered) -> Metrics {

@@ -7,6 +7,9 @@ pub mod auth;
 // --- observability ---
 pub mod admin;
 pub mod metrics;
+// --- bucket ---
+pub mod object_store_metrics;
+// --- end of bucket ---
 pub mod observe;
 pub mod overview;
 pub mod status_page;
@@ -138,7 +141,12 @@ pub async fn serve(
     let http_served =
         serve_http(http, tls.clone(), tiers.clone(), &config, budget.clone(), guard.0.clone(), stopped.clone());
     // --- observability ---
-    let metrics = Arc::new(metrics::Metrics::new(store.clone(), config.max_size).with_tiers(tiers.clone()));
+    let metrics = Arc::new(
+        metrics::Metrics::new(store.clone(), config.max_size)
+            .with_tiers(tiers.clone())
+            // --- bucket ---
+            .with_object_store(tiers.clone()), // --- end of bucket ---
+    );
     let stopped_for_drain = stopped.clone();
     let admin_stopped = stopped;
     let admin_served = async {

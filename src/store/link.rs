@@ -75,6 +75,11 @@ pub struct Link {
 }
 
 impl Link {
+    /// Calls the tier made to the service behind it, by kind (see [`Tier::calls`]).
+    pub fn calls(&self) -> Vec<(&'static str, u64)> {
+        self.tier.calls()
+    }
+
     /// Wraps `tier`; each call (and each chunk of a read) gets `timeout`.
     pub fn new(tier: Arc<dyn Tier>, timeout: Duration) -> Link {
         Link {

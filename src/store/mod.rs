@@ -35,6 +35,7 @@
 //! running out of file descriptors), and repaired by the next upload.
 
 mod ac;
+pub mod bucket;
 mod cas;
 pub mod complete;
 mod counters;

@@ -52,4 +52,10 @@ pub trait Tier: Send + Sync + 'static {
     /// it names is in the tier, so no node ever serves a result whose outputs
     /// it cannot fetch.
     async fn put_action(&self, instance: &str, action: &Digest, result: Bytes) -> Result<()>;
+
+    /// Calls made to the service behind the tier so far, by kind, for
+    /// pricing (object stores bill per request); empty when not counted.
+    fn calls(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

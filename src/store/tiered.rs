@@ -82,6 +82,12 @@ impl Tiered {
         &self.store
     }
 
+    /// Calls the tier made to the service behind it, by kind (empty without
+    /// a tier, or with one that doesn't count them).
+    pub fn tier_calls(&self) -> Vec<(&'static str, u64)> {
+        self.link.as_ref().map(|l| l.calls()).unwrap_or_default()
+    }
+
     /// The tier's figures (None without a tier).
     pub fn stats(&self) -> Option<TierStats> {
         let link = self.link.as_ref()?;
@@ -351,7 +357,11 @@ pub fn open_tier(settings: &TierSettings) -> Result<Option<Arc<dyn Tier>>> {
     if let Some(url) = &settings.upstream {
         tiers.push(Arc::new(super::upstream::Upstream::open(url, settings)?));
     }
-    // --- bucket --- (push `super::bucket::Bucket::open(...)` here)
+    // --- bucket ---
+    if let Some(object_store) = &settings.object_store {
+        tiers.push(super::bucket::Bucket::start(object_store)?);
+    }
+    // --- end of bucket ---
     if tiers.len() > 1 {
         return Err(Error::InvalidArgument(
             "name one tier: --upstream (a proxy of another cache) or --object-store (a shared bucket), not both".into(),

@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 pub mod admin;
 pub mod curl;
+pub mod garage;
 pub mod process;
 pub mod small_disk;
 

@@ -24,7 +24,14 @@ impl ServerProcess {
     /// restarting a server on its old port does), and waits for its
     /// "listening on" lines to learn the ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
-        let command = cairn::launch::serve_command(Path::new(env!("CARGO_BIN_EXE_cairn")), data_dir, extra);
+        ServerProcess::start_env(data_dir, extra, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables (e.g. the
+    /// `AWS_*` of an object store).
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(String, String)]) -> ServerProcess {
+        let mut command = cairn::launch::serve_command(Path::new(env!("CARGO_BIN_EXE_cairn")), data_dir, extra);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let off = extra.windows(2).any(|w| w[0] == "--admin-listen" && w[1] == "off");
         ServerProcess::spawn(command, !off)
     }

@@ -1,0 +1,129 @@
+//! Use logs: how every node tells the evictor which objects it used, without
+//! rewriting the objects (a copy-onto-itself per hit would cost a PUT and the
+//! bytes) and without conditional writes (Garage ignores If-None-Match).
+//!
+//! A node collects the keys it read or found present, deduplicated, and every
+//! few seconds writes them as one small object under `_cairn/uses/`, a name
+//! no other writer uses. A line is a key relative to the bucket prefix,
+//! optionally followed by a tab and a time in milliseconds since the epoch.
+//! A line without a time was used at the log's own `last_modified`: the
+//! bucket's clock, so no node's clock matters, and a little late (by at most
+//! the flush interval), which only makes the evictor more careful. The
+//! evictor's summary carries explicit times, because it restates old uses.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+/// The folder of use logs, under the bucket prefix.
+pub const USES_DIR: &str = "_cairn/uses";
+
+/// Keys used since the last flush (relative to the bucket prefix).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pending: Mutex<HashSet<String>>,
+}
+
+impl Recorder {
+    /// Notes one use of `key`.
+    pub fn note(&self, key: String) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+    }
+
+    /// Takes every noted key, leaving none.
+    pub fn take(&self) -> Vec<String> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys: Vec<String> = pending.drain().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Puts keys back after a flush failed, so no use is forgotten.
+    pub fn restore(&self, keys: Vec<String>) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
+    }
+
+    /// Keys waiting for the next flush.
+    pub fn len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// A log of keys used at the log's own time (what nodes write).
+pub fn encode_plain(keys: &[String]) -> String {
+    let mut out = String::with_capacity(keys.iter().map(|k| k.len() + 1).sum());
+    for k in keys {
+        out.push_str(k);
+        out.push('\n');
+    }
+    out
+}
+
+/// A log of keys with their own times in ms (what the evictor's summary writes).
+pub fn encode_timed(uses: &HashMap<String, i64>) -> String {
+    let mut keys: Vec<&String> = uses.keys().collect();
+    keys.sort();
+    let mut out = String::new();
+    for k in keys {
+        out.push_str(&format!("{k}\t{}\n", uses[k]));
+    }
+    out
+}
+
+/// Folds one log into `into` (key → latest use in ms): each line's own time,
+/// or `log_time_ms` for a line without one. Lines that are not keys (empty,
+/// unparsable times) are skipped: a damaged log must not stop eviction.
+pub fn fold(text: &str, log_time_ms: i64, into: &mut HashMap<String, i64>) {
+    for line in text.lines() {
+        let (key, time) = match line.split_once('\t') {
+            Some((k, t)) => match t.trim().parse::<i64>() {
+                Ok(t) => (k, t),
+                Err(_) => continue,
+            },
+            None => (line, log_time_ms),
+        };
+        let key = key.trim();
+        if key.is_empty() || key.starts_with("_cairn/") {
+            continue;
+        }
+        let slot = into.entry(key.to_string()).or_insert(time);
+        *slot = (*slot).max(time);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_lines_take_the_log_time_and_timed_lines_their_own() {
+        let mut uses = HashMap::new();
+        fold(&encode_plain(&["cas/sha256/aa".into(), "ac/-/sha256/bb".into()]), 1000, &mut uses);
+        let summary: HashMap<String, i64> =
+            [("cas/sha256/aa".to_string(), 500), ("cas/sha256/cc".to_string(), 3000)].into();
+        fold(&encode_timed(&summary), 9999, &mut uses);
+        assert_eq!(uses["cas/sha256/aa"], 1000, "the later of the two uses wins");
+        assert_eq!(uses["ac/-/sha256/bb"], 1000);
+        assert_eq!(uses["cas/sha256/cc"], 3000, "a summary's time is its own, not the log's");
+    }
+
+    #[test]
+    fn damaged_lines_are_skipped() {
+        let mut uses = HashMap::new();
+        fold("\n\ncas/sha256/aa\tnot-a-time\n_cairn/uses/x\ncas/sha256/bb\n", 7, &mut uses);
+        assert_eq!(uses.len(), 1);
+        assert_eq!(uses["cas/sha256/bb"], 7);
+    }
+
+    #[test]
+    fn a_failed_flush_loses_nothing() {
+        let r = Recorder::default();
+        r.note("a".into());
+        r.note("a".into());
+        r.note("b".into());
+        let keys = r.take();
+        assert_eq!(keys, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(r.len(), 0);
+        r.restore(keys);
+        assert_eq!(r.len(), 2);
+    }
+}

@@ -1,0 +1,250 @@
+//! Two `cairn serve` processes over one bucket of a real three-node Garage
+//! cluster: what a client stores through node A reaches the bucket behind
+//! (results after their blobs), a cold node B serves it as hits, and losing
+//! a Garage node fails nothing. Then a real Bazel build through A, `clean
+//! --expunge`, the same build through a cold B with a Garage node killed:
+//! every action a remote cache hit; and a Go build through the shim on
+//! "machine A" (node A), rebuilt on "machine B" (fresh GOCACHE, node B)
+//! without a compile. The object-store calls each node made
+//! are printed (DEPLOYMENT.md quotes them).
+
+mod bazel_support;
+mod common;
+mod go_support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn::client::Client;
+use cairn::digest::{Digest, DigestFunction};
+use cairn::proto::reapi;
+use cairn::store::bucket::{Bucket, BucketOptions};
+use cairn::store::tier::Tier;
+use common::admin::Scrape;
+use common::garage::Garage;
+use common::process::ServerProcess;
+
+fn blob(seed: u8, size: usize) -> (Digest, Bytes) {
+    let data: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 10) as u8).collect();
+    (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
+}
+
+/// One action: a small output, a 9 MiB one (multipart in the bucket), stdout, and the result.
+struct Action {
+    digest: Digest,
+    blobs: Vec<(Digest, Bytes)>,
+    result: reapi::ActionResult,
+}
+
+impl Action {
+    fn new(seed: u8) -> Action {
+        let blobs = vec![blob(seed, 300), blob(seed.wrapping_add(1), 9 << 20), blob(seed.wrapping_add(2), 50)];
+        let result = reapi::ActionResult {
+            output_files: (0..2)
+                .map(|i| reapi::OutputFile {
+                    path: format!("out/{i}"),
+                    digest: Some(blobs[i].0.to_proto()),
+                    ..Default::default()
+                })
+                .collect(),
+            stdout_digest: Some(blobs[2].0.to_proto()),
+            ..Default::default()
+        };
+        Action { digest: DigestFunction::Sha256.digest_of(&[b'e', seed]), blobs, result }
+    }
+
+    fn digests(&self) -> Vec<Digest> {
+        self.blobs.iter().map(|(d, _)| *d).collect()
+    }
+
+    async fn write(&self, c: &Client) {
+        for (d, data) in &self.blobs {
+            if data.len() > 1 << 20 {
+                c.write_bytes(d, data.clone()).await.expect("ByteStream write");
+            } else {
+                c.batch_upload(&[(*d, data.clone())]).await.expect("batch upload");
+            }
+        }
+        c.update_action_result(&self.digest, self.result.clone()).await.expect("UpdateActionResult");
+    }
+
+    async fn assert_served(&self, c: &Client, who: &str) {
+        let got = c.get_action_result(&self.digest).await.expect("GetActionResult");
+        assert_eq!(got.as_ref().map(|r| &r.output_files), Some(&self.result.output_files), "{who}: the result");
+        assert!(c.find_missing(&self.digests()).await.expect("FindMissingBlobs").is_empty(), "{who}: blobs missing");
+        assert_eq!(c.read_blob(&self.blobs[1].0, true).await.expect("ByteStream read"), Some(9 << 20), "{who}");
+        let small = vec![self.blobs[0].0, self.blobs[2].0];
+        let read = c.batch_read(&small).await.expect("BatchReadBlobs");
+        assert_eq!(read, vec![Some(self.blobs[0].1.clone()), Some(self.blobs[2].1.clone())], "{who}: small blobs");
+    }
+}
+
+/// A node over the cluster's bucket (through Garage node 0).
+fn node(garage: &Garage, dir: &Path, prefix: &str) -> ServerProcess {
+    let url = garage.url(prefix);
+    ServerProcess::start_env(dir, &["--object-store", &url, "--tier-timeout", "5s"], &garage.env(0))
+}
+
+async fn client(server: &ServerProcess) -> Client {
+    Client::connect(&server.grpc_url(), "", Duration::from_secs(10)).await.expect("connect")
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn queued(server: &ServerProcess) -> f64 {
+    Scrape::take(server.admin.expect("admin port")).await.value("cairn_tier_queue_entries", &[])
+}
+
+/// The node's object-store calls by kind, from its /metrics.
+async fn calls(server: &ServerProcess) -> Vec<(&'static str, f64)> {
+    let scrape = Scrape::take(server.admin.expect("admin port")).await;
+    ["head", "get", "put", "multipart_create", "multipart_part", "multipart_complete", "list", "delete"]
+        .into_iter()
+        .map(|op| (op, scrape.value("cairn_object_store_requests_total", &[("op", op)])))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_node_serves_what_another_wrote_to_the_bucket_even_with_a_garage_node_lost() {
+    let mut garage = Garage::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(&garage, a_dir.path(), "e2e");
+    let to_a = client(&a).await;
+    let first = Action::new(1);
+    first.write(&to_a).await;
+    eventually("node A's queue drains to the bucket", || async { queued(&a).await == 0.0 }).await;
+
+    // The bucket itself holds the result and every blob, the large one in parts.
+    let lib = Bucket::open(&garage.url("e2e"), BucketOptions { settings: garage.settings(1), ..Default::default() })
+        .expect("open");
+    assert!(lib.find_missing(&first.digests()).await.expect("find missing").is_empty());
+    assert!(lib.get_action("", &first.digest).await.expect("get_action").is_some());
+    let a_calls = calls(&a).await;
+    eprintln!("node A, one action written behind (3 blobs, one of 9 MiB): {a_calls:?}");
+    assert_eq!(a_calls.iter().find(|(op, _)| *op == "multipart_part").map(|c| c.1), Some(2.0));
+
+    let b = node(&garage, b_dir.path(), "e2e");
+    let to_b = client(&b).await;
+    first.assert_served(&to_b, "cold node B").await;
+    eprintln!("node B, one action served cold: {:?}", calls(&b).await);
+
+    // One of three Garage nodes lost: writes through A and cold reads through B go on.
+    garage.kill(2);
+    let second = Action::new(10);
+    second.write(&to_a).await;
+    eventually("node A drains with a Garage node lost", || async { queued(&a).await == 0.0 }).await;
+    second.assert_served(&to_b, "node B, a Garage node lost").await;
+    let up = Scrape::take(b.admin.unwrap()).await.value("cairn_tier_up", &[]);
+    assert_eq!(up, 1.0, "losing one Garage node is no outage");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bazel_through_a_cold_node_hits_everything_another_node_wrote() {
+    use bazel_support::runner::Bazel;
+    let mut garage = Garage::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(&garage, a_dir.path(), "bazel");
+    let bazel = Bazel::new("original");
+    let cold = bazel.build(&[format!("--remote_cache={}", a.grpc_url())]).await;
+    eprintln!("bazel cold through node A: {}", cold.describe());
+    assert!(cold.remote_warnings().is_empty(), "{:#?}", cold.remote_warnings());
+    assert!(cold.summary.cacheable() >= 50, "{:?}", cold.summary);
+    assert_eq!(cold.summary.remote_cache_hits(), 0);
+    eventually("node A has written everything to the bucket", || async { queued(&a).await == 0.0 }).await;
+    let a_calls = calls(&a).await;
+
+    garage.kill(2);
+    let b = node(&garage, b_dir.path(), "bazel");
+    bazel.clean_expunge().await;
+    let warm = bazel.build(&[format!("--remote_cache={}", b.grpc_url())]).await;
+    eprintln!("bazel warm through cold node B, a Garage node lost: {}", warm.describe());
+    assert!(warm.remote_warnings().is_empty(), "{:#?}", warm.remote_warnings());
+    assert_eq!(
+        warm.summary.remote_cache_hits(),
+        cold.summary.cacheable(),
+        "not every action hit: {:?}\nmisses: {:#?}",
+        warm.summary,
+        warm.misses()
+    );
+    eprintln!(
+        "object-store calls for a {}-action build: writing node A {a_calls:?}; reading node B {:?}",
+        cold.summary.cacheable(),
+        calls(&b).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_on_machine_b_through_node_b_compiles_nothing_machine_a_built_through_node_a() {
+    use go_support::{compiles, Workspace};
+    // (The only Go build in this binary: no need for go_support's one-at-a-time lock.)
+    let garage = Garage::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(&garage, a_dir.path(), "go");
+    let b = node(&garage, b_dir.path(), "go");
+    let ws = Workspace::new();
+    let (url_a, url_b) = (a.grpc_url(), b.grpc_url());
+    let build = |gocache: &'static str, env: Vec<(&'static str, String)>, out: &'static str| {
+        let ws = &ws;
+        let target = ws.root.join(out);
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let run = ws.go_env(gocache, &pairs, &["build", "-x", "-o", target.to_str().unwrap(), "./cmd/app"]);
+        assert!(run.cairn_lines().is_empty(), "{out}: cairn complained:\n{}", run.stderr);
+        run.stderr
+    };
+    let cold = tokio::task::block_in_place(|| {
+        build("gocache-a", vec![("CAIRN_REMOTE", url_a.clone()), ("CAIRN_WAIT_FOR_UPLOADS", "1".into())], "bin/app-a")
+    });
+    assert!(compiles(&cold).len() >= 4, "a cold build compiles:\n{cold}");
+    eventually("node A has written the Go build to the bucket", || async { queued(&a).await == 0.0 }).await;
+    let warm = tokio::task::block_in_place(|| build("gocache-b", vec![("CAIRN_REMOTE", url_b.clone())], "bin/app-b"));
+    assert_eq!(compiles(&warm), Vec::<&str>::new(), "machine B compiled through node B:\n{warm}");
+    assert!(ws.read("bin/app-a") == ws.read("bin/app-b"), "binaries differ");
+    eprintln!("go: object-store calls, node A {:?}; node B {:?}", calls(&a).await, calls(&b).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_keeps_the_bucket_under_object_store_max_size() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = garage.url("bound");
+    let flags = [
+        "--object-store",
+        &url,
+        "--object-store-max-size",
+        "100KiB",
+        "--object-store-min-age",
+        "0",
+        "--object-store-evict-interval",
+        "1s",
+    ];
+    let a = ServerProcess::start_env(dir.path(), &flags, &garage.env(0));
+    let to_a = client(&a).await;
+    // Several times the bound, written through the node and behind to the bucket.
+    let blobs: Vec<(Digest, Bytes)> = (0..40u8).map(|i| blob(i.wrapping_mul(3).wrapping_add(100), 10_000)).collect();
+    for chunk in blobs.chunks(10) {
+        to_a.batch_upload(chunk).await.expect("batch upload");
+    }
+    eventually("node A drains to the bucket", || async { queued(&a).await == 0.0 }).await;
+    let observer = Bucket::open(&url, BucketOptions { settings: garage.settings(1), ..Default::default() }).unwrap();
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    eventually("the node's eviction passes bring the bucket under 100 KiB", || async {
+        let missing = observer.find_missing(&digests).await.expect("find missing").len();
+        (digests.len() - missing) * 10_000 <= 100 << 10
+    })
+    .await;
+    let listed = Scrape::take(a.admin.unwrap()).await.value("cairn_object_store_requests_total", &[("op", "list")]);
+    assert!(listed > 0.0, "the passes list the bucket");
+    // The node still serves every blob from its own store.
+    assert!(to_a.find_missing(&digests).await.expect("FindMissingBlobs").is_empty());
+}
