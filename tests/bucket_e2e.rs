@@ -17,68 +17,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn::client::Client;
-use cairn::digest::{Digest, DigestFunction};
-use cairn::proto::reapi;
+use cairn::digest::Digest;
 use cairn::store::bucket::{Bucket, BucketOptions};
 use cairn::store::tier::Tier;
+use common::action::{blob, Action};
 use common::admin::Scrape;
 use common::garage::Garage;
 use common::process::ServerProcess;
 
-fn blob(seed: u8, size: usize) -> (Digest, Bytes) {
-    let data: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 10) as u8).collect();
-    (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
-}
-
-/// One action: a small output, a 9 MiB one (multipart in the bucket), stdout, and the result.
-struct Action {
-    digest: Digest,
-    blobs: Vec<(Digest, Bytes)>,
-    result: reapi::ActionResult,
-}
-
-impl Action {
-    fn new(seed: u8) -> Action {
-        let blobs = vec![blob(seed, 300), blob(seed.wrapping_add(1), 9 << 20), blob(seed.wrapping_add(2), 50)];
-        let result = reapi::ActionResult {
-            output_files: (0..2)
-                .map(|i| reapi::OutputFile {
-                    path: format!("out/{i}"),
-                    digest: Some(blobs[i].0.to_proto()),
-                    ..Default::default()
-                })
-                .collect(),
-            stdout_digest: Some(blobs[2].0.to_proto()),
-            ..Default::default()
-        };
-        Action { digest: DigestFunction::Sha256.digest_of(&[b'e', seed]), blobs, result }
-    }
-
-    fn digests(&self) -> Vec<Digest> {
-        self.blobs.iter().map(|(d, _)| *d).collect()
-    }
-
-    async fn write(&self, c: &Client) {
-        for (d, data) in &self.blobs {
-            if data.len() > 1 << 20 {
-                c.write_bytes(d, data.clone()).await.expect("ByteStream write");
-            } else {
-                c.batch_upload(&[(*d, data.clone())]).await.expect("batch upload");
-            }
-        }
-        c.update_action_result(&self.digest, self.result.clone()).await.expect("UpdateActionResult");
-    }
-
-    async fn assert_served(&self, c: &Client, who: &str) {
-        let got = c.get_action_result(&self.digest).await.expect("GetActionResult");
-        assert_eq!(got.as_ref().map(|r| &r.output_files), Some(&self.result.output_files), "{who}: the result");
-        assert!(c.find_missing(&self.digests()).await.expect("FindMissingBlobs").is_empty(), "{who}: blobs missing");
-        assert_eq!(c.read_blob(&self.blobs[1].0, true).await.expect("ByteStream read"), Some(9 << 20), "{who}");
-        let small = vec![self.blobs[0].0, self.blobs[2].0];
-        let read = c.batch_read(&small).await.expect("BatchReadBlobs");
-        assert_eq!(read, vec![Some(self.blobs[0].1.clone()), Some(self.blobs[2].1.clone())], "{who}: small blobs");
-    }
-}
+/// The large output of each test action: 9 MiB, a multipart upload in the bucket.
+const LARGE: usize = 9 << 20;
 
 /// A node over the cluster's bucket (through Garage node 0).
 fn node(garage: &Garage, dir: &Path, prefix: &str) -> ServerProcess {
@@ -121,7 +69,7 @@ async fn a_cold_node_serves_what_another_wrote_to_the_bucket_even_with_a_garage_
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = node(&garage, a_dir.path(), "e2e");
     let to_a = client(&a).await;
-    let first = Action::new(1);
+    let first = Action::new(1, LARGE);
     first.write(&to_a).await;
     eventually("node A's queue drains to the bucket", || async { queued(&a).await == 0.0 }).await;
 
@@ -141,7 +89,7 @@ async fn a_cold_node_serves_what_another_wrote_to_the_bucket_even_with_a_garage_
 
     // One of three Garage nodes lost: writes through A and cold reads through B go on.
     garage.kill(2);
-    let second = Action::new(10);
+    let second = Action::new(10, LARGE);
     second.write(&to_a).await;
     eventually("node A drains with a Garage node lost", || async { queued(&a).await == 0.0 }).await;
     second.assert_served(&to_b, "node B, a Garage node lost").await;

@@ -15,82 +15,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn::client::Client;
-use cairn::digest::{Digest, DigestFunction};
+use cairn::digest::DigestFunction;
 use cairn::proto::reapi;
+use common::action::{blob, Action};
 use common::admin::Scrape;
 use common::process::ServerProcess;
 use futures::StreamExt;
 use prost::Message;
 
-/// A blob of `size` bytes that no other seed gives.
-fn blob(seed: u8, size: usize) -> (Digest, Bytes) {
-    let data: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8).collect();
-    (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
-}
-
-/// A result with these output files and stdout.
-fn result_naming(outputs: &[Digest], stdout: Digest) -> reapi::ActionResult {
-    reapi::ActionResult {
-        output_files: outputs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| reapi::OutputFile {
-                path: format!("out/{i}"),
-                digest: Some(d.to_proto()),
-                ..Default::default()
-            })
-            .collect(),
-        stdout_digest: Some(stdout.to_proto()),
-        ..Default::default()
-    }
-}
-
-/// One action's worth of writes: two outputs (one 2 MiB, streamed), stdout,
-/// and the result naming them.
-struct Action {
-    digest: Digest,
-    blobs: Vec<(Digest, Bytes)>,
-    result: reapi::ActionResult,
-}
-
-impl Action {
-    fn new(seed: u8) -> Action {
-        let blobs = vec![blob(seed, 100), blob(seed.wrapping_add(1), (2 << 20) + 1), blob(seed.wrapping_add(2), 40)];
-        let result = result_naming(&[blobs[0].0, blobs[1].0], blobs[2].0);
-        Action { digest: DigestFunction::Sha256.digest_of(&[b'a', seed]), blobs, result }
-    }
-
-    fn large(&self) -> Digest {
-        self.blobs[1].0
-    }
-
-    fn digests(&self) -> Vec<Digest> {
-        self.blobs.iter().map(|(d, _)| *d).collect()
-    }
-
-    /// Uploads the blobs (small ones batched, the large one by ByteStream), then the result.
-    async fn write(&self, c: &Client) {
-        for (d, data) in &self.blobs {
-            if data.len() > 1 << 20 {
-                c.write_bytes(d, data.clone()).await.expect("ByteStream write");
-            } else {
-                c.batch_upload(&[(*d, data.clone())]).await.expect("batch upload");
-            }
-        }
-        c.update_action_result(&self.digest, self.result.clone()).await.expect("UpdateActionResult");
-    }
-
-    /// Asserts `c` serves the result and every blob with the right bytes.
-    async fn assert_served(&self, c: &Client, who: &str) {
-        let got = c.get_action_result(&self.digest).await.expect("GetActionResult");
-        assert_eq!(got.as_ref().map(|r| &r.output_files), Some(&self.result.output_files), "{who}: the result");
-        assert!(c.find_missing(&self.digests()).await.expect("FindMissingBlobs").is_empty(), "{who}: blobs missing");
-        assert_eq!(c.read_blob(&self.large(), true).await.expect("ByteStream read"), Some((2 << 20) + 1), "{who}");
-        let small: Vec<Digest> = vec![self.blobs[0].0, self.blobs[2].0];
-        let read = c.batch_read(&small).await.expect("BatchReadBlobs");
-        assert_eq!(read, vec![Some(self.blobs[0].1.clone()), Some(self.blobs[2].1.clone())], "{who}: small blobs");
-    }
-}
+/// The streamed output of each test action: just over one batch.
+const LARGE: usize = (2 << 20) + 1;
 
 async fn client(server: &ServerProcess) -> Client {
     Client::connect(&server.grpc_url(), "", Duration::from_secs(10)).await.expect("connect")
@@ -131,7 +65,7 @@ async fn writes_through_a_proxy_reach_the_central() {
     let central = ServerProcess::start(c_dir.path(), &[]);
     let proxy = proxy(p_dir.path(), &central.grpc_url());
     let (to_proxy, to_central) = (client(&proxy).await, client(&central).await);
-    let action = Action::new(1);
+    let action = Action::new(1, LARGE);
     action.write(&to_proxy).await;
     action.assert_served(&to_proxy, "the proxy").await;
     eventually("the result reaches the central", || has_result(&to_central, &action)).await;
@@ -143,7 +77,7 @@ async fn writes_through_a_proxy_reach_the_central() {
 async fn a_cold_proxy_serves_what_only_the_central_has() {
     let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let central = ServerProcess::start(c_dir.path(), &[]);
-    let action = Action::new(20);
+    let action = Action::new(20, LARGE);
     action.write(&client(&central).await).await;
 
     let proxy = proxy(p_dir.path(), &central.grpc_url());
@@ -166,7 +100,7 @@ async fn with_the_central_down_the_proxy_answers_locally_and_catches_up() {
     let central_addr = central.addr.to_string();
     let proxy = proxy(p_dir.path(), &central.grpc_url());
     let to_proxy = client(&proxy).await;
-    let before = Action::new(40);
+    let before = Action::new(40, LARGE);
     before.write(&to_proxy).await;
     let to_central = client(&central).await;
     eventually("the first result reaches the central", || has_result(&to_central, &before)).await;
@@ -181,7 +115,7 @@ async fn with_the_central_down_the_proxy_answers_locally_and_catches_up() {
     assert_eq!(missing, vec![unknown]);
 
     // Writes are acknowledged and queued.
-    let during = Action::new(60);
+    let during = Action::new(60, LARGE);
     during.write(&to_proxy).await;
     during.assert_served(&to_proxy, "the proxy, central down").await;
     assert!(queued(&proxy).await >= 4.0, "3 blobs and a result wait for the central");
@@ -206,7 +140,7 @@ async fn queued_writes_survive_a_proxy_kill_9() {
     central.kill9();
 
     let first = proxy(p_dir.path(), &central_url);
-    let action = Action::new(80);
+    let action = Action::new(80, LARGE);
     action.write(&client(&first).await).await;
     assert_eq!(queued(&first).await, 4.0, "3 blobs and a result queued");
     first.kill9();
@@ -223,7 +157,7 @@ async fn queued_writes_survive_a_proxy_kill_9() {
 async fn a_central_serving_wrong_bytes_is_a_miss_never_a_wrong_hit() {
     let (c_dir, p_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let central = ServerProcess::start(c_dir.path(), &[]);
-    let action = Action::new(100);
+    let action = Action::new(100, LARGE);
     action.write(&client(&central).await).await;
     // Flip one byte of the large blob's file: same size, so the central
     // serves it as it is.

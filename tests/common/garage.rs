@@ -56,8 +56,24 @@ fn random_hex(bytes: usize) -> String {
 }
 
 impl Garage {
-    /// Starts the cluster and creates the key and the bucket.
+    /// Starts the cluster and creates the key and the bucket. A cluster that
+    /// does not form (a port picked free was taken before its node bound it,
+    /// by a concurrent test) is torn down and started again on fresh ports.
     pub fn start() -> Garage {
+        let mut attempt = 1;
+        loop {
+            let mut garage = Garage::launch();
+            match garage.form_cluster() {
+                Ok(()) => return garage,
+                Err(e) if attempt < 3 => eprintln!("garage cluster did not form (attempt {attempt}), retrying: {e}"),
+                Err(e) => panic!("garage cluster did not form after {attempt} attempts: {e}"),
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Spawns the three nodes on fresh ports.
+    fn launch() -> Garage {
         let binary = garage_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = random_hex(32);
@@ -90,15 +106,13 @@ impl Garage {
                 .expect("spawn garage server");
             nodes.push(Node { config, s3_port: s3, child: Some(child) });
         }
-        let mut garage = Garage { dir, nodes, key_id: format!("GK{}", random_hex(12)), secret: random_hex(32) };
-        garage.form_cluster();
-        garage
+        Garage { dir, nodes, key_id: format!("GK{}", random_hex(12)), secret: random_hex(32) }
     }
 
     /// Runs `garage -c <node i's config> args...`, retrying while the nodes
     /// come up (bounded), and returns its stdout.
-    fn cli(&self, node: usize, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    fn cli(&self, node: usize, args: &[&str]) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = Command::new(garage_binary())
                 .arg("-c")
@@ -108,15 +122,15 @@ impl Garage {
                 .output()
                 .expect("run garage");
             if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "garage {args:?} failed: {}\n{}\nnode log:\n{}",
                     out.status,
                     String::from_utf8_lossy(&out.stderr),
                     self.log(node)
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -127,20 +141,23 @@ impl Garage {
         std::fs::read_to_string(self.dir.path().join(format!("n{i}/log"))).unwrap_or_default()
     }
 
-    fn form_cluster(&mut self) {
-        let ids: Vec<String> = (0..3).map(|i| self.cli(i, &["node", "id", "-q"]).trim().to_string()).collect();
+    fn form_cluster(&mut self) -> Result<(), String> {
+        let ids = (0..3)
+            .map(|i| Ok(self.cli(i, &["node", "id", "-q"])?.trim().to_string()))
+            .collect::<Result<Vec<_>, String>>()?;
         for id in &ids[1..] {
-            self.cli(0, &["node", "connect", id]);
+            self.cli(0, &["node", "connect", id])?;
         }
         for (i, id) in ids.iter().enumerate() {
             let short = &id[..16];
-            self.cli(0, &["layout", "assign", "-z", &format!("dc{i}"), "-c", "1G", short]);
+            self.cli(0, &["layout", "assign", "-z", &format!("dc{i}"), "-c", "1G", short])?;
         }
-        self.cli(0, &["layout", "apply", "--version", "1"]);
+        self.cli(0, &["layout", "apply", "--version", "1"])?;
         let (key, secret) = (self.key_id.clone(), self.secret.clone());
-        self.cli(0, &["key", "import", "-n", "cairn", "--yes", &key, &secret]);
-        self.cli(0, &["bucket", "create", BUCKET]);
-        self.cli(0, &["bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", &key]);
+        self.cli(0, &["key", "import", "-n", "cairn", "--yes", &key, &secret])?;
+        self.cli(0, &["bucket", "create", BUCKET])?;
+        self.cli(0, &["bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", &key])?;
+        Ok(())
     }
 
     /// The S3 endpoint of node `i`.

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+pub mod action;
 pub mod admin;
 pub mod curl;
 pub mod garage;
