@@ -380,19 +380,7 @@ impl Client {
 
     /// The stored result for an action, or `None` on a miss.
     pub async fn get_action_result(&self, action: &Digest) -> Result<Option<reapi::ActionResult>> {
-        let r = ActionCacheClient::new(self.conn())
-            .get_action_result(reapi::GetActionResultRequest {
-                instance_name: self.instance.clone(),
-                action_digest: Some(action.to_proto()),
-                digest_function: self.function.to_proto() as i32,
-                ..Default::default()
-            })
-            .await;
-        match r {
-            Ok(r) => Ok(Some(r.into_inner())),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(ClientError::Rpc { rpc: "GetActionResult", status: s }),
-        }
+        self.get_action_result_inline(action, &[]).await
     }
 
     /// Stores `result` for `action`.

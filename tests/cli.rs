@@ -71,6 +71,29 @@ async fn stats_while_serving_and_restart() {
     assert!(text.contains("AC hits / misses  2 / 1"), "{text}");
 }
 
+#[test]
+fn an_upstream_and_a_bucket_together_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (code, _, err) = serve_cmd(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--data-dir",
+            data,
+            "--upstream",
+            "grpc://127.0.0.1:1",
+            "--object-store",
+            "s3://bucket",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("name one tier"), "{err}");
+}
+
 /// `cairn serve` with `args` and only the CAIRN_* variables in `env`
 /// (inherited ones removed), returning (exit code, stdout, stderr).
 fn serve_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {

@@ -353,21 +353,15 @@ impl Tiered {
 /// kind of tier. A node has at most one tier (a proxy of an upstream, or a
 /// node over a shared bucket); naming two is refused at start-up.
 pub fn open_tier(settings: &TierSettings) -> Result<Option<Arc<dyn Tier>>> {
-    let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
-    if let Some(url) = &settings.upstream {
-        tiers.push(Arc::new(super::upstream::Upstream::open(url, settings)?));
-    }
-    // --- bucket ---
-    if let Some(object_store) = &settings.object_store {
-        tiers.push(super::bucket::Bucket::start(object_store)?);
-    }
-    // --- end of bucket ---
-    if tiers.len() > 1 {
-        return Err(Error::InvalidArgument(
+    // Refused before either is opened: the bucket starts background work.
+    match (&settings.upstream, &settings.object_store) {
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(
             "name one tier: --upstream (a proxy of another cache) or --object-store (a shared bucket), not both".into(),
-        ));
+        )),
+        (Some(url), None) => Ok(Some(Arc::new(super::upstream::Upstream::open(url, settings)?))),
+        (None, Some(object_store)) => Ok(Some(super::bucket::Bucket::start(object_store)?)),
+        (None, None) => Ok(None),
     }
-    Ok(tiers.pop())
 }
 
 /// Opens the tier `settings` name behind `store`: attaches the write-behind
