@@ -13,10 +13,9 @@ mod common;
 mod go_support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use cairn::client::Client;
 use cairn::digest::Digest;
 use cairn::store::bucket::{Bucket, BucketOptions};
 use cairn::store::tier::Tier;
@@ -24,34 +23,17 @@ use common::action::{blob, Action};
 use common::admin::Scrape;
 use common::garage::Garage;
 use common::process::ServerProcess;
+use common::tier::{client, eventually, queued};
 
 /// The large output of each test action: 9 MiB, a multipart upload in the bucket.
 const LARGE: usize = 9 << 20;
+/// How long a write-behind through Garage may take to show.
+const SHOWS: Duration = Duration::from_secs(120);
 
 /// A node over the cluster's bucket (through Garage node 0).
 fn node(garage: &Garage, dir: &Path, prefix: &str) -> ServerProcess {
     let url = garage.url(prefix);
     ServerProcess::start_env(dir, &["--object-store", &url, "--tier-timeout", "5s"], &garage.env(0))
-}
-
-async fn client(server: &ServerProcess) -> Client {
-    Client::connect(&server.grpc_url(), "", Duration::from_secs(10)).await.expect("connect")
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn queued(server: &ServerProcess) -> f64 {
-    Scrape::take(server.admin.expect("admin port")).await.value("cairn_tier_queue_entries", &[])
 }
 
 /// The node's object-store calls by kind, from its /metrics.
@@ -71,7 +53,7 @@ async fn a_cold_node_serves_what_another_wrote_to_the_bucket_even_with_a_garage_
     let to_a = client(&a).await;
     let first = Action::new(1, LARGE);
     first.write(&to_a).await;
-    eventually("node A's queue drains to the bucket", || async { queued(&a).await == 0.0 }).await;
+    eventually(SHOWS, "node A's queue drains to the bucket", || async { queued(&a).await == 0.0 }).await;
 
     // The bucket itself holds the result and every blob, the large one in parts.
     let lib = Bucket::open(&garage.url("e2e"), BucketOptions { settings: garage.settings(1), ..Default::default() })
@@ -91,7 +73,7 @@ async fn a_cold_node_serves_what_another_wrote_to_the_bucket_even_with_a_garage_
     garage.kill(2);
     let second = Action::new(10, LARGE);
     second.write(&to_a).await;
-    eventually("node A drains with a Garage node lost", || async { queued(&a).await == 0.0 }).await;
+    eventually(SHOWS, "node A drains with a Garage node lost", || async { queued(&a).await == 0.0 }).await;
     second.assert_served(&to_b, "node B, a Garage node lost").await;
     let up = Scrape::take(b.admin.unwrap()).await.value("cairn_tier_up", &[]);
     assert_eq!(up, 1.0, "losing one Garage node is no outage");
@@ -109,7 +91,7 @@ async fn bazel_through_a_cold_node_hits_everything_another_node_wrote() {
     assert!(cold.remote_warnings().is_empty(), "{:#?}", cold.remote_warnings());
     assert!(cold.summary.cacheable() >= 50, "{:?}", cold.summary);
     assert_eq!(cold.summary.remote_cache_hits(), 0);
-    eventually("node A has written everything to the bucket", || async { queued(&a).await == 0.0 }).await;
+    eventually(SHOWS, "node A has written everything to the bucket", || async { queued(&a).await == 0.0 }).await;
     let a_calls = calls(&a).await;
 
     garage.kill(2);
@@ -154,7 +136,7 @@ async fn go_on_machine_b_through_node_b_compiles_nothing_machine_a_built_through
         build("gocache-a", vec![("CAIRN_REMOTE", url_a.clone()), ("CAIRN_WAIT_FOR_UPLOADS", "1".into())], "bin/app-a")
     });
     assert!(compiles(&cold).len() >= 4, "a cold build compiles:\n{cold}");
-    eventually("node A has written the Go build to the bucket", || async { queued(&a).await == 0.0 }).await;
+    eventually(SHOWS, "node A has written the Go build to the bucket", || async { queued(&a).await == 0.0 }).await;
     let warm = tokio::task::block_in_place(|| build("gocache-b", vec![("CAIRN_REMOTE", url_b.clone())], "bin/app-b"));
     assert_eq!(compiles(&warm), Vec::<&str>::new(), "machine B compiled through node B:\n{warm}");
     assert!(ws.read("bin/app-a") == ws.read("bin/app-b"), "binaries differ");
@@ -183,10 +165,10 @@ async fn a_node_keeps_the_bucket_under_object_store_max_size() {
     for chunk in blobs.chunks(10) {
         to_a.batch_upload(chunk).await.expect("batch upload");
     }
-    eventually("node A drains to the bucket", || async { queued(&a).await == 0.0 }).await;
+    eventually(SHOWS, "node A drains to the bucket", || async { queued(&a).await == 0.0 }).await;
     let observer = Bucket::open(&url, BucketOptions { settings: garage.settings(1), ..Default::default() }).unwrap();
     let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
-    eventually("the node's eviction passes bring the bucket under 100 KiB", || async {
+    eventually(SHOWS, "the node's eviction passes bring the bucket under 100 KiB", || async {
         let missing = observer.find_missing(&digests).await.expect("find missing").len();
         (digests.len() - missing) * 10_000 <= 100 << 10
     })

@@ -11,7 +11,7 @@ mod bazel_support;
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cairn::client::Client;
@@ -20,37 +20,18 @@ use cairn::proto::reapi;
 use common::action::{blob, Action};
 use common::admin::Scrape;
 use common::process::ServerProcess;
+use common::tier::{client, eventually, queued};
 use futures::StreamExt;
 use prost::Message;
 
 /// The streamed output of each test action: just over one batch.
 const LARGE: usize = (2 << 20) + 1;
-
-async fn client(server: &ServerProcess) -> Client {
-    Client::connect(&server.grpc_url(), "", Duration::from_secs(10)).await.expect("connect")
-}
+/// How long a write-behind may take to show.
+const SHOWS: Duration = Duration::from_secs(60);
 
 /// A proxy of `central` (a grpc:// URL) over `dir`.
 fn proxy(dir: &Path, central: &str) -> ServerProcess {
     ServerProcess::start(dir, &["--upstream", central, "--tier-timeout", "2s"])
-}
-
-/// Polls `check` until it holds; panics naming `what` after 60 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The write-behind queue's depth on `server`.
-async fn queued(server: &ServerProcess) -> f64 {
-    Scrape::take(server.admin.expect("admin port")).await.value("cairn_tier_queue_entries", &[])
 }
 
 /// True once `central` serves the action's result (a cairn central only
@@ -68,9 +49,9 @@ async fn writes_through_a_proxy_reach_the_central() {
     let action = Action::new(1, LARGE);
     action.write(&to_proxy).await;
     action.assert_served(&to_proxy, "the proxy").await;
-    eventually("the result reaches the central", || has_result(&to_central, &action)).await;
+    eventually(SHOWS, "the result reaches the central", || has_result(&to_central, &action)).await;
     action.assert_served(&to_central, "the central").await;
-    eventually("the proxy's queue empties", || async { queued(&proxy).await == 0.0 }).await;
+    eventually(SHOWS, "the proxy's queue empties", || async { queued(&proxy).await == 0.0 }).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -103,7 +84,7 @@ async fn with_the_central_down_the_proxy_answers_locally_and_catches_up() {
     let before = Action::new(40, LARGE);
     before.write(&to_proxy).await;
     let to_central = client(&central).await;
-    eventually("the first result reaches the central", || has_result(&to_central, &before)).await;
+    eventually(SHOWS, "the first result reaches the central", || has_result(&to_central, &before)).await;
     central.kill9();
 
     // Local hits still hit; misses are misses, not UNAVAILABLE.
@@ -126,9 +107,9 @@ async fn with_the_central_down_the_proxy_answers_locally_and_catches_up() {
 
     let central = ServerProcess::start(c_dir.path(), &["--listen", &central_addr]);
     let to_central = client(&central).await;
-    eventually("the queued result reaches the restarted central", || has_result(&to_central, &during)).await;
+    eventually(SHOWS, "the queued result reaches the restarted central", || has_result(&to_central, &during)).await;
     during.assert_served(&to_central, "the central after catching up").await;
-    eventually("the proxy's queue empties", || async { queued(&proxy).await == 0.0 }).await;
+    eventually(SHOWS, "the proxy's queue empties", || async { queued(&proxy).await == 0.0 }).await;
     proxy.wait_for_log("the tier is reachable again");
 }
 
@@ -148,9 +129,10 @@ async fn queued_writes_survive_a_proxy_kill_9() {
     let central = ServerProcess::start(c_dir.path(), &["--listen", &central_addr]);
     let second = proxy(p_dir.path(), &central_url);
     let to_central = client(&central).await;
-    eventually("the queue left by the killed proxy reaches the central", || has_result(&to_central, &action)).await;
+    eventually(SHOWS, "the queue left by the killed proxy reaches the central", || has_result(&to_central, &action))
+        .await;
     action.assert_served(&to_central, "the central").await;
-    eventually("the queue empties", || async { queued(&second).await == 0.0 }).await;
+    eventually(SHOWS, "the queue empties", || async { queued(&second).await == 0.0 }).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -196,7 +178,7 @@ async fn bazel_through_a_fresh_proxy_hits_what_another_proxy_wrote() {
     assert!(cold.remote_warnings().is_empty(), "{:#?}", cold.remote_warnings());
     assert!(cold.summary.cacheable() >= 50, "{:?}", cold.summary);
     assert_eq!(cold.summary.remote_cache_hits(), 0);
-    eventually("proxy 1 has written everything to the central", || async { queued(&first).await == 0.0 }).await;
+    eventually(SHOWS, "proxy 1 has written everything to the central", || async { queued(&first).await == 0.0 }).await;
 
     let second = proxy(dirs[2].path(), &central.grpc_url());
     bazel.clean_expunge().await;

@@ -16,6 +16,7 @@ pub mod curl;
 pub mod garage;
 pub mod process;
 pub mod small_disk;
+pub mod tier;
 
 /// A running server; dropped or `stop`ped at the end of a test.
 pub struct TestServer {
