@@ -12,6 +12,8 @@
 #   QUICK=1 scripts/bench.sh            small sizes, to try the script (minutes)
 #   PEERS="" scripts/bench.sh           cairn only
 #   SOAK=0 scripts/bench.sh             without the soak (SOAK_DURATION, default 10m)
+#   COLD_TIER=0 scripts/bench.sh        without the cold node over a warm bucket (needs
+#                                       Garage: CAIRN_GARAGE, or where scripts/setup.sh puts it)
 #
 # Adding a peer: write scripts/peer-NAME.sh answering `install`, `start DIR`
 # (print "URL PID") and `stop DIR` (see scripts/peer-buildgrid.sh), and add
@@ -24,6 +26,7 @@ REPEATS=${REPEATS:-3}
 QUICK=${QUICK:-0}
 SOAK=${SOAK:-1}
 SOAK_DURATION=${SOAK_DURATION:-10m}
+COLD_TIER=${COLD_TIER:-1}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cairn-target}
 export CAIRN_BENCH_TMP=${CAIRN_BENCH_TMP:-/var/tmp}
 STARTUP_DIR=${STARTUP_DIR:-$CAIRN_BENCH_TMP/cairn-bench-startup}
@@ -43,12 +46,14 @@ large=(--only bytestream --stream-sizes 1GiB)
 startup=(--only startup --startup-entries 1000000 --startup-bytes 10GiB --startup-dir "$STARTUP_DIR")
 lru=(--only lru)
 soak=(--soak --soak-duration "$SOAK_DURATION")
+cold=(--cold-tier)
 if [[ $QUICK == 1 ]]; then
     REPEATS=1
     light+=(--seconds 0.5 --batch-bytes 8MiB --stream-sizes 1MiB,16MiB --replay-actions 300 --go-scale 0.1)
     large=(--only bytestream --stream-sizes 128MiB)
     startup=(--only startup --startup-entries 100000 --startup-bytes 1GiB --startup-dir "$STARTUP_DIR-quick")
     lru+=(--lru-accesses 50000)
+    cold+=(--cold-tier-digests 1000 --cold-tier-actions 100 --cold-tier-mib-blobs 16 --cold-tier-large-blobs 1)
     soak=(--soak --soak-duration 30s --soak-clients 32 --soak-max-size 512MiB --soak-stream-max 32MiB
         --soak-huge-size 128MiB)
 fi
@@ -70,6 +75,9 @@ run "cairn start-up" "$work/cairn-startup.json" --start-cairn "${startup[@]}"
 run "cairn LRU" "$work/cairn-lru.json" --start-cairn "${lru[@]}"
 if [[ $SOAK == 1 ]]; then
     run "cairn soak" "$work/cairn-soak.json" --start-cairn "${soak[@]}"
+fi
+if [[ $COLD_TIER == 1 ]]; then
+    run "cairn cold tier" "$work/cairn-cold.json" "${cold[@]}"
 fi
 existing() { for f in "$@"; do [[ -e $f ]] && echo "$f"; done; }
 mapfile -t jsons < <(existing "$work"/cairn-light-*.json "$work"/cairn-{large,startup,lru}.json)
@@ -151,6 +159,18 @@ fi
         sed -n '/^| workload/,/^$/p' "$work/cairn-soak.json.md"
         sed -n '/^#### Goals/,$p' "$work/cairn-soak.json.md" | tail -n +3
         echo
+    fi
+    if [[ -s $work/cairn-cold.json.md ]]; then
+        echo "## A cold node over a warm bucket (cairn)"
+        echo
+        echo "Node A writes through its local store and the write-behind queue drains it to the bucket;"
+        echo "node B starts with an empty data dir over the same bucket and reads it all (DEPLOYMENT.md"
+        echo "says what the figures mean for a deployment). Each cold figure is followed by the same"
+        echo "reads again through B, now local; the note is the object-store calls B made for it."
+        echo
+        head -1 "$work/cairn-cold.json.md" | sed 's/^### //'
+        echo
+        sed -n '/^| workload/,/^$/p' "$work/cairn-cold.json.md"
     fi
     echo "## cairn against its peers"
     echo

@@ -17,7 +17,15 @@ pub const GRPC_LISTENING: &str = "cairn listening on ";
 /// The gRPC address in `line`, when it is the server's [`GRPC_LISTENING`] line
 /// (plain or JSON log format).
 pub fn grpc_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split(GRPC_LISTENING).nth(1)?;
+    addr_after(line, GRPC_LISTENING)
+}
+
+/// What the admin port logs once it listens, followed by the address.
+pub const ADMIN_LISTENING: &str = "admin listening on ";
+
+/// The address logged right after `marker` in `line` (plain or JSON log format).
+pub fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
     rest.split(|c: char| c == ',' || c == '"' || c.is_whitespace()).next()?.parse().ok()
 }
 

@@ -202,3 +202,57 @@ fn crash_loop_runs_and_loses_nothing() {
     assert!(stdout.contains("lost 0 blobs + 0 entries"), "acknowledged writes lost:\n{stdout}\n{stderr}");
     assert!(stdout.contains("write errors while up 0"), "writes failed:\n{stdout}\n{stderr}");
 }
+
+/// `cairn bench --cold-tier` on a Garage cluster it starts: what node A
+/// wrote reaches the bucket, a cold node B serves all of it with 0 errors,
+/// its cold reads are answered by the bucket (the object-store calls of each
+/// row say so) and the same reads again make no call at all.
+#[test]
+fn cold_tier_reads_come_from_the_bucket_once_then_stay_local() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("cold.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "bench",
+            "--cold-tier",
+            "--cold-tier-digests",
+            "200",
+            "--cold-tier-actions",
+            "20",
+            "--cold-tier-mib-blobs",
+            "4",
+            "--cold-tier-large-blobs",
+            "1",
+            "--json",
+        ])
+        .arg(&json)
+        .env("CAIRN_BENCH_TMP", dir.path())
+        .output()
+        .expect("run cairn bench --cold-tier");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cairn bench --cold-tier failed:\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("json parses");
+    let rows = report["rows"].as_array().expect("rows");
+    let note = |r: &serde_json::Value| r["note"].as_str().unwrap_or_default().to_string();
+    for r in rows {
+        assert_eq!(r["errors"], 0, "a workload reported errors: {r}");
+    }
+    let setting = |r: &serde_json::Value| r["setting"].as_str().unwrap_or_default().to_string();
+    let drained = rows.iter().find(|r| r["workload"] == "cold tier: write-behind to the bucket").expect("drain row");
+    assert!(note(drained).contains("PUT"), "node A wrote nothing to the bucket: {drained}");
+    let find_missing = rows.iter().find(|r| r["workload"] == "cold tier: FindMissingBlobs").expect("FindMissing row");
+    assert!(note(find_missing).contains("HEAD"), "the cold node's FindMissingBlobs asked no bucket: {find_missing}");
+    let (cold, local): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .filter(|r| r["workload"] == "cold tier: GetActionResult hit" || r["workload"] == "cold tier: bytestream read")
+        .partition(|r| setting(r).contains("cold"));
+    assert_eq!(cold.len(), 4, "cold rows: AC hits, 1 MiB x1 and x8, 64 MiB: {cold:#?}");
+    assert_eq!(local.len(), cold.len(), "each cold row is followed by its local pass");
+    for r in cold {
+        assert!(note(r).contains("GET"), "a cold read did not come from the bucket: {r}");
+    }
+    for r in local {
+        assert_eq!(note(r), "object store: no calls", "a second read went to the bucket: {r}");
+    }
+}

@@ -43,7 +43,7 @@ fn stream_of(data: Bytes) -> Body {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_small_and_large_and_action_results_round_trip() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let b = bucket(&garage, 0, "rt", Duration::from_secs(10));
 
     let (small, small_data) = blob(1, 3000);
@@ -93,7 +93,7 @@ async fn blobs_small_and_large_and_action_results_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn find_missing_heads_every_digest_in_parallel() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let b = bucket(&garage, 0, "fm", Duration::from_secs(10));
     let mut present = Vec::new();
     for i in 0..20u8 {
@@ -122,7 +122,7 @@ async fn find_missing_heads_every_digest_in_parallel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_of_the_wrong_size_is_a_miss() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let b = bucket(&garage, 0, "ws", Duration::from_secs(10));
     let (d, data) = blob(7, 5000);
     // Another writer (or a torn upload) left fewer bytes under the blob's key.
@@ -147,7 +147,7 @@ async fn an_object_of_the_wrong_size_is_a_miss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_garage_node_lost_reads_and_writes_go_on() {
-    let mut garage = Garage::start();
+    let mut garage = Garage::start().expect("a Garage cluster");
     let b = bucket(&garage, 0, "one", Duration::from_secs(5));
     let (before, before_data) = blob(1, 10_000);
     b.write(&before, Body::Whole(before_data.clone())).await.expect("put before");
@@ -166,7 +166,7 @@ async fn one_garage_node_lost_reads_and_writes_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_garage_nodes_lost_calls_fail_fast_with_unavailable() {
-    let mut garage = Garage::start();
+    let mut garage = Garage::start().expect("a Garage cluster");
     let b = Arc::new(bucket(&garage, 0, "two", Duration::from_secs(2)));
     let (d, data) = blob(1, 10_000);
     b.write(&d, Body::Whole(data.clone())).await.expect("put before");

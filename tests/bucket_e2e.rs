@@ -2,7 +2,8 @@
 //! cluster: what a client stores through node A reaches the bucket behind
 //! (results after their blobs), a cold node B serves it as hits, and losing
 //! a Garage node fails nothing. Then a real Bazel build through A, `clean
-//! --expunge`, the same build through a cold B with a Garage node killed:
+//! --expunge`, the same build through a cold B with a Garage node killed
+//! during it:
 //! every action a remote cache hit; and a Go build through the shim on
 //! "machine A" (node A), rebuilt on "machine B" (fresh GOCACHE, node B)
 //! without a compile. The object-store calls each node made
@@ -47,7 +48,7 @@ async fn calls(server: &ServerProcess) -> Vec<(&'static str, f64)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cold_node_serves_what_another_wrote_to_the_bucket_even_with_a_garage_node_lost() {
-    let mut garage = Garage::start();
+    let mut garage = Garage::start().expect("a Garage cluster");
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = node(&garage, a_dir.path(), "e2e");
     let to_a = client(&a).await;
@@ -82,7 +83,7 @@ async fn a_cold_node_serves_what_another_wrote_to_the_bucket_even_with_a_garage_
 #[tokio::test(flavor = "multi_thread")]
 async fn bazel_through_a_cold_node_hits_everything_another_node_wrote() {
     use bazel_support::runner::Bazel;
-    let mut garage = Garage::start();
+    let mut garage = Garage::start().expect("a Garage cluster");
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = node(&garage, a_dir.path(), "bazel");
     let bazel = Bazel::new("original");
@@ -94,11 +95,24 @@ async fn bazel_through_a_cold_node_hits_everything_another_node_wrote() {
     eventually(SHOWS, "node A has written everything to the bucket", || async { queued(&a).await == 0.0 }).await;
     let a_calls = calls(&a).await;
 
-    garage.kill(2);
     let b = node(&garage, b_dir.path(), "bazel");
     bazel.clean_expunge().await;
-    let warm = bazel.build(&[format!("--remote_cache={}", b.grpc_url())]).await;
-    eprintln!("bazel warm through cold node B, a Garage node lost: {}", warm.describe());
+    // Garage node 2 is killed while the build runs: once node B has fetched
+    // its first object, and with most of the build still to come.
+    let gets = || async { calls(&b).await.iter().find(|(op, _)| *op == "get").map_or(0.0, |c| c.1) };
+    let kill_during_build = async {
+        eventually(Duration::from_secs(300), "node B fetches from the bucket", || async { gets().await > 0.0 }).await;
+        garage.kill(2);
+        gets().await
+    };
+    let flags = [format!("--remote_cache={}", b.grpc_url())];
+    let (warm, gets_at_kill) = tokio::join!(bazel.build(&flags), kill_during_build);
+    eprintln!("bazel warm through cold node B, a Garage node killed during it: {}", warm.describe());
+    let gets_after = gets().await;
+    assert!(
+        gets_after > gets_at_kill,
+        "the Garage node died after the build's last fetch ({gets_at_kill} GETs then, {gets_after} at the end)"
+    );
     assert!(warm.remote_warnings().is_empty(), "{:#?}", warm.remote_warnings());
     assert_eq!(
         warm.summary.remote_cache_hits(),
@@ -118,7 +132,7 @@ async fn bazel_through_a_cold_node_hits_everything_another_node_wrote() {
 async fn go_on_machine_b_through_node_b_compiles_nothing_machine_a_built_through_node_a() {
     use go_support::{compiles, Workspace};
     // (The only Go build in this binary: no need for go_support's one-at-a-time lock.)
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = node(&garage, a_dir.path(), "go");
     let b = node(&garage, b_dir.path(), "go");
@@ -145,7 +159,7 @@ async fn go_on_machine_b_through_node_b_compiles_nothing_machine_a_built_through
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_keeps_the_bucket_under_object_store_max_size() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let dir = tempfile::tempdir().unwrap();
     let url = garage.url("bound");
     let flags = [

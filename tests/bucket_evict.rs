@@ -58,7 +58,7 @@ async fn present(b: &Bucket, digests: &[Digest]) -> Vec<Digest> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_brings_the_bucket_under_its_bound_sparing_what_other_nodes_used() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let bound = 4 * OBJECT as u64 + 100;
     let a = node(&garage, "lru", Some(bound), Duration::ZERO);
     let b = node(&garage, "lru", Some(bound), Duration::ZERO);
@@ -98,7 +98,7 @@ async fn eviction_brings_the_bucket_under_its_bound_sparing_what_other_nodes_use
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_used_within_the_minimum_age_is_evicted_even_over_the_bound() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let a = node(&garage, "young", Some(2 * OBJECT as u64), Duration::from_secs(3600));
     let all = fill(&a, 8).await;
     let report = a.evict().await.expect("evict");
@@ -110,7 +110,7 @@ async fn nothing_used_within_the_minimum_age_is_evicted_even_over_the_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_passes_at_once_lose_no_use() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let writer = node(&garage, "race", None, Duration::ZERO);
     let all = fill(&writer, 10).await;
     later().await;

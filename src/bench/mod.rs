@@ -20,6 +20,8 @@
 //!   misbehaving ([`soak_hostile`]) clients against a server at its size
 //!   limit, watched by [`soak_watch`].
 //! - [`crash`]: `--crash-loop N`, kill -9 during mixed writes, checked by [`crash_check`].
+//! - [`cold_tier`]: `--cold-tier`, a node with an empty local store over a
+//!   warm bucket (a [`garage`] cluster the bench starts, or a named bucket).
 //! - [`link`]: `cairn bench link`, a delayed, rate-limited packet forwarder
 //!   between two TUN devices (a real network for scripts/bench-go.sh).
 //!
@@ -29,9 +31,11 @@
 mod ac;
 mod bytestream;
 mod cas;
+mod cold_tier;
 mod crash;
 mod crash_check;
 mod data;
+pub mod garage;
 mod limits;
 pub mod link;
 mod lru;
@@ -154,6 +158,8 @@ pub struct BenchArgs {
     pub soak: soak::SoakArgs,
     #[command(flatten)]
     pub crash: crash::CrashArgs,
+    #[command(flatten)]
+    pub cold_tier: cold_tier::ColdTierArgs,
     /// A tool instead of a load run (hidden from `cairn bench --help`'s flags).
     #[command(subcommand)]
     pub tool: Option<BenchTool>,
@@ -278,6 +284,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.soak.soak {
         return soak::run(args, bin).await;
     }
+    if args.cold_tier.cold_tier {
+        let report = cold_tier::run(args.clone(), &bin).await?;
+        return output(&args, &report);
+    }
     for f in &args.only {
         anyhow::ensure!(FAMILIES.contains(&f.as_str()), "unknown workload family {f:?}; pick from {FAMILIES:?}");
     }
@@ -352,7 +362,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// Prints the report as Markdown (and writes it and the JSON where asked);
 /// fails when any operation failed, after printing everything.
 fn output(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
-    let md = format!("### {}\n\n{}\n#### Goals\n\n{}", report.target, report.markdown(), report.goals_markdown());
+    let mut md = format!("### {}\n\n{}", report.target, report.markdown());
+    if !report.goals.is_empty() {
+        md.push_str(&format!("\n#### Goals\n\n{}", report.goals_markdown()));
+    }
     println!("{md}");
     if let Some(p) = &args.markdown {
         std::fs::write(p, &md)?;

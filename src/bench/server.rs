@@ -2,8 +2,10 @@
 //! (`--start-cairn`, and the start-up workload), and reading a server
 //! process's memory from `/proc/<pid>/status`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A `cairn serve` child listening on an ephemeral loopback port (started by
@@ -16,6 +18,8 @@ pub struct CairnChild {
     pub spawned: Instant,
     /// From spawn to the "listening on" log line.
     pub startup: Duration,
+    /// The admin port, once logged.
+    admin: Arc<Mutex<Option<SocketAddr>>>,
     /// Holds the temp data dir when the bench made one.
     _dir: Option<ScratchDir>,
 }
@@ -24,6 +28,17 @@ impl CairnChild {
     /// Starts `bin serve` over `data_dir` (a fresh temp dir when `None`) with
     /// `extra` flags, and waits up to a minute for it to listen.
     pub fn start(bin: &Path, data_dir: Option<&Path>, extra: &[String]) -> anyhow::Result<CairnChild> {
+        CairnChild::start_env(bin, data_dir, extra, &[])
+    }
+
+    /// [`CairnChild::start`] with extra environment variables (the `AWS_*`
+    /// of an object store).
+    pub fn start_env(
+        bin: &Path,
+        data_dir: Option<&Path>,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> anyhow::Result<CairnChild> {
         let temp = match data_dir {
             Some(_) => None,
             None => Some(ScratchDir::new("serve")?),
@@ -31,11 +46,16 @@ impl CairnChild {
         let dir = data_dir.map_or_else(|| temp.as_ref().expect("temp").path().to_path_buf(), Path::to_path_buf);
         let mut flags = vec!["--log-level".to_string(), "warn,cairn::server=info".to_string()];
         flags.extend_from_slice(extra);
-        let command = crate::launch::serve_command(bin, &dir, &flags);
+        let mut command = crate::launch::serve_command(bin, &dir, &flags);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let started = Instant::now();
-        let launched = crate::launch::launch(command, Duration::from_secs(60), |line| {
-            // The server's warnings and errors stay visible.
-            if crate::launch::grpc_addr(line).is_none() {
+        let admin = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&admin);
+        let launched = crate::launch::launch(command, Duration::from_secs(60), move |line| {
+            if let Some(addr) = crate::launch::addr_after(line, crate::launch::ADMIN_LISTENING) {
+                *seen.lock().expect("admin address") = Some(addr);
+            } else if crate::launch::grpc_addr(line).is_none() {
+                // The server's warnings and errors stay visible.
                 eprintln!("[cairn serve] {line}");
             }
         })
@@ -45,8 +65,21 @@ impl CairnChild {
             url: format!("grpc://{}", launched.addr),
             spawned: started,
             startup: launched.startup,
+            admin,
             _dir: temp,
         })
+    }
+
+    /// The admin port's address, once the server has logged it (up to 10 s).
+    pub fn admin(&self) -> anyhow::Result<SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(addr) = *self.admin.lock().expect("admin address") {
+                return Ok(addr);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "cairn serve did not log its admin address");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -46,8 +46,8 @@ impl ServerProcess {
         let lines = log.clone();
         // The gRPC "listening on" line is found by cairn::launch, as the bench finds it.
         let launched = cairn::launch::launch(command, Duration::from_secs(60), move |line| {
-            if line.contains("admin listening on ") {
-                let _ = admin_tx.send(addr_after(line, "admin listening on "));
+            if line.contains(cairn::launch::ADMIN_LISTENING) {
+                let _ = admin_tx.send(cairn::launch::addr_after(line, cairn::launch::ADMIN_LISTENING));
             }
             eprintln!("[cairn] {line}");
             lines.lock().unwrap().push(line.to_string());
@@ -70,7 +70,7 @@ impl ServerProcess {
         const MARKER: &str = "http listening on ";
         self.wait_for_log(MARKER);
         let line = self.log_lines(MARKER).remove(0);
-        addr_after(&line, MARKER).unwrap_or_else(|| panic!("no address in {line:?}"))
+        cairn::launch::addr_after(&line, MARKER).unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     /// The lines logged so far that contain `needle`.
@@ -141,12 +141,6 @@ impl ServerProcess {
         let _ = self.child.kill();
         panic!("cairn serve did not exit within 30 s of SIGTERM");
     }
-}
-
-/// The address logged right after `marker` in `line`.
-fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = line.split(marker).nth(1)?;
-    rest.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse::<SocketAddr>().ok()
 }
 
 impl Drop for ServerProcess {
