@@ -79,7 +79,8 @@ pub async fn run(args: BenchArgs, bin: &Path) -> anyhow::Result<Report> {
         (None, Some(u)) => (u.clone(), Vec::new(), u.clone()),
         (None, None) => unreachable!("a bucket or a cluster"),
     };
-    let flags = vec!["--object-store".to_string(), url.clone(), "--tier-timeout".to_string(), "30s".to_string()];
+    // The tier's defaults (timeouts, concurrency), as a deployment would start.
+    let flags = vec!["--object-store".to_string(), url.clone()];
     let mut report = Report { target: format!("cairn, a cold node over a warm bucket ({store})"), ..Report::default() };
     eprintln!("cairn bench --cold-tier: {}", report.target);
 
