@@ -122,17 +122,33 @@ pub(super) async fn pass(store: &Store, link: &Arc<Link>, concurrency: usize) ->
             retry = true;
         }
     }
-    for (seq, entry) in &entries {
-        let Entry::Action { instance, action } = entry else { continue };
-        if retry {
-            break;
-        }
-        match write_action(store, link, instance, action, concurrency).await {
-            Ok(()) => done.push(*seq),
-            Err(Error::Unavailable(_)) => retry = true,
-            Err(e) => {
-                tracing::warn!(action = %action, error = %e, "the tier refused an action result; dropped from the queue");
-                done.push(*seq);
+    // Results go after this pass's blobs (and each checks its own blobs are
+    // in the tier), several at once: one at a time, a queue of small builds'
+    // results drains at one tier round trip each.
+    let actions: Vec<(u64, String, Digest)> = entries
+        .iter()
+        .filter_map(|(seq, e)| match e {
+            Entry::Action { instance, action } => Some((*seq, instance.clone(), *action)),
+            Entry::Blob(_) => None,
+        })
+        .collect();
+    if !retry && !actions.is_empty() {
+        let outcomes: Vec<(u64, Digest, Result<()>)> = futures::stream::iter(actions)
+            .map(|(seq, instance, action)| {
+                let (store, link) = (store.clone(), link.clone());
+                async move { (seq, action, write_action(&store, &link, &instance, &action, concurrency).await) }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        for (seq, action, outcome) in outcomes {
+            match outcome {
+                Ok(()) => done.push(seq),
+                Err(Error::Unavailable(_)) => retry = true,
+                Err(e) => {
+                    tracing::warn!(action = %action, error = %e, "the tier refused an action result; dropped from the queue");
+                    done.push(seq);
+                }
             }
         }
     }

@@ -87,6 +87,24 @@ async fn an_action_result_goes_out_after_every_blob_it_names() {
 }
 
 #[tokio::test]
+async fn queued_results_are_written_several_at_once() {
+    // One at a time, a queue of results drains at one tier round trip each
+    // (on a bucket ~50 ms per small PUT): the tier here lets a result write
+    // finish only once four are in flight together.
+    let s = setup(ROOMY);
+    *s.tier.action_barrier.lock().unwrap() = Some(Arc::new(tokio::sync::Barrier::new(4)));
+    let (out, data) = blob(7, 100);
+    s.store.put(out, &data).unwrap();
+    for i in 0..4u8 {
+        s.store.put_action("", &DigestFunction::Sha256.digest_of(&[i]), &result_naming(&[out])).unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), drain_all(&s))
+        .await
+        .expect("the results were written one at a time: the fourth never joined the first");
+    assert_eq!(s.tier.actions.lock().unwrap().len(), 4);
+}
+
+#[tokio::test]
 async fn a_result_whose_blob_is_gone_everywhere_is_never_written() {
     let s = setup(ROOMY);
     let (kept, kept_data) = blob(7, 100);

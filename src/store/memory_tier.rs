@@ -27,6 +27,9 @@ pub struct MemoryTier {
     pub reads: AtomicUsize,
     /// When set, each blob read waits for a permit from it.
     pub read_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// When set, each result write waits until as many as the barrier
+    /// counts are in flight at once.
+    pub action_barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
 }
 
 impl MemoryTier {
@@ -91,6 +94,10 @@ impl Tier for MemoryTier {
     }
     async fn put_action(&self, _instance: &str, action: &Digest, result: Bytes) -> Result<()> {
         self.check().await?;
+        let barrier = self.action_barrier.lock().unwrap().clone();
+        if let Some(barrier) = barrier {
+            barrier.wait().await;
+        }
         self.actions.lock().unwrap().insert(*action, result);
         self.log.lock().unwrap().push(format!("action {}", action.hex()));
         Ok(())
