@@ -33,9 +33,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-go net: needs root (network namespace, TUN devices)" >&2; exit 1; }
 [ -c /dev/net/tun ] || { echo "bench-go net: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }
-eval "$(./scripts/setup.sh | grep '^CAIRN_GO=')"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cairn-target}
-[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --bin cairn >&2
+BENCH="bench-go net"
+# shellcheck source=scripts/bench-go-lib.sh
+source scripts/bench-go-lib.sh
+build_cairn
 REPS=${REPS:-3}
 DELAY=${DELAY:-5ms}
 read -r -a RATES <<<"${RATES:-unlimited 100Mbit}"
@@ -66,9 +67,8 @@ trap cleanup EXIT
 mkdir -p "$WORK/bin" "$WORK/fresh" "$WORK/seed" "$WORK/own"
 # A copy: other checkouts sharing the target dir may rebuild it meanwhile.
 cp "$CARGO_TARGET_DIR/release/cairn" "$WORK/bin/"
-COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo "+changes")
+COMMIT=$(commit_id)
 CAIRN=$WORK/bin/cairn
-bg() { "$@" & echo $! >>"$PIDFILE"; }
 
 # The namespace and the server live for the whole run; the link is
 # restarted for each rate (its TUN devices go with it).
@@ -103,7 +103,7 @@ link_up() { # $1: rate
   "$CAIRN" bench link --tun-a "$TA" --tun-b "$TB" --delay "$DELAY" --rate "$1" --stats-every 100ms \
     >"$WORK/link.out" 2>"$LINK_LOG" &
   LINK_PID=$!
-  echo "$LINK_PID" >>"$PIDFILE"
+  track "$LINK_PID"
   for _ in $(seq 1 100); do grep -q ready "$WORK/link.out" && break; sleep 0.1; done
   grep -q ready "$WORK/link.out" || { echo "bench-go net: the link did not start:" >&2; cat "$LINK_LOG" >&2; exit 1; }
   ip addr add "$HOST_IP" peer "$NS_IP" dev "$TA"
@@ -144,16 +144,12 @@ print("%.2f %.0f" % (statistics.median(rtts) * 1e3, got * 8 / dt))
 EOF
 }
 
-# Go as in the tests: offline, no cgo, no user config.
-export GOTOOLCHAIN=local GOENV=off GOFLAGS= GOPROXY=off CGO_ENABLED=0 GOPATH=$WORK/gopath
-unset CAIRN_REMOTE CAIRN_DIR CAIRN_PREFETCH CAIRN_WAIT_FOR_UPLOADS GOCACHEPROG
+go_env
 PROG="$CAIRN gocacheprog"
 REMOTE=grpc://$NS_IP:9092
 
 # The multi-package, stdlib-only module of the test workload.
 MOD=$WORK/run/test-module
-# shellcheck source=scripts/bench-go-module.sh
-source scripts/bench-go-module.sh
 make_module "$MOD"
 
 args_of() {
@@ -229,7 +225,6 @@ done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # The report: medians per workload and rate.
-median() { sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "-" }'; }
 col() { # col WORKLOAD KIND RATE FIELD (1 seconds, 2 compiles, 3 fetched bytes, 4 drops)
   awk -v w="$1" -v k="$2" -v r="$3" -v f="$4" '$1 == "run" && $2 == w && $3 == k && $4 == r { print $(5 + f) }' "$RESULTS"
 }

@@ -25,17 +25,16 @@
 # binary as is, SCENARIOS ("full readonly stalled").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 [ "$(id -u)" = 0 ] || { echo "bench-go trouble: needs root (mounts a tmpfs)" >&2; exit 1; }
-eval "$(./scripts/setup.sh | grep '^CAIRN_GO=')"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cairn-target}
-[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --bin cairn >&2
+BENCH="bench-go trouble"
+# shellcheck source=scripts/bench-go-lib.sh
+source scripts/bench-go-lib.sh
+build_cairn
 REPS=${REPS:-3}
 read -r -a SCENARIOS <<<"${SCENARIOS:-full readonly stalled}"
 WORK=${BENCH_DIR:-/var/tmp/cairn-bench-go-trouble}
-PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  kill_tracked
   mountpoint -q "$WORK/full" && umount -l "$WORK/full"
   rm -rf "$WORK/runs"
 }
@@ -44,14 +43,11 @@ trap cleanup EXIT
 rm -rf "$WORK/runs"; mkdir -p "$WORK/bin" "$WORK/runs" "$WORK/full"
 cp "$CARGO_TARGET_DIR/release/cairn" "$WORK/bin/" # a copy: the target dir may be rebuilt meanwhile
 CAIRN=$WORK/bin/cairn
-COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo "+changes")
-# shellcheck source=scripts/bench-go-module.sh
-source "$ROOT/scripts/bench-go-module.sh"
+COMMIT=$(commit_id)
 MOD=$WORK/module
 make_module "$MOD"
 
-export GOTOOLCHAIN=local GOENV=off GOFLAGS= GOPROXY=off CGO_ENABLED=0 GOPATH=$WORK/gopath
-unset CAIRN_REMOTE CAIRN_DIR CAIRN_PREFETCH CAIRN_WAIT_FOR_UPLOADS GOCACHEPROG
+go_env
 PROG="$CAIRN gocacheprog"
 
 # go_run GOCACHE ENV... -- GOARGS...: runs go in the module with -x; prints
@@ -68,22 +64,6 @@ go_run() {
   t1=$(date +%s.%N)
   awk -v a="$t0" -v b="$t1" -v c="$(awk '$1 ~ /\/compile$/ { n++ } END { print n + 0 }' "$err")" \
     -v w="$(grep -c 'cairn gocacheprog' "$err" || true)" 'BEGIN { printf "%.3f %d %d\n", b - a, c, w }'
-}
-median() { sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "-" }'; }
-
-# start_server LOG VAR ARGS...: `cairn serve` on a free loopback port; VAR = its address.
-start_server() {
-  local log=$1 var=$2 addr=""
-  shift 2
-  "$CAIRN" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 300); do
-    addr=$(sed -n 's/.*cairn listening on \([0-9.:]*\).*/\1/p' "$log" | head -n1)
-    [ -z "$addr" ] || break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "bench-go trouble: the server did not start:" >&2; cat "$log" >&2; exit 1; }
-  printf -v "$var" '%s' "$addr"
 }
 
 date -u +"start %H:%M:%S, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -174,7 +154,7 @@ for h2 in (False, True):
 open(sys.argv[1], "w").write("%d %d\n" % tuple(ports))
 threading.Event().wait()
 EOF
-    PIDS+=($!)
+    track $!
     for _ in $(seq 1 100); do [ -s "$WORK/stall.ports" ] && break; sleep 0.1; done
     read -r SILENT H2SILENT <"$WORK/stall.ports"
     declare -A T

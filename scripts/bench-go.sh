@@ -22,10 +22,10 @@ set -euo pipefail
 # `scripts/bench-go.sh trouble`: against a full server and stalled servers.
 [ "${1:-}" != trouble ] || exec "$(dirname "$0")/bench-go-trouble.sh" "${@:2}"
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-eval "$(./scripts/setup.sh | grep '^CAIRN_GO=')"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cairn-target}
-cargo build --release --bin cairn --example delay_proxy >&2
+BENCH=bench-go
+# shellcheck source=scripts/bench-go-lib.sh
+source scripts/bench-go-lib.sh
+build_cairn --example delay_proxy
 REPS=${REPS:-3}
 IFS=';' read -r -a CMDS <<<"${BENCH_CMDS:-build std;vet std}"
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/cairn-bench-go.XXXXXX)}
@@ -34,33 +34,15 @@ mkdir -p "$WORK/run" "$WORK/bin"
 cp "$CARGO_TARGET_DIR/release/cairn" "$CARGO_TARGET_DIR/release/examples/delay_proxy" "$WORK/bin/"
 CAIRN=$WORK/bin/cairn
 PROXY=$WORK/bin/delay_proxy
-PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  kill_tracked
   [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-# Go as in the tests: offline, no cgo, no user config.
-export GOTOOLCHAIN=local GOENV=off GOFLAGS= GOPROXY=off CGO_ENABLED=0 GOPATH=$WORK/gopath
-unset CAIRN_REMOTE CAIRN_DIR CAIRN_PREFETCH CAIRN_WAIT_FOR_UPLOADS
+go_env
 cd "$WORK/run" # no go.mod here: the prefetch key uses this directory
 
-# start_bg LOGFILE VAR CMD...: runs CMD in the background, waits for
-# "listening on ADDR" in LOGFILE, and sets VAR to ADDR.
-start_bg() {
-  local log=$1 var=$2 addr=""
-  shift 2
-  "$@" >"$log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 600); do
-    addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$log" | head -n1)
-    [ -z "$addr" ] || break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "bench-go: $* did not start; log:" >&2; cat "$log" >&2; exit 1; }
-  printf -v "$var" '%s' "$addr"
-}
 start_bg "$WORK/server.log" SERVER "$CAIRN" serve --listen 127.0.0.1:0 --data-dir "$WORK/server" --max-size 20GiB
 start_bg "$WORK/proxy2.log" P2 "$PROXY" 127.0.0.1:0 "$SERVER" 2
 start_bg "$WORK/proxy10.log" P10 "$PROXY" 127.0.0.1:0 "$SERVER" 10

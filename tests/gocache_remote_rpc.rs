@@ -515,6 +515,45 @@ async fn larger_outputs_arrive_zstd_compressed() {
     assert!(sent("BatchReadBlobs") < (64 << 10) as f64, "outputs went through uncompressed batches");
 }
 
+/// The server's capabilities answer decides how every download after it
+/// goes, however late it comes: held past twice the lookup timeout (on a
+/// loaded machine the first call of a fresh connection can take that
+/// long), the gets before it go plain and all those after it compressed.
+/// (Before: the shim gave up on the answer after the lookup timeout and
+/// fetched everything plain for the rest of the process.)
+#[tokio::test]
+async fn capabilities_that_come_late_still_turn_on_zstd() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bodies = compressible_bodies();
+    assert!(bodies[0].len() <= 1 << 20, "the first goes by BatchReadBlobs when plain");
+    let r = RemoteConfig { prefetch: false, ..remote(&server.grpc_url(), "late capabilities") };
+    fill(&server, &tmp.path().join("a"), &r, &bodies).await;
+    let gate = common::caps_gate::CapsGate::start(&server.grpc_url()).await;
+    let mut b = Go::start(config(&tmp.path().join("b"), RemoteConfig { url: gate.url.clone(), ..r.clone() })).await;
+    tokio::time::timeout(LIMIT, gate.asked()).await.expect("the shim asks for the capabilities");
+    tokio::time::sleep(2 * r.timeout).await; // past anything bounded by the lookup timeout
+    let before = settle(&server).await;
+    assert_hit(&b.get(aid(3000)).await, &bodies[0]);
+    let held = settle(&server).await;
+    let sent = |from: &common::admin::Scrape, to: &common::admin::Scrape, rpc| {
+        to.value("cairn_sent_bytes_total", &[("rpc", rpc)]) - from.value("cairn_sent_bytes_total", &[("rpc", rpc)])
+    };
+    assert!(sent(&before, &held, "BatchReadBlobs") >= bodies[0].len() as f64, "plain until the answer");
+
+    gate.open();
+    tokio::time::timeout(LIMIT, gate.settled()).await.expect("the capabilities call done with");
+    for (n, body) in bodies.iter().enumerate().skip(1) {
+        assert_hit(&b.get(aid(3000 + n as u32)).await, body);
+    }
+    b.close(Duration::from_secs(10)).await;
+    let after = settle(&server).await;
+    let rest: usize = bodies[1..].iter().map(Vec::len).sum();
+    let read = sent(&held, &after, "Read");
+    assert!(read < (rest / 2) as f64, "ByteStream sent {read} bytes for {rest} after the answer: not compressed");
+    assert!(sent(&held, &after, "BatchReadBlobs") < (64 << 10) as f64, "outputs went through uncompressed batches");
+}
+
 /// With `--zstd=false` the same outputs arrive uncompressed (the switch
 /// for a server that compresses slower than the link carries).
 #[tokio::test]

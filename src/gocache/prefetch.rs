@@ -22,7 +22,8 @@
 //!   every output not already local: small ones [`BATCH_BYTES`] per
 //!   BatchReadBlobs, large ones by ByteStream (zstd-compressed from
 //!   `shared::COMPRESSED_MIN` up when the server offers it, learnt from its
-//!   capabilities while the manifest loads), [`CONCURRENCY`] calls at a
+//!   capabilities while the manifest loads; each call decides as it is
+//!   issued, so a late answer still counts for the calls after it), [`CONCURRENCY`] calls at a
 //!   time, each verified by the client and committed to the local tier
 //!   together with the entries naming it. A get for an entry the manifest
 //!   names needs no lookup: it waits for the prefetcher's download of that
@@ -168,7 +169,9 @@ async fn run(shared: Arc<Shared>, keys: Vec<Digest>, tx: watch::Sender<Loaded>) 
         None
     };
     // How to group the outputs depends on whether the server compresses:
-    // learn that while the manifest is on its way (both take a round trip).
+    // learn that while the manifest is on its way (both take a round trip),
+    // waiting at most the lookup timeout. An answer that comes later still
+    // counts for every call issued after it (`group` is lazy).
     let (found, ()) = tokio::join!(find, shared.zstd_known(started + shared.timeout));
     let _ = tx.send(Loaded::Done(found.clone()));
     let manifest_at = started.elapsed();
@@ -176,7 +179,7 @@ async fn run(shared: Arc<Shared>, keys: Vec<Digest>, tx: watch::Sender<Loaded>) 
     let (s, p) = (shared.clone(), plan.clone());
     let wanted = tokio::task::spawn_blocking(move || sort_out(&s.local, &p.order)).await.unwrap_or_default();
     let (count, bytes) = (wanted.len(), wanted.iter().map(|w| w.size).sum::<u64>());
-    let calls = group(wanted, |size| shared.compresses(size)).into_iter().map(|g| fetch_group(&shared, g));
+    let calls = group(wanted, |size| shared.compresses(size)).map(|g| fetch_group(&shared, g));
     let mut calls = futures::stream::iter(calls).buffer_unordered(CONCURRENCY);
     let mut complete = true;
     while let Some(ok) = calls.next().await {
@@ -234,27 +237,27 @@ fn sort_out(local: &LocalStore, order: &[(ActionId, RemoteEntry)]) -> Vec<Wanted
 
 /// Splits the outputs into calls: small ones together up to [`BATCH_BYTES`],
 /// large ones alone, and those `alone` picks (fetched compressed) alone too,
-/// keeping the order.
-fn group(wanted: Vec<Wanted>, alone: impl Fn(u64) -> bool) -> Vec<Vec<Wanted>> {
-    let mut groups = Vec::new();
+/// keeping the order. Lazy: each call is formed as it is issued, so `alone`
+/// is asked then, and calls issued after the server's capabilities arrive
+/// follow them (the start-up answer may come after the first calls).
+fn group(wanted: Vec<Wanted>, alone: impl Fn(u64) -> bool) -> impl Iterator<Item = Vec<Wanted>> {
+    let mut rest = wanted.into_iter();
     let mut small: Vec<Wanted> = Vec::new();
     let mut small_bytes = 0;
-    for w in wanted {
+    std::iter::from_fn(move || loop {
+        let Some(w) = rest.next() else {
+            return (!small.is_empty()).then(|| std::mem::take(&mut small));
+        };
         if w.size > client::BATCH_BLOB_MAX || alone(w.size) {
-            groups.push(vec![w]);
-            continue;
+            return Some(vec![w]);
         }
         if !small.is_empty() && small_bytes + w.size > BATCH_BYTES {
-            groups.push(std::mem::take(&mut small));
-            small_bytes = 0;
+            small_bytes = w.size;
+            return Some(std::mem::replace(&mut small, vec![w]));
         }
         small_bytes += w.size;
         small.push(w);
-    }
-    if !small.is_empty() {
-        groups.push(small);
-    }
-    groups
+    })
 }
 
 /// Fetches one group's outputs (those no get is fetching already) and

@@ -79,13 +79,21 @@ fn groups_batch_small_outputs_and_send_large_ones_alone() {
     let (max, big) = (client::BATCH_BLOB_MAX, client::BATCH_BLOB_MAX + 1);
     assert_eq!(2 * max, BATCH_BYTES);
     let all = || vec![w(1, max), w(2, max), w(3, big), w(4, 10), w(5, 20), w(6, max - 30)];
-    let ids = |groups: Vec<Vec<Wanted>>| -> Vec<Vec<u8>> {
-        groups.iter().map(|g| g.iter().map(|w| w.output.0[0]).collect()).collect()
+    let ids = |groups: &mut dyn Iterator<Item = Vec<Wanted>>| -> Vec<Vec<u8>> {
+        groups.map(|g| g.iter().map(|w| w.output.0[0]).collect()).collect()
     };
     // A large output goes out when it is reached, ahead of a part-filled batch.
-    assert_eq!(ids(group(all(), |_| false)), vec![vec![3], vec![1, 2], vec![4, 5, 6]]);
+    assert_eq!(ids(&mut group(all(), |_| false)), vec![vec![3], vec![1, 2], vec![4, 5, 6]]);
     // Compressed ones (here: from 1 KiB up) go one per call too.
-    assert_eq!(ids(group(all(), |size| size >= 1024)), vec![vec![1], vec![2], vec![3], vec![6], vec![4, 5]]);
+    assert_eq!(ids(&mut group(all(), |size| size >= 1024)), vec![vec![1], vec![2], vec![3], vec![6], vec![4, 5]]);
+    // Calls are formed as they are issued: once the server's capabilities
+    // say "compress" (here: after the first call), later calls follow them
+    // (1 and 2 were put in a batch before it: they stay in it).
+    let known = std::cell::Cell::new(false);
+    let mut calls = group(all(), |size| known.get() && size >= 1024);
+    assert_eq!(ids(&mut calls.by_ref().take(1)), vec![vec![3]]);
+    known.set(true);
+    assert_eq!(ids(&mut calls), vec![vec![1, 2], vec![6], vec![4, 5]]);
 }
 
 #[test]

@@ -29,6 +29,11 @@ pub const MIN_DOWNLOAD_RATE: u64 = 10 << 20;
 /// in flight together. Smaller ones stay in batches, uncompressed.
 pub const COMPRESSED_MIN: u64 = 64 << 10;
 
+/// Least time the start-up capabilities call is given before downloads are
+/// plain for the rest of the process. Long, since waiting costs nothing:
+/// downloads do not wait for it, they are plain until it answers.
+pub const CAPABILITIES_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the request tasks and the background tasks share.
 pub(super) struct Shared {
     /// For gets only: a get never queues behind prefetching's bulk reads.
@@ -55,8 +60,9 @@ pub(super) struct Shared {
     /// sized by all of them, not by its own bytes alone (see [`Shared::downloading`]).
     pub in_flight: AtomicU64,
     /// Whether the server offers zstd-compressed reads: `None` until its
-    /// capabilities are known (asked once at start-up; `Some(false)` with
-    /// `--zstd=false`, or when asking failed).
+    /// capabilities are known (asked once at start-up, see
+    /// [`Shared::probe_zstd`]; `Some(false)` with `--zstd=false`, or when
+    /// asking failed). Only ever goes from `None` to `Some`.
     pub zstd: watch::Sender<Option<bool>>,
     /// A corrupt blob, or local disk trouble, was already warned about:
     /// later ones only go to the debug log (one warning per kind).
@@ -76,17 +82,26 @@ pub(super) enum Fetch {
 
 impl Shared {
     /// Asks the server's capabilities whether it serves zstd-compressed
-    /// blobs; until it answers, downloads are plain. Bounded by the lookup
-    /// timeout; failing to ask only means plain downloads (a down server is
-    /// the gets' and prefetch's to notice).
+    /// blobs. Until it answers, downloads are plain; every download issued
+    /// after the answer follows it (see [`Shared::compresses`]), so a slow
+    /// answer costs only the plain bytes of the downloads before it. Hence
+    /// the generous bound ([`CAPABILITIES_TIMEOUT`], not the lookup
+    /// timeout): on a loaded machine the first call of a fresh connection
+    /// can take longer than a lookup is allowed, and giving up then would
+    /// make every download of the run plain. Failing to ask only means plain
+    /// downloads (a down server is the gets' and prefetch's to notice).
     pub async fn probe_zstd(self: Arc<Self>) {
-        let offered = match tokio::time::timeout(self.timeout, self.client.offers_zstd()).await {
+        let bound = self.timeout.max(CAPABILITIES_TIMEOUT);
+        let offered = match tokio::time::timeout(bound, self.client.offers_zstd()).await {
             Ok(Ok(offered)) => offered,
             Ok(Err(e)) => {
                 tracing::debug!("asking the remote's capabilities: {e}; fetching uncompressed");
                 false
             }
-            Err(_) => false,
+            Err(_) => {
+                tracing::debug!("the remote's capabilities did not come within {bound:?}; fetching uncompressed");
+                false
+            }
         };
         tracing::debug!(offered, "zstd-compressed reads");
         self.zstd.send_replace(Some(offered));
@@ -105,7 +120,9 @@ impl Shared {
         (others, InFlight { counter: &self.in_flight, bytes })
     }
 
-    /// True if an output of `size` bytes is to be fetched compressed.
+    /// True if an output of `size` bytes is to be fetched compressed. Asked
+    /// by each download as it is issued, so all those issued after the
+    /// capabilities answer follow it.
     pub fn compresses(&self, size: u64) -> bool {
         size >= COMPRESSED_MIN && *self.zstd.borrow() == Some(true)
     }

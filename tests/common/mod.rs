@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 pub mod action;
 pub mod admin;
+pub mod caps_gate;
 pub mod curl;
 pub mod garage;
 pub mod process;
