@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::tier::{Body, Chunks, Tier};
+use super::tier::{Body, Chunks, Tier, Used};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -27,6 +27,8 @@ pub struct MemoryTier {
     pub reads: AtomicUsize,
     /// When set, each blob read waits for a permit from it.
     pub read_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Local hits noted as uses, in order ("blob HEX", "action HEX").
+    pub used: Mutex<Vec<String>>,
 }
 
 impl MemoryTier {
@@ -94,5 +96,12 @@ impl Tier for MemoryTier {
         self.actions.lock().unwrap().insert(*action, result);
         self.log.lock().unwrap().push(format!("action {}", action.hex()));
         Ok(())
+    }
+    fn note_used(&self, used: Used<'_>) {
+        let mut noted = self.used.lock().unwrap();
+        match used {
+            Used::Blobs(blobs) => noted.extend(blobs.iter().map(|d| format!("blob {}", d.hex()))),
+            Used::Action { action, .. } => noted.push(format!("action {}", action.hex())),
+        }
     }
 }
