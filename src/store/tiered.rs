@@ -12,6 +12,8 @@
 //! the persistent queue ([`super::outbox`], drained by [`super::drain`]).
 //! Fills are single-flight: requests for a blob already being fetched wait
 //! for that fetch, so a burst of misses on one blob reads the tier once.
+//! Local hits are told to the tier as uses ([`Tier::note_used`]: a bounded
+//! bucket's LRU must see what warm nodes serve without asking it).
 //! Without a tier every method is the local store's answer.
 
 use std::collections::{HashMap, HashSet};

@@ -2,9 +2,11 @@
 //! rewriting the objects (a copy-onto-itself per hit would cost a PUT and the
 //! bytes) and without conditional writes (Garage ignores If-None-Match).
 //!
-//! A node collects the keys it read or found present, deduplicated, and every
-//! few seconds writes them as one small object under `_cairn/uses/`, a name
-//! no other writer uses. A line is a key relative to the bucket prefix,
+//! A node collects the keys it read or found present, deduplicated, whether
+//! it asked the bucket or served them from its local store (a warm node's
+//! hits must keep the bucket's copies young for the next cold node), and
+//! every few seconds (and at a graceful stop) writes them as one small
+//! object under `_cairn/uses/`, a name no other writer uses. A line is a key relative to the bucket prefix,
 //! optionally followed by a tab and a time in milliseconds since the epoch.
 //! A line without a time was used at the log's own `last_modified`: the
 //! bucket's clock, so no node's clock matters, and a little late (by at most
@@ -53,14 +55,21 @@ impl Recorder {
 
     /// Notes one use of `key`: a set insert, or a count when the set is full.
     pub fn note(&self, key: String) {
+        self.note_all(std::iter::once(key));
+    }
+
+    /// Notes uses of `keys` under one lock.
+    pub fn note_all(&self, keys: impl IntoIterator<Item = String>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.len() < self.max {
-            pending.insert(key);
-            if pending.len() == self.max {
-                self.full.notify_one();
+        for key in keys {
+            if pending.len() < self.max {
+                pending.insert(key);
+                if pending.len() == self.max {
+                    self.full.notify_one();
+                }
+            } else if !pending.contains(&key) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
             }
-        } else if !pending.contains(&key) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -80,9 +89,7 @@ impl Recorder {
     /// Puts keys back after a flush failed, so no use is forgotten (as long
     /// as they fit: past `max` they are dropped and counted).
     pub fn restore(&self, keys: Vec<String>) {
-        for key in keys {
-            self.note(key);
-        }
+        self.note_all(keys);
     }
 
     /// Keys waiting for the next flush.
@@ -100,9 +107,7 @@ impl Bucket {
         }
         match used {
             Used::Blobs(blobs) => {
-                for d in blobs.iter().filter(|d| !d.is_empty_blob()) {
-                    self.uses.note(Self::cas_key(d));
-                }
+                self.uses.note_all(blobs.iter().filter(|d| !d.is_empty_blob()).map(Self::cas_key));
             }
             Used::Action { instance, action } => self.uses.note(Self::ac_key(instance, action)),
         }
