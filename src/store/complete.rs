@@ -20,14 +20,9 @@ use crate::wire::refs::{self, ResultRefs};
 /// one output directory; past it the rest is trusted as it is.
 const MAX_TREE_BYTES: u64 = 64 << 20;
 
-/// The first blob `result` refers to that the CAS lacks, or `None` when the
-/// result is complete.
-pub fn first_missing(store: &Store, function: DigestFunction, result: &reapi::ActionResult) -> Result<Option<Digest>> {
-    Ok(check(store, function, result)?.err())
-}
-
 /// Every blob `result` refers to (Trees and Directories included) when the
-/// CAS holds them all, or else the first one it lacks.
+/// CAS holds them all, or else the first one it lacks. The list is what a
+/// hit uses (a bounded bucket is told so).
 pub fn check(
     store: &Store,
     function: DigestFunction,
@@ -106,7 +101,7 @@ pub struct Named {
 }
 
 /// What `result` names (see [`Named`]); Tree and Directory reads are bounded
-/// as in [`first_missing`].
+/// as in [`check`].
 pub fn named(store: &Store, function: DigestFunction, result: &reapi::ActionResult) -> Result<Named> {
     let refs = ResultRefs::lenient(function, result);
     let mut out = Named { blobs: refs.blobs, ..Named::default() };
