@@ -191,11 +191,11 @@ async fn what_a_warm_node_serves_locally_counts_as_a_use_of_the_bucket() {
     let garage = Garage::start();
     let dir = tempfile::tempdir().unwrap();
     // Logs its uses every second; its own passes (bound far above) delete nothing.
-    let a =
-        serve(&garage, dir.path(), "warm", &["--object-store-min-age", "0s", "--object-store-evict-interval", "1s"]);
+    let flags = ["--object-store-min-age", "0s", "--object-store-evict-interval", "1s", "--http-listen", "127.0.0.1:0"];
+    let a = serve(&garage, dir.path(), "warm", &flags);
     let c = client(&a).await;
-    let (read, found, named, unused) = (blob(1), blob(2), blob(3), blob(4));
-    c.batch_upload(&[read.clone(), found.clone(), named.clone()]).await.expect("upload");
+    let (read, found, named, fetched, unused) = (blob(1), blob(2), blob(3), blob(5), blob(4));
+    c.batch_upload(&[read.clone(), found.clone(), named.clone(), fetched.clone()]).await.expect("upload");
     let action = DigestFunction::Sha256.digest_of(b"a warm action");
     c.update_action_result(&action, result_naming(&[named.0], named.0)).await.expect("UpdateActionResult");
     eventually(SHOWS, "node A writes them behind", || async { queued(&a).await == 0.0 }).await;
@@ -206,26 +206,30 @@ async fn what_a_warm_node_serves_locally_counts_as_a_use_of_the_bucket() {
     later().await;
 
     // Served from A's local store, never asking the bucket: a ByteStream
-    // read, a FindMissingBlobs, an ActionCache hit (and the blob it names).
+    // read, a FindMissingBlobs, an ActionCache hit (and the blob it names),
+    // an HTTP GET.
     assert_eq!(c.read_blob(&read.0, true).await.expect("read"), Some(OBJECT as u64));
     assert!(c.find_missing(&[found.0]).await.expect("find missing").is_empty());
     assert!(c.get_action_result(&action).await.expect("GetActionResult").is_some());
+    // And Bazel's HTTP cache protocol.
+    let url = format!("http://{}/cas/{}", a.http_addr(), fetched.0.hex());
+    assert_eq!(common::curl::curl(&[&url]).await.body, fetched.1.to_vec(), "HTTP GET /cas/");
     let ac_key = format!("ac/-/sha256/{}", action.hex());
-    let keys = [cas_key(&read.0), cas_key(&found.0), cas_key(&named.0), ac_key];
+    let keys = [cas_key(&read.0), cas_key(&found.0), cas_key(&named.0), cas_key(&fetched.0), ac_key];
     eventually(Duration::from_secs(30), "node A logs its local hits as uses", || async {
         let text = logged(&garage, "warm").await;
         keys.iter().all(|k| text.contains(k.as_str()))
     })
     .await;
 
-    // Room for three blobs and the result: the blob nobody used goes, though
+    // Room for four blobs and the result: the blob nobody used goes, though
     // it was written last.
-    let tight = node(&garage, "warm", Some(3 * OBJECT as u64 + 1000), Duration::ZERO);
+    let tight = node(&garage, "warm", Some(4 * OBJECT as u64 + 1000), Duration::ZERO);
     let report = tight.evict().await.expect("evict");
     assert_eq!(report.deleted, 1, "{report:?}");
     let observer = node(&garage, "warm", None, Duration::ZERO);
-    let all = [read.0, found.0, named.0, unused.0];
-    assert_eq!(present(&observer, &all).await, all[..3].to_vec(), "{report:?}");
+    let all = [read.0, found.0, named.0, fetched.0, unused.0];
+    assert_eq!(present(&observer, &all).await, all[..4].to_vec(), "{report:?}");
     assert!(observer.get_action("", &action).await.expect("get ac").is_some(), "the result served as a hit stays");
     a.terminate();
 }

@@ -150,6 +150,15 @@ impl Tiered {
         }
     }
 
+    /// Blobs served or found present in the local store by a path that
+    /// doesn't come through here (the HTTP cache, which looks blobs up by
+    /// hash alone): uses of the tier's copies.
+    pub fn note_used(&self, blobs: &[Digest]) {
+        if let Some(link) = &self.link {
+            link.note_used(Used::Blobs(blobs));
+        }
+    }
+
     /// Uses the tier dropped for want of room (0 without a tier).
     pub fn uses_dropped(&self) -> u64 {
         self.link.as_ref().map_or(0, |l| l.uses_dropped())
