@@ -157,6 +157,8 @@ fn serve(garage: &Garage, dir: &Path, prefix: &str, extra: &[&str]) -> ServerPro
 
 /// Everything the use logs (and pass summaries) under `prefix` say now.
 async fn logged(garage: &Garage, prefix: &str) -> String {
+    // The HTTP client needs a TLS provider even for http:// (Bucket::open installs the same).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let raw = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(common::garage::BUCKET)
         .with_access_key_id(&garage.key_id)
