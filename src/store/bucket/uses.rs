@@ -60,11 +60,17 @@ impl Recorder {
 
     /// Notes uses of `keys` under one lock.
     pub fn note_all(&self, keys: impl IntoIterator<Item = String>) {
+        self.insert(keys, true);
+    }
+
+    /// Adds `keys` up to the bound, counting the rest; wakes the flush when
+    /// the set fills if `wake`.
+    fn insert(&self, keys: impl IntoIterator<Item = String>, wake: bool) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for key in keys {
             if pending.len() < self.max {
                 pending.insert(key);
-                if pending.len() == self.max {
+                if wake && pending.len() == self.max {
                     self.full.notify_one();
                 }
             } else if !pending.contains(&key) {
@@ -87,9 +93,10 @@ impl Recorder {
     }
 
     /// Puts keys back after a flush failed, so no use is forgotten (as long
-    /// as they fit: past `max` they are dropped and counted).
+    /// as they fit: past `max` they are dropped and counted). Never wakes
+    /// the flush: a bucket that refuses at once must not be retried in a loop.
     pub fn restore(&self, keys: Vec<String>) {
-        self.note_all(keys);
+        self.insert(keys, false);
     }
 
     /// Keys waiting for the next flush.
@@ -194,6 +201,22 @@ mod tests {
         r.note("e".into());
         r.restore(keys);
         assert_eq!((r.len(), r.dropped()), (2, 3), "a restore past the bound drops and counts too");
+    }
+
+    #[tokio::test]
+    async fn new_uses_filling_the_set_wake_the_flush_and_a_restore_does_not() {
+        let ready = |r: &Recorder| {
+            let full = r.full.clone();
+            async move { tokio::time::timeout(std::time::Duration::ZERO, full.notified()).await.is_ok() }
+        };
+        let r = Recorder::with_max(2);
+        r.restore(vec!["a".into(), "b".into()]);
+        assert!(!ready(&r).await, "a restore after a failed flush woke the flush (a retry loop)");
+        r.take();
+        r.note("a".into());
+        assert!(!ready(&r).await);
+        r.note("b".into());
+        assert!(ready(&r).await, "a full set did not wake the flush");
     }
 
     #[test]
