@@ -2,16 +2,25 @@
 //! total under `--object-store-max-size`, least recently used first, where a
 //! use made through another node (another `Bucket`, its own use log) counts;
 //! nothing used within the minimum age goes; two passes at once lose no use.
+//! With `cairn serve` nodes: what a warm node serves from its local store
+//! counts as a use of the bucket's copy, and a node stopped with SIGTERM
+//! logs its last uses before it exits.
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn::digest::{Digest, DigestFunction};
 use cairn::store::bucket::{Bucket, BucketOptions, Op};
 use cairn::store::tier::{Body, Tier};
+use common::action::result_naming;
 use common::garage::Garage;
+use common::process::ServerProcess;
+use common::tier::{client, eventually, queued};
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 const OBJECT: usize = 10_000;
 
@@ -135,4 +144,109 @@ async fn two_passes_at_once_lose_no_use() {
     assert_eq!(kept, all[..6].to_vec(), "every blob used through B or C survives: {report:?}");
     eprintln!("bounded pass over 10 objects: calls {:?}", tight.counts().snapshot());
     assert_eq!(tight.counts().get(Op::Delete), 4 + report.logs_folded);
+}
+
+/// A `cairn serve` node over the bucket at `prefix` that logs its uses,
+/// with `extra` flags.
+fn serve(garage: &Garage, dir: &Path, prefix: &str, extra: &[&str]) -> ServerProcess {
+    let url = garage.url(prefix);
+    let mut args = vec!["--object-store", &url, "--object-store-max-size", "1GiB", "--tier-timeout", "5s"];
+    args.extend_from_slice(extra);
+    ServerProcess::start_env(dir, &args, &garage.env(0))
+}
+
+/// Everything the use logs (and pass summaries) under `prefix` say now.
+async fn logged(garage: &Garage, prefix: &str) -> String {
+    // The HTTP client needs a TLS provider even for http:// (Bucket::open installs the same).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let raw = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(common::garage::BUCKET)
+        .with_access_key_id(&garage.key_id)
+        .with_secret_access_key(&garage.secret)
+        .with_endpoint(garage.endpoint(1))
+        .with_region("garage")
+        .with_allow_http(true)
+        .build()
+        .expect("raw client");
+    let dir = object_store::path::Path::from(format!("{prefix}/_cairn/uses"));
+    let logs: Vec<object_store::ObjectMeta> = raw.list(Some(&dir)).try_collect().await.expect("list use logs");
+    let mut text = String::new();
+    for log in logs {
+        // A pass may delete a log between the listing and the read (its uses
+        // then live on in that pass's summary).
+        if let Ok(got) = raw.get(&log.location).await {
+            text.push_str(&String::from_utf8_lossy(&got.bytes().await.unwrap_or_default()));
+        }
+    }
+    text
+}
+
+fn cas_key(d: &Digest) -> String {
+    format!("cas/sha256/{}", d.hex())
+}
+
+/// How long a write-behind through Garage may take to show.
+const SHOWS: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_warm_node_serves_locally_counts_as_a_use_of_the_bucket() {
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Logs its uses every second; its own passes (bound far above) delete nothing.
+    let flags = ["--object-store-min-age", "0s", "--object-store-evict-interval", "1s", "--http-listen", "127.0.0.1:0"];
+    let a = serve(&garage, dir.path(), "warm", &flags);
+    let c = client(&a).await;
+    let (read, found, named, fetched, unused) = (blob(1), blob(2), blob(3), blob(5), blob(4));
+    c.batch_upload(&[read.clone(), found.clone(), named.clone(), fetched.clone()]).await.expect("upload");
+    let action = DigestFunction::Sha256.digest_of(b"a warm action");
+    c.update_action_result(&action, result_naming(&[named.0], named.0)).await.expect("UpdateActionResult");
+    eventually(SHOWS, "node A writes them behind", || async { queued(&a).await == 0.0 }).await;
+    later().await;
+    // Written last: by its write alone the newest object in the bucket.
+    c.batch_upload(std::slice::from_ref(&unused)).await.expect("upload");
+    eventually(SHOWS, "node A writes it behind", || async { queued(&a).await == 0.0 }).await;
+    later().await;
+
+    // Served from A's local store, never asking the bucket: a ByteStream
+    // read, a FindMissingBlobs, an ActionCache hit (and the blob it names),
+    // an HTTP GET.
+    assert_eq!(c.read_blob(&read.0, true).await.expect("read"), Some(OBJECT as u64));
+    assert!(c.find_missing(&[found.0]).await.expect("find missing").is_empty());
+    assert!(c.get_action_result(&action).await.expect("GetActionResult").is_some());
+    // And Bazel's HTTP cache protocol.
+    let url = format!("http://{}/cas/{}", a.http_addr(), fetched.0.hex());
+    assert_eq!(common::curl::curl(&[&url]).await.body, fetched.1.to_vec(), "HTTP GET /cas/");
+    let ac_key = format!("ac/-/sha256/{}", action.hex());
+    let keys = [cas_key(&read.0), cas_key(&found.0), cas_key(&named.0), cas_key(&fetched.0), ac_key];
+    eventually(Duration::from_secs(30), "node A logs its local hits as uses", || async {
+        let text = logged(&garage, "warm").await;
+        keys.iter().all(|k| text.contains(k.as_str()))
+    })
+    .await;
+
+    // Room for four blobs and the result: the blob nobody used goes, though
+    // it was written last.
+    let tight = node(&garage, "warm", Some(4 * OBJECT as u64 + 1000), Duration::ZERO);
+    let report = tight.evict().await.expect("evict");
+    assert_eq!(report.deleted, 1, "{report:?}");
+    let observer = node(&garage, "warm", None, Duration::ZERO);
+    let all = [read.0, found.0, named.0, fetched.0, unused.0];
+    assert_eq!(present(&observer, &all).await, all[..4].to_vec(), "{report:?}");
+    assert!(observer.get_action("", &action).await.expect("get ac").is_some(), "the result served as a hit stays");
+    a.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_logs_its_last_uses() {
+    let garage = Garage::start();
+    let writer = node(&garage, "stop", None, Duration::ZERO);
+    let (d, data) = blob(7);
+    writer.write(&d, Body::Whole(data)).await.expect("put");
+    let dir = tempfile::tempdir().unwrap();
+    // No passes here: its use log is due only every 30 s.
+    let b = serve(&garage, dir.path(), "stop", &["--object-store-evict-interval", "0s"]);
+    let c = client(&b).await;
+    assert_eq!(c.read_blob(&d, true).await.expect("read"), Some(OBJECT as u64), "filled from the bucket");
+    b.terminate();
+    assert!(logged(&garage, "stop").await.contains(&cas_key(&d)), "the use was lost at the stop");
 }

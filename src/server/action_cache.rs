@@ -63,6 +63,7 @@ impl ActionCache for ActionCacheService {
 
 /// A GetActionResult lookup: the local store's answer; on a miss, the tier
 /// (if any) fills the local store and the lookup runs again. Counted once.
+/// A hit and the blobs it names count as uses of the tier's copies.
 pub(super) async fn lookup(
     tiers: &Tiered,
     req: reapi::GetActionResultRequest,
@@ -77,37 +78,42 @@ pub(super) async fn lookup(
     if matches!(&result, Err(s) if s.code() == tonic::Code::NotFound) {
         // A tier that is down or lies leaves the miss a miss.
         if tiers.fill_action(&req.instance_name, &action).await.unwrap_or(false) {
-            result = local(req).await;
+            result = local(req.clone()).await;
         }
     }
     // A result naming a lost blob is a miss to the client: count it so.
     tiers.store().count_lookup(result.is_ok());
-    result
+    let (result, named) = result?;
+    tiers.note_action_hit(&req.instance_name, &action, &named);
+    Ok(result)
 }
 
 pub(super) fn get_action_result(
     store: &Store,
     req: &reapi::GetActionResultRequest,
     action: &Digest,
-) -> Result<reapi::ActionResult, Error> {
+) -> Result<(reapi::ActionResult, Vec<Digest>), Error> {
     let not_found = || Error::NotFound(format!("no action result for {action} in instance {:?}", req.instance_name));
     let bytes = store.get_action(&req.instance_name, action)?.ok_or_else(not_found)?;
     let mut result = reapi::ActionResult::decode(bytes.as_slice())
         .map_err(|e| Error::Internal(format!("stored action result for {action} does not decode: {e}")))?;
     let function = action.function;
-    if let Some(gone) = complete::first_missing(store, function, &result)? {
-        tracing::debug!(action = ?action, missing = ?gone, "action result is incomplete; reporting a miss");
-        return Err(Error::NotFound(format!(
-            "action result for {action} refers to blob {gone}, which is no longer in the CAS"
-        )));
-    }
+    let named = match complete::check(store, function, &result)? {
+        Ok(named) => named,
+        Err(gone) => {
+            tracing::debug!(action = ?action, missing = ?gone, "action result is incomplete; reporting a miss");
+            return Err(Error::NotFound(format!(
+                "action result for {action} refers to blob {gone}, which is no longer in the CAS"
+            )));
+        }
+    };
     if req.inline_stdout {
         result.stdout_raw = inline_output(store, function, result.stdout_digest.as_ref())?.into();
     }
     if req.inline_stderr {
         result.stderr_raw = inline_output(store, function, result.stderr_digest.as_ref())?.into();
     }
-    Ok(result)
+    Ok((result, named))
 }
 
 /// Reads a small stdout/stderr blob for inlining; empty when absent or large

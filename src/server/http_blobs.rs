@@ -32,8 +32,11 @@ impl HttpCache {
             if !self.store.contains(&digest)? {
                 return Err(HttpError::new(StatusCode::NOT_FOUND, format!("blob {digest} is not in the CAS")));
             }
+            self.tiers.note_used(&[digest]);
             return Ok(binary(Body::empty(), digest.size));
         }
+        // Served from the local store: a use of the tier's copy too.
+        self.tiers.note_used(&[digest]);
         let in_memory = digest.size <= INLINE_MAX;
         // An in-memory blob is held whole from open to the end of the read.
         let state_held = if in_memory && digest.size > 0 {
@@ -75,6 +78,7 @@ impl HttpCache {
         }
         let digest = Digest { function: super::http_cache::FUNCTION, hash: t.hash, size };
         if self.store.contains(&digest)? {
+            self.tiers.note_used(&[digest]);
             return self.skip_body(headers, body).await;
         }
         let state_held = if size <= INLINE_MAX && size > 0 {

@@ -238,6 +238,9 @@ pub async fn serve(
     if let Some(drain) = drain {
         drain.stop().await;
     }
+    // What the tier holds in memory (a bucket's last use log) goes out
+    // before the exit, within the tier timeout.
+    tiers.finish().await;
     // --- end of tiers ---
     // Stop the eviction thread and close RocksDB before returning, so the
     // data dir can be reopened at once (tests restart servers this way).

@@ -1,6 +1,7 @@
 //! `cairn_object_store_requests_total{op}`: the object-store tier's calls by
 //! kind, read from its counters at scrape time, so an operator can price
-//! what the bucket costs per build (DEPLOYMENT.md).
+//! what the bucket costs per build (DEPLOYMENT.md); and
+//! `cairn_object_store_uses_dropped_total`, uses the use log had no room for.
 
 use std::fmt;
 
@@ -37,6 +38,15 @@ impl Collector for ObjectStoreCollector {
         for (op, n) in self.0.tier_calls() {
             ConstCounter::new(n).encode(family.encode_family(&OpLabels { op })?)?;
         }
+        let dropped = ConstCounter::new(self.0.uses_dropped());
+        let metric = enc.encode_descriptor(
+            "cairn_object_store_uses_dropped",
+            "Uses of bucket objects this node did not log because its pending use log was full \
+             (the objects look older to the bucket's eviction than they are).",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(metric)?;
         Ok(())
     }
 }

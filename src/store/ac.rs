@@ -61,11 +61,21 @@ impl Store {
     /// blobs it names) but not as a hit: the caller says whether the result
     /// was usable with [`Store::count_lookup`].
     pub fn get_action(&self, instance: &str, action: &Digest) -> Result<Option<Vec<u8>>> {
+        self.get_action_with(instance, action, true)
+    }
+
+    /// [`Store::get_action`] without counting a use: for the write-behind
+    /// drain, which reads a result only to upload it.
+    pub(super) fn get_action_untouched(&self, instance: &str, action: &Digest) -> Result<Option<Vec<u8>>> {
+        self.get_action_with(instance, action, false)
+    }
+
+    fn get_action_with(&self, instance: &str, action: &Digest, touch: bool) -> Result<Option<Vec<u8>>> {
         let key = ac_key(instance, action);
         let (found, backlog) = {
             let _gate = self.inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
             let found = self.inner.db.get_cf(self.inner.cf(CF_AC), &key)?;
-            let backlog = found.is_some() && self.inner.touches.touch(lru::entry_key(KIND_AC, &key));
+            let backlog = touch && found.is_some() && self.inner.touches.touch(lru::entry_key(KIND_AC, &key));
             (found, backlog)
         };
         self.inner.relieve_backlog(backlog)?;

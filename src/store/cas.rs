@@ -58,6 +58,20 @@ impl Store {
     /// end). `Ok(None)` when the blob is absent. An offset past the end is
     /// OUT_OF_RANGE; an offset equal to the size reads nothing.
     pub fn read(&self, d: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<BlobReader>> {
+        self.read_with(d, offset, limit, true)
+    }
+
+    /// Opens `d` from the start like [`Store::read`], but not as a use: for
+    /// the write-behind drain, whose upload must not make a blob nobody
+    /// asked for look recently used to the local LRU.
+    pub(super) fn read_untouched(&self, d: &Digest) -> Result<Option<BlobReader>> {
+        self.read_with(d, 0, None, false)
+    }
+
+    /// [`Store::read`], noting the use or not. An unnoted read holds the
+    /// use gate until its bytes are open: without a noted use nothing else
+    /// keeps eviction from taking the blob between the lookup and the open.
+    fn read_with(&self, d: &Digest, offset: u64, limit: Option<u64>, touch: bool) -> Result<Option<BlobReader>> {
         if offset > d.size {
             return Err(Error::OutOfRange(format!(
                 "read offset {offset} is past the end of blob {d} ({} bytes)",
@@ -69,8 +83,8 @@ impl Store {
             return Ok(Some(BlobReader::inline(Vec::new(), 0, 0)));
         }
         let key = cas_key(d);
+        let gate = self.inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
         let (kind, legacy_inline, backlog) = {
-            let _gate = self.inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
             let Some(v) = self.inner.db.get_pinned_cf(self.inner.cf(CF_CAS), key)? else {
                 return Ok(None);
             };
@@ -78,8 +92,14 @@ impl Store {
             if size != d.size {
                 return Ok(None);
             }
-            let backlog = self.inner.touches.touch(lru::entry_key(KIND_CAS, &key));
+            let backlog = touch && self.inner.touches.touch(lru::entry_key(KIND_CAS, &key));
             (kind, legacy.to_vec(), backlog)
+        };
+        let mut gate = if touch {
+            drop(gate);
+            None
+        } else {
+            Some(gate)
         };
         self.inner.relieve_backlog(backlog)?;
         match kind {
@@ -87,6 +107,7 @@ impl Store {
             KIND_INLINE => match self.inner.db.get_cf(self.inner.cf(CF_CAS_DATA), key)? {
                 Some(data) if data.len() as u64 == d.size => Ok(Some(BlobReader::inline(data, offset, len))),
                 found => {
+                    drop(gate.take());
                     let why =
                         found.map_or("its bytes are missing".to_string(), |b| format!("it holds {} bytes", b.len()));
                     tracing::error!(digest = ?d, "inline blob unusable ({why}); forgetting it");
@@ -99,7 +120,9 @@ impl Store {
             },
             KIND_FILE => {
                 let path = self.inner.blob_path(d);
-                match reader::open_file(&path, d.size, offset, len) {
+                let opened = reader::open_file(&path, d.size, offset, len);
+                drop(gate.take());
+                match opened {
                     Ok(r) => Ok(Some(r)),
                     Err(OpenError::Gone(why)) => {
                         // The record outlived its file (deleted by hand, or a

@@ -20,31 +20,39 @@ use crate::wire::refs::{self, ResultRefs};
 /// one output directory; past it the rest is trusted as it is.
 const MAX_TREE_BYTES: u64 = 64 << 20;
 
-/// The first blob `result` refers to that the CAS lacks, or `None` when the
-/// result is complete.
-pub fn first_missing(store: &Store, function: DigestFunction, result: &reapi::ActionResult) -> Result<Option<Digest>> {
+/// Every blob `result` refers to (Trees and Directories included) when the
+/// CAS holds them all, or else the first one it lacks. The list is what a
+/// hit uses (a bounded bucket is told so).
+pub fn check(
+    store: &Store,
+    function: DigestFunction,
+    result: &reapi::ActionResult,
+) -> Result<std::result::Result<Vec<Digest>, Digest>> {
     let refs = ResultRefs::lenient(function, result);
     let mut wanted = refs.blobs;
     for tree_digest in refs.trees {
+        wanted.push(tree_digest);
         if tree_digest.size > MAX_TREE_BYTES {
-            wanted.push(tree_digest);
             continue;
         }
         let Some(bytes) = store.read_all(&tree_digest)? else {
-            return Ok(Some(tree_digest));
+            return Ok(Err(tree_digest));
         };
         // A Tree that does not decode can't be used by the client either.
         let Ok(files) = refs::tree_files(function, &bytes) else {
-            return Ok(Some(tree_digest));
+            return Ok(Err(tree_digest));
         };
         wanted.extend(files);
     }
     for root in refs.root_directories {
         if let Some(gone) = walk_directories(store, function, root, &mut wanted)? {
-            return Ok(Some(gone));
+            return Ok(Err(gone));
         }
     }
-    Ok(store.find_missing(&wanted)?.into_iter().next())
+    match store.find_missing(&wanted)?.into_iter().next() {
+        Some(gone) => Ok(Err(gone)),
+        None => Ok(Ok(wanted)),
+    }
 }
 
 /// Reads the Directory hierarchy under `root`, adding its files to `wanted`.
@@ -59,9 +67,9 @@ fn walk_directories(
     let mut seen = HashSet::from([root]);
     let mut budget = MAX_TREE_BYTES;
     while let Some(d) = queue.pop() {
+        wanted.push(d);
         if d.size > budget {
-            wanted.push(d); // Too much to read: only check it exists.
-            continue;
+            continue; // Too much to read: only check it exists.
         }
         budget -= d.size;
         let Some(bytes) = store.read_all(&d)? else {
@@ -93,7 +101,7 @@ pub struct Named {
 }
 
 /// What `result` names (see [`Named`]); Tree and Directory reads are bounded
-/// as in [`first_missing`].
+/// as in [`check`].
 pub fn named(store: &Store, function: DigestFunction, result: &reapi::ActionResult) -> Result<Named> {
     let refs = ResultRefs::lenient(function, result);
     let mut out = Named { blobs: refs.blobs, ..Named::default() };

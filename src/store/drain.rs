@@ -209,7 +209,8 @@ async fn write_blobs(store: &Store, link: &Arc<Link>, blobs: &[(u64, Digest)], c
 /// local store no longer has it.
 async fn upload(store: Store, link: Arc<Link>, d: Digest) -> Result<()> {
     let s = store.clone();
-    let reader = blocking(move || s.read(&d, 0, None)).await?;
+    // Not a use: the upload must not make the blob look recently used locally.
+    let reader = blocking(move || s.read_untouched(&d)).await?;
     let Some(reader) = reader else {
         return Err(Error::NotFound(format!("blob {d} left the local store before it was written behind")));
     };
@@ -248,7 +249,7 @@ async fn write_action(
     concurrency: usize,
 ) -> Result<()> {
     let (s, i, a) = (store.clone(), instance.to_string(), *action);
-    let Some(bytes) = blocking(move || s.get_action(&i, &a)).await? else {
+    let Some(bytes) = blocking(move || s.get_action_untouched(&i, &a)).await? else {
         tracing::debug!(action = %action, "a queued action result left the local store; not written behind");
         return Ok(());
     };

@@ -267,3 +267,34 @@ async fn queued_blobs_are_not_evicted_until_written_behind() {
     // (Which two depends on the order the drain read them in.)
     assert_eq!(s.store.find_missing(&ds).unwrap().len(), 2, "two of them were evicted");
 }
+
+#[tokio::test]
+async fn writing_a_blob_behind_is_not_a_local_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_000);
+    let limits = Limits { max_size: 2_500, min_age: Duration::ZERO, clock: clock.clone() };
+    let store = Store::open_with(dir.path(), limits).unwrap();
+    store.attach_outbox(ROOMY).unwrap();
+    let tier = Arc::new(MemoryTier::default());
+    let s = Setup { _dir: dir, store, link: Arc::new(Link::new(tier.clone(), Duration::from_secs(5))), tier };
+    // Written (and queued) first, and then used by nobody.
+    let (written, written_data) = blob(60, 1000);
+    s.store.put(written, &written_data).unwrap();
+    clock.advance(10);
+    // Filled from the tier later (not queued): used more recently.
+    let (filled, filled_data) = blob(61, 1000);
+    let mut w = s.store.begin_write(filled).unwrap().from_tier();
+    w.write(&filled_data).unwrap();
+    w.commit().unwrap();
+    clock.advance(10);
+    // The drain reads the first one from the local store to upload it.
+    drain_all(&s).await;
+    assert!(s.tier.blobs.lock().unwrap().contains_key(&written));
+    // A third blob takes the store over its bound: the least recently
+    // used goes, and the upload did not make the first one recent.
+    let (third, third_data) = blob(62, 1000);
+    s.store.put(third, &third_data).unwrap();
+    s.store.maintain().unwrap();
+    assert_eq!(s.store.stats().evictions, 1, "{:?}", s.store.stats());
+    assert_eq!(s.store.find_missing(&[written, filled]).unwrap(), vec![written], "the uploaded blob looked used");
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::tier::{Body, Chunks, Tier};
+use super::tier::{Body, Chunks, Tier, Used};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -78,6 +78,24 @@ impl Link {
     /// Calls the tier made to the service behind it, by kind (see [`Tier::calls`]).
     pub fn calls(&self) -> Vec<(&'static str, u64)> {
         self.tier.calls()
+    }
+
+    /// Notes local hits as uses of the tier's objects (see [`Tier::note_used`]).
+    pub fn note_used(&self, used: Used<'_>) {
+        self.tier.note_used(used);
+    }
+
+    /// Uses the tier dropped for want of room (see [`Tier::uses_dropped`]).
+    pub fn uses_dropped(&self) -> u64 {
+        self.tier.uses_dropped()
+    }
+
+    /// Lets the tier hand over what it keeps in memory before the process
+    /// exits, for at most the per-call timeout: a down tier can't hold a stop.
+    pub async fn finish(&self) {
+        if tokio::time::timeout(self.timeout, self.tier.finish()).await.is_err() {
+            tracing::warn!(tier = %self.name, "the tier did not finish within {:?}; stopping anyway", self.timeout);
+        }
     }
 
     /// Wraps `tier`; each call (and each chunk of a read) gets `timeout`.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::tier::{Body, Chunks, Tier};
+use super::tier::{Body, Chunks, Tier, Used};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -30,6 +30,8 @@ pub struct MemoryTier {
     /// When set, each result write waits until as many as the barrier
     /// counts are in flight at once.
     pub action_barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
+    /// Local hits noted as uses, in order ("blob HEX", "action HEX").
+    pub used: Mutex<Vec<String>>,
 }
 
 impl MemoryTier {
@@ -101,5 +103,12 @@ impl Tier for MemoryTier {
         self.actions.lock().unwrap().insert(*action, result);
         self.log.lock().unwrap().push(format!("action {}", action.hex()));
         Ok(())
+    }
+    fn note_used(&self, used: Used<'_>) {
+        let mut noted = self.used.lock().unwrap();
+        match used {
+            Used::Blobs(blobs) => noted.extend(blobs.iter().map(|d| format!("blob {}", d.hex()))),
+            Used::Action { action, .. } => noted.push(format!("action {}", action.hex())),
+        }
     }
 }

@@ -27,6 +27,16 @@ pub enum Body {
     Stream(Chunks),
 }
 
+/// Something this node served from its local store without asking the tier
+/// (a local hit), told to a tier that keeps its own LRU ([`Tier::note_used`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Used<'a> {
+    /// Blobs read or reported present.
+    Blobs(&'a [Digest]),
+    /// An ActionResult returned as a hit.
+    Action { instance: &'a str, action: &'a Digest },
+}
+
 /// A store of CAS blobs and ActionCache entries reached over the network.
 /// Implementations verify nothing: the local store hashes whatever it fills
 /// itself with, so a tier that returns wrong bytes causes a miss, never a
@@ -58,4 +68,20 @@ pub trait Tier: Send + Sync + 'static {
     fn calls(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+
+    /// Notes local hits as uses, for a tier whose eviction should see every
+    /// node's uses (a bounded bucket). Called on the request path: it must
+    /// only remember them (a set insert), never call the service. No-op by
+    /// default.
+    fn note_used(&self, _used: Used<'_>) {}
+
+    /// Uses [`Tier::note_used`] dropped because too many were pending
+    /// (0 for a tier that keeps none).
+    fn uses_dropped(&self) -> u64 {
+        0
+    }
+
+    /// Before the process exits: hands over what the tier keeps in memory
+    /// (a bucket's pending use log), within the tier's own call timeout.
+    async fn finish(&self) {}
 }

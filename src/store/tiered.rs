@@ -12,6 +12,8 @@
 //! the persistent queue ([`super::outbox`], drained by [`super::drain`]).
 //! Fills are single-flight: requests for a blob already being fetched wait
 //! for that fetch, so a burst of misses on one blob reads the tier once.
+//! Local hits are told to the tier as uses ([`Tier::note_used`]: a bounded
+//! bucket's LRU must see what warm nodes serve without asking it).
 //! Without a tier every method is the local store's answer.
 
 use std::collections::{HashMap, HashSet};
@@ -24,7 +26,7 @@ use prost::Message;
 use super::complete;
 pub use super::link::TierStats;
 use super::link::{Link, Op};
-use super::tier::{Chunks, Tier};
+use super::tier::{Chunks, Tier, Used};
 use super::{BlobWriter, Store, INLINE_MAX};
 use crate::config::TierSettings;
 use crate::digest::{Digest, DigestFunction};
@@ -101,6 +103,7 @@ impl Tiered {
     pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let local = self.store.find_missing(digests)?;
         let Some(link) = &self.link else { return Ok(local) };
+        link.note_used(Used::Blobs(&present(digests, &local)));
         if local.is_empty() || !link.available() {
             return Ok(local);
         }
@@ -127,18 +130,59 @@ impl Tiered {
     /// Before a local read: fetches from the tier those of `digests` the
     /// local store lacks, so the read that follows finds them. Nothing
     /// without a tier; a tier failure leaves them missing (a local miss).
+    /// The ones the local store holds are about to be served from it: they
+    /// count as uses of the tier's copies (see [`Tier::note_used`]).
     pub async fn prefetch(&self, digests: &[Digest]) -> Result<()> {
-        if self.link.is_some() {
-            self.fill(digests).await?;
-        }
+        let Some(link) = &self.link else { return Ok(()) };
+        let missing = self.store.find_missing(digests)?;
+        link.note_used(Used::Blobs(&present(digests, &missing)));
+        self.fill_missing(missing).await?;
         Ok(())
+    }
+
+    /// After a local ActionCache hit: the result and every blob it names
+    /// (`named`, as the completeness check listed them) count as uses of the
+    /// tier's copies, so the tier keeps a result warm nodes serve complete.
+    pub fn note_action_hit(&self, instance: &str, action: &Digest, named: &[Digest]) {
+        if let Some(link) = &self.link {
+            link.note_used(Used::Action { instance, action });
+            link.note_used(Used::Blobs(named));
+        }
+    }
+
+    /// Blobs served or found present in the local store by a path that
+    /// doesn't come through here (the HTTP cache, which looks blobs up by
+    /// hash alone): uses of the tier's copies.
+    pub fn note_used(&self, blobs: &[Digest]) {
+        if let Some(link) = &self.link {
+            link.note_used(Used::Blobs(blobs));
+        }
+    }
+
+    /// Uses the tier dropped for want of room (0 without a tier).
+    pub fn uses_dropped(&self) -> u64 {
+        self.link.as_ref().map_or(0, |l| l.uses_dropped())
+    }
+
+    /// At a graceful stop: lets the tier hand over what it keeps in memory
+    /// (a bucket's pending use log), bounded by the tier timeout.
+    pub async fn finish(&self) {
+        if let Some(link) = &self.link {
+            link.finish().await;
+        }
     }
 
     /// Fetches from the tier those of `digests` the local store lacks;
     /// returns the ones still missing afterwards. Never fails: a tier error
-    /// leaves the blob missing.
+    /// leaves the blob missing. Not a use: the drain fills through here too.
     pub(super) async fn fill(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let missing = self.store.find_missing(digests)?;
+        self.fill_missing(missing).await
+    }
+
+    /// Fetches `missing` (locally absent) from the tier; returns the ones
+    /// still missing afterwards.
+    async fn fill_missing(&self, missing: Vec<Digest>) -> Result<Vec<Digest>> {
         if missing.is_empty() || self.link.is_none() {
             return Ok(missing);
         }
@@ -323,7 +367,7 @@ impl Tiered {
         let mut seen = HashSet::from([root]);
         let mut budget = MAX_TREE_FILL_BYTES;
         while !frontier.is_empty() {
-            self.fill(&frontier).await?;
+            self.prefetch(&frontier).await?;
             let store = self.store.clone();
             let level = std::mem::take(&mut frontier);
             let children = blocking(move || {
@@ -347,6 +391,21 @@ impl Tiered {
         }
         Ok(())
     }
+}
+
+/// Those of `digests` not in `missing`, which lists the missing ones in
+/// request order (what [`Store::find_missing`] returns): one merge pass.
+fn present(digests: &[Digest], missing: &[Digest]) -> Vec<Digest> {
+    let mut missing = missing.iter().peekable();
+    let mut out = Vec::with_capacity(digests.len());
+    for d in digests {
+        if missing.peek() == Some(&d) {
+            missing.next();
+        } else {
+            out.push(*d);
+        }
+    }
+    out
 }
 
 /// The tier `settings` configure, if any: one function with one arm per

@@ -63,6 +63,33 @@ async fn find_missing_asks_the_tier_about_local_misses_only() {
 }
 
 #[tokio::test]
+async fn local_hits_are_noted_as_uses_of_the_tier_but_fills_are_not() {
+    let s = setup();
+    let (local, local_data) = blob(11, 10);
+    let (other, other_data) = blob(12, 10);
+    let (remote, remote_data) = blob(13, 10);
+    let (nowhere, _) = blob(14, 10);
+    s.store.put(local, &local_data).unwrap();
+    s.store.put(other, &other_data).unwrap();
+    s.in_tier(remote, &remote_data);
+    let used = |s: &Setup| std::mem::take(&mut *s.tier.used.lock().unwrap());
+
+    // FindMissingBlobs: the locally present ones, not what the tier answers.
+    s.tiered.find_missing(&[nowhere, local, remote]).await.unwrap();
+    assert_eq!(used(&s), vec![format!("blob {}", local.hex())]);
+    // A read (prefetch first): the local hit; the remote one the tier saw itself.
+    s.tiered.prefetch(&[other, remote]).await.unwrap();
+    assert_eq!(used(&s), vec![format!("blob {}", other.hex())]);
+    // The drain's fills and completeness checks are not uses.
+    s.tiered.fill(&[local, other]).await.unwrap();
+    assert!(used(&s).is_empty());
+    // An ActionCache hit: the result and what it names.
+    let action = DigestFunction::Sha256.digest_of(b"hit");
+    s.tiered.note_action_hit("", &action, &[local]);
+    assert_eq!(used(&s), vec![format!("action {}", action.hex()), format!("blob {}", local.hex())]);
+}
+
+#[tokio::test]
 async fn a_fill_streams_a_large_blob_into_the_local_store() {
     let s = setup();
     let (d, data) = blob(5, (3 << 20) + 7);

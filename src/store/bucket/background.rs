@@ -42,6 +42,7 @@ impl Bucket {
         if bucket.opts.max_size.is_some() {
             let weak = Arc::downgrade(&bucket);
             let evict_interval = cfg.evict_interval;
+            let full = bucket.uses.full.clone();
             let task = tokio::spawn(async move {
                 // A round at least as often as passes are due (tests use seconds).
                 let every = evict_interval.map_or(DEFAULT_USE_LOG_INTERVAL, |iv| iv.min(DEFAULT_USE_LOG_INTERVAL));
@@ -49,7 +50,11 @@ impl Bucket {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut state = Background::new(evict_interval);
                 loop {
-                    tick.tick().await;
+                    // A full use set flushes at once rather than drop uses.
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = full.notified() => {}
+                    }
                     let Some(bucket) = weak.upgrade() else { return };
                     bucket.background_round(&mut state).await;
                 }
@@ -75,6 +80,19 @@ impl Bucket {
                 self.uses.restore(keys);
                 Err(e)
             }
+        }
+    }
+
+    /// At a graceful stop: writes the pending uses (the last flush
+    /// interval's), so a stop forgets none. One try, within the call timeout.
+    pub(super) async fn flush_at_stop(&self) {
+        if self.opts.max_size.is_none() {
+            return;
+        }
+        let pending = self.uses.len();
+        match self.flush_uses().await {
+            Ok(()) => tracing::debug!("object store {}: wrote the last {pending} uses before stopping", self.url),
+            Err(e) => tracing::warn!("the last {pending} uses are lost: {e}"),
         }
     }
 

@@ -435,4 +435,16 @@ impl Tier for Bucket {
     fn calls(&self) -> Vec<(&'static str, u64)> {
         self.counts.snapshot().into_iter().map(|(op, n)| (op.name(), n)).collect()
     }
+
+    fn note_used(&self, used: super::tier::Used<'_>) {
+        self.note_local(used);
+    }
+
+    fn uses_dropped(&self) -> u64 {
+        self.uses.dropped()
+    }
+
+    async fn finish(&self) {
+        self.flush_at_stop().await;
+    }
 }
