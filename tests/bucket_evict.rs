@@ -190,7 +190,7 @@ const SHOWS: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_warm_node_serves_locally_counts_as_a_use_of_the_bucket() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let dir = tempfile::tempdir().unwrap();
     // Logs its uses every second; its own passes (bound far above) delete nothing.
     let flags = ["--object-store-min-age", "0s", "--object-store-evict-interval", "1s", "--http-listen", "127.0.0.1:0"];
@@ -238,7 +238,7 @@ async fn what_a_warm_node_serves_locally_counts_as_a_use_of_the_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_sigterm_logs_its_last_uses() {
-    let garage = Garage::start();
+    let garage = Garage::start().expect("a Garage cluster");
     let writer = node(&garage, "stop", None, Duration::ZERO);
     let (d, data) = blob(7);
     writer.write(&d, Body::Whole(data)).await.expect("put");
