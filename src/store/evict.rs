@@ -243,12 +243,16 @@ pub(super) fn evict(inner: &Inner) -> Result<()> {
             };
             if secs > cutoff {
                 inner.counters.count_min_age_overrun();
+                // Uploads in progress count against the limit too: say so,
+                // or "stored" alone can read as under the limit.
                 tracing::warn!(
                     stored = inner.counters.snapshot().total_bytes(),
+                    uploads_in_progress = inner.uploads.spooled(),
                     max_size = max,
                     min_age_secs = inner.limits.min_age.as_secs(),
-                    "the cache is over its size limit but every remaining entry was used within the minimum age; \
-                     raise --max-size or lower --min-age, or builds may lose entries they still need"
+                    "the cache (stored entries plus uploads in progress) is over its size limit but every \
+                     remaining entry was used within the minimum age; raise --max-size, lower --min-age or \
+                     --max-tmp-size, or builds may lose entries they still need"
                 );
                 break 'passes;
             }
