@@ -15,6 +15,7 @@ pub mod admin;
 pub mod caps_gate;
 pub mod curl;
 pub mod garage;
+pub mod go_session;
 pub mod process;
 pub mod small_disk;
 pub mod tier;
