@@ -89,9 +89,7 @@ async fn bazel_through_a_cold_node_hits_everything_another_node_wrote() {
     let bazel = Bazel::new("original");
     let cold = bazel.build(&[format!("--remote_cache={}", a.grpc_url())]).await;
     eprintln!("bazel cold through node A: {}", cold.describe());
-    assert!(cold.remote_warnings().is_empty(), "{:#?}", cold.remote_warnings());
-    assert!(cold.summary.cacheable() >= 50, "{:?}", cold.summary);
-    assert_eq!(cold.summary.remote_cache_hits(), 0);
+    cold.assert_cold();
     eventually(SHOWS, "node A has written everything to the bucket", || async { queued(&a).await == 0.0 }).await;
     let a_calls = calls(&a).await;
 
@@ -113,14 +111,7 @@ async fn bazel_through_a_cold_node_hits_everything_another_node_wrote() {
         gets_after > gets_at_kill,
         "the Garage node died after the build's last fetch ({gets_at_kill} GETs then, {gets_after} at the end)"
     );
-    assert!(warm.remote_warnings().is_empty(), "{:#?}", warm.remote_warnings());
-    assert_eq!(
-        warm.summary.remote_cache_hits(),
-        cold.summary.cacheable(),
-        "not every action hit: {:?}\nmisses: {:#?}",
-        warm.summary,
-        warm.misses()
-    );
+    warm.assert_every_action_hit(&cold);
     eprintln!(
         "object-store calls for a {}-action build: writing node A {a_calls:?}; reading node B {:?}",
         cold.summary.cacheable(),

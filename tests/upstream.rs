@@ -175,23 +175,14 @@ async fn bazel_through_a_fresh_proxy_hits_what_another_proxy_wrote() {
     let bazel = Bazel::new("original");
     let cold = bazel.build(&[format!("--remote_cache={}", first.grpc_url())]).await;
     eprintln!("bazel cold through proxy 1: {}", cold.describe());
-    assert!(cold.remote_warnings().is_empty(), "{:#?}", cold.remote_warnings());
-    assert!(cold.summary.cacheable() >= 50, "{:?}", cold.summary);
-    assert_eq!(cold.summary.remote_cache_hits(), 0);
+    cold.assert_cold();
     eventually(SHOWS, "proxy 1 has written everything to the central", || async { queued(&first).await == 0.0 }).await;
 
     let second = proxy(dirs[2].path(), &central.grpc_url());
     bazel.clean_expunge().await;
     let warm = bazel.build(&[format!("--remote_cache={}", second.grpc_url())]).await;
     eprintln!("bazel warm through proxy 2: {}", warm.describe());
-    assert!(warm.remote_warnings().is_empty(), "{:#?}", warm.remote_warnings());
-    assert_eq!(
-        warm.summary.remote_cache_hits(),
-        cold.summary.cacheable(),
-        "not every action hit: {:?}\nmisses: {:#?}",
-        warm.summary,
-        warm.misses()
-    );
+    warm.assert_every_action_hit(&cold);
 }
 
 /// GetTree, GetActionResult with `inline_stdout` and the HTTP port's

@@ -23,8 +23,7 @@ use super::data::{self, BigBlobs, Blob, Rng};
 use super::garage::Garage;
 use super::report::{Report, Row};
 use super::server::CairnChild;
-use super::{each, err, BenchArgs, Ctx};
-use crate::client::Client;
+use super::{connect_all, each, err, run_seed, BenchArgs, Ctx};
 use crate::digest::Digest;
 
 /// Flags of `cairn bench --cold-tier`.
@@ -67,8 +66,10 @@ const OPS: [&str; 6] = ["head", "get", "put", "multipart_create", "multipart_par
 
 pub async fn run(args: BenchArgs, bin: &Path) -> anyhow::Result<Report> {
     let c = args.cold_tier.clone();
-    let seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    // reqwest (the /metrics scrapes) is built without a default TLS provider
+    // (cairn uses ring); plain HTTP needs none, but building a client asks for one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seed = run_seed();
     // A Garage cluster of our own unless a bucket was named.
     let garage = match &c.cold_tier_bucket {
         Some(_) => None,
@@ -128,12 +129,8 @@ pub async fn run(args: BenchArgs, bin: &Path) -> anyhow::Result<Report> {
 
 /// A bench context whose clients talk to `node`.
 async fn context(args: &BenchArgs, node: &CairnChild, seed: u64) -> anyhow::Result<Ctx> {
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let mut client = Client::connect(&node.url, &args.instance, Duration::from_secs(10)).await?;
-        client.capabilities().await?;
-        clients.push(client);
-    }
+    // The nodes run without tokens or TLS: plain clients.
+    let clients = connect_all(&node.url, &args.instance, args.connections, &Default::default()).await?;
     Ok(Ctx { args: args.clone(), clients, server_pid: Some(node.pid()), report: Report::default(), seed })
 }
 
@@ -298,9 +295,6 @@ fn show(calls: &[f64]) -> String {
 
 /// The node's /metrics text.
 async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
-    // reqwest is built without a default TLS provider (cairn uses ring); plain HTTP needs none,
-    // but building a client asks for one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(reqwest::get(format!("http://{admin}/metrics")).await?.error_for_status()?.text().await?)
 }
 

@@ -152,8 +152,7 @@ pub async fn run(args: BenchArgs, bin: PathBuf, rounds: u64) -> anyhow::Result<(
     let dir = scratch.path().to_path_buf();
     let mut extra = vec!["--max-size".to_string(), "1TiB".to_string()];
     extra.extend(args.soak.serve_arg.iter().cloned());
-    let seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let seed = super::run_seed();
     let mut rng = Rng::new(seed);
     let mut known = Known::default();
     let mut f = Findings::default();

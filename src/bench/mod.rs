@@ -297,17 +297,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (None, Some(t)) => t.clone(),
         (None, None) => anyhow::bail!("say which server to load: --target grpc://host:port or --start-cairn"),
     };
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let security =
-            crate::client::Security { tls_ca: args.tls_ca.clone(), token: args.token.clone(), ..Default::default() };
-        let mut c = Client::connect_with(&url, &args.instance, Duration::from_secs(10), &security).await?;
-        c.capabilities().await?;
-        clients.push(c);
-    }
+    let security =
+        crate::client::Security { tls_ca: args.tls_ca.clone(), token: args.token.clone(), ..Default::default() };
+    let clients = connect_all(&url, &args.instance, args.connections, &security).await?;
     let server_pid = child.as_ref().map(|c| c.pid()).or(args.server_pid);
-    let seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let seed = run_seed();
     let mut ctx = Ctx {
         report: Report { target: format!("{} at {url}", args.name), ..Report::default() },
         args,
@@ -357,6 +351,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     goals(&mut ctx.report);
     output(&ctx.args, &ctx.report)
+}
+
+/// `connections` clients of `url` (at least one), each past its
+/// Capabilities call, so a run fails early on a server it cannot use.
+pub async fn connect_all(
+    url: &str,
+    instance: &str,
+    connections: usize,
+    security: &crate::client::Security,
+) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for _ in 0..connections.max(1) {
+        let mut c = Client::connect_with(url, instance, Duration::from_secs(10), security).await?;
+        c.capabilities().await?;
+        clients.push(c);
+    }
+    Ok(clients)
+}
+
+/// A seed that makes this run's blobs differ from any earlier run's.
+pub fn run_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
 }
 
 /// Prints the report as Markdown (and writes it and the JSON where asked);

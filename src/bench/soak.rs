@@ -113,8 +113,7 @@ pub async fn run(args: BenchArgs, bin: PathBuf) -> anyhow::Result<()> {
         clients.push(c);
     }
     let health_client = Client::connect(&url, &args.instance, Duration::from_secs(10)).await?;
-    let seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let seed = super::run_seed();
     let start = Instant::now();
     let deadline = start + s.soak_duration;
     eprintln!(

@@ -63,6 +63,27 @@ impl Build {
             .collect()
     }
 
+    /// A cold build into an empty cache went through cleanly: no remote
+    /// warnings, the workspace's cacheable actions all ran, none was a hit.
+    pub fn assert_cold(&self) {
+        assert!(self.remote_warnings().is_empty(), "{:#?}", self.remote_warnings());
+        assert!(self.summary.cacheable() >= 50, "{:?}", self.summary);
+        assert_eq!(self.summary.remote_cache_hits(), 0);
+    }
+
+    /// Every action `cold` could cache was a remote cache hit here, without
+    /// remote warnings.
+    pub fn assert_every_action_hit(&self, cold: &Build) {
+        assert!(self.remote_warnings().is_empty(), "{:#?}", self.remote_warnings());
+        assert_eq!(
+            self.summary.remote_cache_hits(),
+            cold.summary.cacheable(),
+            "not every action hit: {:?}\nmisses: {:#?}",
+            self.summary,
+            self.misses()
+        );
+    }
+
     /// One line for the test log.
     pub fn describe(&self) -> String {
         let s = &self.summary;
