@@ -40,6 +40,18 @@ start_server() {
   shift 2
   start_matching 'cairn listening on' "$log" "$var" "$CAIRN" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@"
 }
+# admin_addr LOG: the admin address a `cairn serve` started by start_server logged.
+admin_addr() { sed -n 's/.*admin listening on \([0-9.:]*\).*/\1/p' "$1" | head -n1; }
+# requests_total ADMIN REGEX...: the sum of the server's cairn_requests_total
+# samples (from its /metrics) whose line matches every REGEX.
+requests_total() {
+  local admin=$1
+  shift
+  curl -s "http://$admin/metrics" | awk -v want="$*" '
+    BEGIN { n = split(want, w, " ") }
+    /^cairn_requests_total/ { for (i = 1; i <= n; i++) if ($0 !~ w[i]) next; s += $NF }
+    END { print s + 0 }'
+}
 # start_matching WORDS LOG VAR CMD...: start_bg, waiting for "WORDS ADDR".
 start_matching() {
   local words=$1 log=$2 var=$3 addr=""

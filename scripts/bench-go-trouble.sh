@@ -82,9 +82,9 @@ for scenario in "${SCENARIOS[@]}"; do
     # fails (ENOSPC: RESOURCE_EXHAUSTED); its reads need no space.
     fallocate -l "$(df -B1 --output=avail "$WORK/full" | tail -n1)" "$WORK/full/filler" || true
     dd if=/dev/zero of="$WORK/full/filler2" bs=4k 2>/dev/null || true
-    ADMIN=$(sed -n 's/.*admin listening on \([0-9.:]*\).*/\1/p' "$WORK/full-server.log" | head -n1)
-    refused() { curl -s "http://$ADMIN/metrics" | awk '/^cairn_requests_total/ && /RESOURCE_EXHAUSTED/ { n += $NF } END { print n + 0 }'; }
-    hits() { curl -s "http://$ADMIN/metrics" | awk '/^cairn_requests_total/ && /rpc="GetActionResult"/ && /code="OK"/ { n += $NF } END { print n + 0 }'; }
+    ADMIN=$(admin_addr "$WORK/full-server.log")
+    refused() { requests_total "$ADMIN" RESOURCE_EXHAUSTED; }
+    hits() { requests_total "$ADMIN" 'rpc="GetActionResult"' 'code="OK"'; }
     rows=()
     for rep in $(seq 1 "$REPS"); do
       r0=$(refused); h0=$(hits)
@@ -115,8 +115,8 @@ for scenario in "${SCENARIOS[@]}"; do
     seed=$(go_run "$WORK/runs/ro-seed" GOCACHEPROG="$PROG" CAIRN_REMOTE="grpc://$ROSRV" CAIRN_TOKEN="$RW" \
       CAIRN_WAIT_FOR_UPLOADS=1 CAIRN_FINISH_TIMEOUT=300s -- build ./...)
     echo "readonly: seeded with a cold go build ./... ($seed)" >&2
-    ADMIN=$(sed -n 's/.*admin listening on \([0-9.:]*\).*/\1/p' "$WORK/ro-server.log" | head -n1)
-    denied() { curl -s "http://$ADMIN/metrics" | awk '/^cairn_requests_total/ && /PERMISSION_DENIED/ { n += $NF } END { print n + 0 }'; }
+    ADMIN=$(admin_addr "$WORK/ro-server.log")
+    denied() { requests_total "$ADMIN" PERMISSION_DENIED; }
     rows=()
     for rep in $(seq 1 "$REPS"); do
       d0=$(denied)
