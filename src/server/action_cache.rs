@@ -1,7 +1,9 @@
 //! ActionCache: GetActionResult / UpdateActionResult. Entries are kept per
 //! instance name; the blobs they refer to live in the shared CAS. Both calls
-//! run on a blocking thread: a lookup may decode Trees of up to 64 MiB and
-//! read stdout/stderr, an update takes the store's commit lock.
+//! run on the async worker when RocksDB can answer from memory without
+//! waiting, else on a blocking thread: a lookup may decode Trees of up to
+//! 64 MiB and read stdout/stderr, an update may wait for the commit lock or
+//! a write stall ([`crate::store::nonblocking`]).
 
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -13,6 +15,7 @@ use crate::proto::reapi::{self, action_cache_server::ActionCache};
 use crate::server::auth::Guard;
 use crate::server::blocking;
 use crate::server::status::IntoStatus;
+use crate::store::nonblocking::{ready, Mode, Nonblocking};
 use crate::store::tiered::Tiered;
 use crate::store::{complete, Store};
 
@@ -56,7 +59,10 @@ impl ActionCache for ActionCacheService {
         let bytes = result.encode_to_vec();
         let store = self.tiers.store().clone();
         let instance = req.instance_name;
-        blocking(move || store.put_action(&instance, &action, &bytes)).await?;
+        // On this worker when nothing would wait (see crate::store::nonblocking).
+        if store.put_action_in(Mode::MemoryOnly, &instance, &action, &bytes).status()? == Nonblocking::WouldBlock {
+            blocking(move || store.put_action(&instance, &action, &bytes)).await?;
+        }
         Ok(Response::new(result))
     }
 }
@@ -70,15 +76,11 @@ pub(super) async fn lookup(
     action: Digest,
 ) -> Result<reapi::ActionResult, Status> {
     let req = std::sync::Arc::new(req);
-    let local = |req: std::sync::Arc<reapi::GetActionResultRequest>| {
-        let store = tiers.store().clone();
-        blocking(move || get_action_result(&store, &req, &action))
-    };
-    let mut result = local(req.clone()).await;
+    let mut result = local_lookup(tiers.store(), &req, action).await;
     if matches!(&result, Err(s) if s.code() == tonic::Code::NotFound) {
         // A tier that is down or lies leaves the miss a miss.
         if tiers.fill_action(&req.instance_name, &action).await.unwrap_or(false) {
-            result = local(req.clone()).await;
+            result = local_lookup(tiers.store(), &req, action).await;
         }
     }
     // A result naming a lost blob is a miss to the client: count it so.
@@ -88,23 +90,54 @@ pub(super) async fn lookup(
     Ok(result)
 }
 
+/// The local store's answer: from memory on this worker when RocksDB has it
+/// there (most hits and misses), else on a blocking thread (see
+/// [`crate::store::nonblocking`]).
+async fn local_lookup(
+    store: &Store,
+    req: &std::sync::Arc<reapi::GetActionResultRequest>,
+    action: Digest,
+) -> Result<Found, Status> {
+    if let Nonblocking::Ready(r) = get_action_result(Mode::MemoryOnly, store, req, &action).status()? {
+        return r.status();
+    }
+    let (store, req) = (store.clone(), req.clone());
+    blocking(move || get_action_result(Mode::MayBlock, &store, &req, &action)?.into_ready()).await
+}
+
+/// A usable result and every blob it names.
+type Found = (reapi::ActionResult, Vec<Digest>);
+
+/// The stored result for `action` with every blob it names, or NOT_FOUND
+/// (absent, or naming a blob the CAS lost); the outer `Result` is a store
+/// failure.
 pub(super) fn get_action_result(
+    mode: Mode,
     store: &Store,
     req: &reapi::GetActionResultRequest,
     action: &Digest,
-) -> Result<(reapi::ActionResult, Vec<Digest>), Error> {
+) -> Result<Nonblocking<Result<Found, Error>>, Error> {
     let not_found = || Error::NotFound(format!("no action result for {action} in instance {:?}", req.instance_name));
-    let bytes = store.get_action(&req.instance_name, action)?.ok_or_else(not_found)?;
+    let Some(bytes) = ready!(store.get_action_in(mode, &req.instance_name, action)?) else {
+        return Ok(Nonblocking::Ready(Err(not_found())));
+    };
     let mut result = reapi::ActionResult::decode(bytes.as_slice())
         .map_err(|e| Error::Internal(format!("stored action result for {action} does not decode: {e}")))?;
     let function = action.function;
-    let named = match complete::check(store, function, &result)? {
+    let wants_inline = |d: &Option<reapi::Digest>| d.as_ref().is_some_and(|d| d.size_bytes > 0);
+    if mode == Mode::MemoryOnly
+        && ((req.inline_stdout && wants_inline(&result.stdout_digest))
+            || (req.inline_stderr && wants_inline(&result.stderr_digest)))
+    {
+        return Ok(Nonblocking::WouldBlock); // Inlining reads blob files.
+    }
+    let named = match ready!(complete::check_in(mode, store, function, &result)?) {
         Ok(named) => named,
         Err(gone) => {
             tracing::debug!(action = ?action, missing = ?gone, "action result is incomplete; reporting a miss");
-            return Err(Error::NotFound(format!(
+            return Ok(Nonblocking::Ready(Err(Error::NotFound(format!(
                 "action result for {action} refers to blob {gone}, which is no longer in the CAS"
-            )));
+            )))));
         }
     };
     if req.inline_stdout {
@@ -113,7 +146,7 @@ pub(super) fn get_action_result(
     if req.inline_stderr {
         result.stderr_raw = inline_output(store, function, result.stderr_digest.as_ref())?.into();
     }
-    Ok((result, named))
+    Ok(Nonblocking::Ready(Ok((result, named))))
 }
 
 /// Reads a small stdout/stderr blob for inlining; empty when absent or large

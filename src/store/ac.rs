@@ -4,6 +4,7 @@
 use rocksdb::{IteratorMode, WriteBatch};
 
 use super::lru::{self, KIND_AC};
+use super::nonblocking::{is_incomplete, read_options, write_options, Mode, Nonblocking};
 use super::{ac_key, Inner, QueueEntry, Store, CF_AC, CF_ATIME, CF_META};
 use crate::digest::Digest;
 use crate::error::Result;
@@ -61,25 +62,43 @@ impl Store {
     /// blobs it names) but not as a hit: the caller says whether the result
     /// was usable with [`Store::count_lookup`].
     pub fn get_action(&self, instance: &str, action: &Digest) -> Result<Option<Vec<u8>>> {
-        self.get_action_with(instance, action, true)
+        Ok(self.get_action_in(Mode::MayBlock, instance, action)?.into_ready())
+    }
+
+    /// [`Store::get_action`] in `mode` (see [`super::nonblocking`]).
+    pub fn get_action_in(&self, mode: Mode, instance: &str, action: &Digest) -> Result<Nonblocking<Option<Vec<u8>>>> {
+        self.get_action_with(mode, instance, action, true)
     }
 
     /// [`Store::get_action`] without counting a use: for the write-behind
     /// drain, which reads a result only to upload it.
     pub(super) fn get_action_untouched(&self, instance: &str, action: &Digest) -> Result<Option<Vec<u8>>> {
-        self.get_action_with(instance, action, false)
+        Ok(self.get_action_with(Mode::MayBlock, instance, action, false)?.into_ready())
     }
 
-    fn get_action_with(&self, instance: &str, action: &Digest, touch: bool) -> Result<Option<Vec<u8>>> {
+    fn get_action_with(
+        &self,
+        mode: Mode,
+        instance: &str,
+        action: &Digest,
+        touch: bool,
+    ) -> Result<Nonblocking<Option<Vec<u8>>>> {
         let key = ac_key(instance, action);
         let (found, backlog) = {
-            let _gate = self.inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
-            let found = self.inner.db.get_cf(self.inner.cf(CF_AC), &key)?;
+            let Some(_gate) = self.inner.use_gate_in(mode) else { return Ok(Nonblocking::WouldBlock) };
+            let found = match self.inner.db.get_cf_opt(self.inner.cf(CF_AC), &key, &read_options(mode)) {
+                Err(e) if is_incomplete(&e) => return Ok(Nonblocking::WouldBlock),
+                found => found?,
+            };
             let backlog = touch && found.is_some() && self.inner.touches.touch(lru::entry_key(KIND_AC, &key));
             (found, backlog)
         };
+        if backlog && mode == Mode::MemoryOnly {
+            // The use is noted; the blocking retry flushes the backlog.
+            return Ok(Nonblocking::WouldBlock);
+        }
         self.inner.relieve_backlog(backlog)?;
-        Ok(found)
+        Ok(Nonblocking::Ready(found))
     }
 
     /// Counts an ActionCache lookup: a hit only when a complete result was
@@ -91,23 +110,50 @@ impl Store {
     /// Stores (or replaces) the ActionResult bytes for `action` in `instance`,
     /// and queues it for the tier if one is attached.
     pub fn put_action(&self, instance: &str, action: &Digest, result: &[u8]) -> Result<()> {
-        self.put_action_with(instance, action, result, true)
+        self.put_action_with(Mode::MayBlock, instance, action, result, true)?.into_ready();
+        Ok(())
+    }
+
+    /// [`Store::put_action`] in `mode` (see [`super::nonblocking`]): in
+    /// [`Mode::MemoryOnly`] it never waits for a lock, a table file or a
+    /// write stall, and leaves a result for the tier's queue to the blocking
+    /// path. `WouldBlock` means nothing was written.
+    pub fn put_action_in(&self, mode: Mode, instance: &str, action: &Digest, result: &[u8]) -> Result<Nonblocking<()>> {
+        self.put_action_with(mode, instance, action, result, true)
     }
 
     /// [`Store::put_action`] for a result filled from the tier: not queued
     /// to be written back.
     pub fn put_action_from_tier(&self, instance: &str, action: &Digest, result: &[u8]) -> Result<()> {
-        self.put_action_with(instance, action, result, false)
+        self.put_action_with(Mode::MayBlock, instance, action, result, false)?.into_ready();
+        Ok(())
     }
 
-    fn put_action_with(&self, instance: &str, action: &Digest, result: &[u8], behind: bool) -> Result<()> {
+    fn put_action_with(
+        &self,
+        mode: Mode,
+        instance: &str,
+        action: &Digest,
+        result: &[u8],
+        behind: bool,
+    ) -> Result<Nonblocking<()>> {
         let inner = &self.inner;
+        if mode == Mode::MemoryOnly && behind && inner.outbox.get().is_some() {
+            return Ok(Nonblocking::WouldBlock);
+        }
         let cf = inner.cf(CF_AC);
         let key = ac_key(instance, action);
         let entry = lru::entry_key(KIND_AC, &key);
-        let _gate = inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
-        let _guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let old = inner.db.get_pinned_cf(cf, &key)?.map(|v| entry_bytes(key.len(), v.len()));
+        let Some(_gate) = inner.use_gate_in(mode) else { return Ok(Nonblocking::WouldBlock) };
+        let Some(_guard) = inner.commit_lock_in(mode) else { return Ok(Nonblocking::WouldBlock) };
+        let reads = read_options(mode);
+        let (old, previous) = match (
+            inner.db.get_pinned_cf_opt(cf, &key, &reads),
+            inner.db.get_cf_opt(inner.cf(CF_ATIME), &entry, &reads),
+        ) {
+            (Err(e), _) | (_, Err(e)) if is_incomplete(&e) => return Ok(Nonblocking::WouldBlock),
+            (old, previous) => (old?.map(|v| entry_bytes(key.len(), v.len())), previous?),
+        };
         let new = entry_bytes(key.len(), result.len());
         let (dn, db) = match old {
             Some(old) => (0, new - old),
@@ -115,12 +161,14 @@ impl Store {
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, &key, result);
-        let previous = inner.db.get_cf(inner.cf(CF_ATIME), &entry)?;
         inner.stamp(&mut batch, &entry, previous.as_deref());
         inner.counters.add_ac(&mut batch, inner.cf(CF_META), dn, db);
         let entry = QueueEntry::Action { instance: instance.to_string(), action: *action };
         let queued = inner.queue_behind(behind, &mut batch, entry, result.len() as u64)?;
-        inner.db.write(batch)?;
+        match inner.db.write_opt(batch, &write_options(mode)) {
+            Err(e) if is_incomplete(&e) => return Ok(Nonblocking::WouldBlock), // A write stall.
+            written => written?,
+        }
         inner.counters.applied_ac(dn, db);
         if let Some(q) = queued {
             q.applied();
@@ -128,6 +176,6 @@ impl Store {
         drop(_guard);
         drop(_gate);
         inner.wake_if_over_limit();
-        Ok(())
+        Ok(Nonblocking::Ready(()))
     }
 }

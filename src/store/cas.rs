@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::WriteBatch;
 
 use super::lru::{self, KIND_CAS};
+use super::nonblocking::{is_incomplete, read_options, Mode, Nonblocking};
 use super::reader::{self, OpenError};
 use super::{cas_header, cas_key, parse_cas_value, BlobReader, BlobWriter, Inner, QueueEntry, Store};
 use super::{CF_ATIME, CF_CAS, CF_CAS_DATA, CF_META, KIND_FILE, KIND_INLINE};
@@ -18,6 +19,11 @@ impl Store {
     /// bytes. Every blob reported present counts as used now, so no eviction
     /// takes it within the minimum age.
     pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        Ok(self.find_missing_in(Mode::MayBlock, digests)?.into_ready())
+    }
+
+    /// [`Store::find_missing`] in `mode` (see [`super::nonblocking`]).
+    pub fn find_missing_in(&self, mode: Mode, digests: &[Digest]) -> Result<Nonblocking<Vec<Digest>>> {
         let keys: Vec<[u8; 33]> = digests.iter().map(cas_key).collect();
         // RocksDB sorts a batch's keys itself unless told they are sorted; its
         // sort (through the comparator, per key context) was a third of the
@@ -26,13 +32,23 @@ impl Store {
         order.sort_unstable_by_key(|&i| keys[i]);
         let mut present = vec![false; digests.len()];
         let backlog = {
-            let _gate = self.inner.use_gate.read().unwrap_or_else(|p| p.into_inner());
+            let Some(_gate) = self.inner.use_gate_in(mode) else { return Ok(Nonblocking::WouldBlock) };
+            let (cf, reads) = (self.inner.cf(CF_CAS), read_options(mode));
             let sorted = order.iter().map(|&i| &keys[i]);
-            let found = self.inner.db.batched_multi_get_cf(self.inner.cf(CF_CAS), sorted, true);
+            let found = match mode {
+                Mode::MayBlock => self.inner.db.batched_multi_get_cf_opt(cf, sorted, true, &reads),
+                // MultiGet reads table files whatever the read tier says
+                // (RocksDB 9/10); point lookups honour it.
+                Mode::MemoryOnly => sorted.map(|k| self.inner.db.get_pinned_cf_opt(cf, k, &reads)).collect(),
+            };
             let mut used = Vec::with_capacity(digests.len());
             for (&i, r) in order.iter().zip(found) {
                 let (d, k) = (&digests[i], &keys[i]);
-                present[i] = match r? {
+                let r = match r {
+                    Err(e) if is_incomplete(&e) => return Ok(Nonblocking::WouldBlock),
+                    r => r?,
+                };
+                present[i] = match r {
                     Some(v) => {
                         let same = parse_cas_value(&v)?.1 == d.size;
                         if same {
@@ -45,8 +61,12 @@ impl Store {
             }
             self.inner.touches.touch_all(used)
         };
+        if backlog && mode == Mode::MemoryOnly {
+            // The uses are noted; the blocking retry flushes the backlog.
+            return Ok(Nonblocking::WouldBlock);
+        }
         self.inner.relieve_backlog(backlog)?;
-        Ok(digests.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| *d).collect())
+        Ok(Nonblocking::Ready(digests.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| *d).collect()))
     }
 
     /// True when the CAS holds `d` (a use of it, as for [`Store::find_missing`]).

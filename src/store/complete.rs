@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 
+use super::nonblocking::{ready, Mode, Nonblocking};
 use super::Store;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Result;
@@ -28,7 +29,21 @@ pub fn check(
     function: DigestFunction,
     result: &reapi::ActionResult,
 ) -> Result<std::result::Result<Vec<Digest>, Digest>> {
+    Ok(check_in(Mode::MayBlock, store, function, result)?.into_ready())
+}
+
+/// [`check`] in `mode`: in [`Mode::MemoryOnly`], a result with output
+/// directories would block (their Trees and Directories are blob reads).
+pub fn check_in(
+    mode: Mode,
+    store: &Store,
+    function: DigestFunction,
+    result: &reapi::ActionResult,
+) -> Result<Nonblocking<std::result::Result<Vec<Digest>, Digest>>> {
     let refs = ResultRefs::lenient(function, result);
+    if mode == Mode::MemoryOnly && !(refs.trees.is_empty() && refs.root_directories.is_empty()) {
+        return Ok(Nonblocking::WouldBlock);
+    }
     let mut wanted = refs.blobs;
     for tree_digest in refs.trees {
         wanted.push(tree_digest);
@@ -36,23 +51,24 @@ pub fn check(
             continue;
         }
         let Some(bytes) = store.read_all(&tree_digest)? else {
-            return Ok(Err(tree_digest));
+            return Ok(Nonblocking::Ready(Err(tree_digest)));
         };
         // A Tree that does not decode can't be used by the client either.
         let Ok(files) = refs::tree_files(function, &bytes) else {
-            return Ok(Err(tree_digest));
+            return Ok(Nonblocking::Ready(Err(tree_digest)));
         };
         wanted.extend(files);
     }
     for root in refs.root_directories {
         if let Some(gone) = walk_directories(store, function, root, &mut wanted)? {
-            return Ok(Err(gone));
+            return Ok(Nonblocking::Ready(Err(gone)));
         }
     }
-    match store.find_missing(&wanted)?.into_iter().next() {
-        Some(gone) => Ok(Err(gone)),
-        None => Ok(Ok(wanted)),
-    }
+    let missing = ready!(store.find_missing_in(mode, &wanted)?);
+    Ok(Nonblocking::Ready(match missing.into_iter().next() {
+        Some(gone) => Err(gone),
+        None => Ok(wanted),
+    }))
 }
 
 /// Reads the Directory hierarchy under `root`, adding its files to `wanted`.

@@ -42,6 +42,7 @@ mod counters;
 mod evict;
 mod lookup;
 mod lru;
+pub mod nonblocking;
 mod reader;
 mod reclaim;
 pub mod tier;
@@ -416,6 +417,8 @@ fn wipe_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod nonblocking_tests;
 #[cfg(test)]
 mod tests;
 
