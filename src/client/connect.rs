@@ -75,6 +75,7 @@ pub(super) fn endpoint(addr: &str, connect_timeout: Duration, security: &Securit
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_adaptive_window(true)
+        .max_frame_size(crate::wire::HTTP2_MAX_FRAME)
         .http2_keep_alive_interval(Duration::from_secs(30));
     if tls {
         endpoint = endpoint.tls_config(tls_config(security)?).map_err(|e| ClientError::Tls(e.to_string()))?;

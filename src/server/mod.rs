@@ -162,6 +162,7 @@ pub async fn serve(
         // product, so large uploads aren't throttled by fixed 1 MiB windows
         // on fast or distant links.
         .http2_adaptive_window(Some(true))
+        .max_frame_size(Some(crate::wire::HTTP2_MAX_FRAME))
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(limits.http2_keepalive_interval)
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
