@@ -66,6 +66,15 @@ impl Bearer {
     }
 }
 
+/// How much a server may send on one call before the client reads it (HTTP/2
+/// flow control). Fixed rather than adaptive: hyper's adaptive window starts
+/// each connection at HTTP/2's 64 KiB and grows it from bytes per ping round
+/// trip, which on a fast link with a short round trip stays near 1 MiB, so a
+/// large read waited on window updates at ~1 GB/s on loopback.
+const STREAM_WINDOW: u32 = 8 << 20;
+/// The same for all calls of one connection together.
+const CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// The endpoint for `addr` with the client's transport settings and, for
 /// `grpcs://`, TLS.
 pub(super) fn endpoint(addr: &str, connect_timeout: Duration, security: &Security) -> Result<Endpoint> {
@@ -74,7 +83,8 @@ pub(super) fn endpoint(addr: &str, connect_timeout: Duration, security: &Securit
         .map_err(|_| ClientError::BadAddress(addr.to_string()))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
-        .http2_adaptive_window(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(crate::wire::HTTP2_MAX_FRAME)
         .http2_keep_alive_interval(Duration::from_secs(30));
     if tls {
