@@ -11,7 +11,7 @@
 //! in [`Mode::MayBlock`] on a blocking thread. Both modes give the same
 //! answers; only where they may wait differs.
 
-use std::sync::{MutexGuard, RwLockReadGuard, TryLockError};
+use std::sync::{LockResult, MutexGuard, RwLockReadGuard, TryLockError, TryLockResult};
 
 use rocksdb::{ReadOptions, ReadTier, WriteOptions};
 
@@ -71,27 +71,27 @@ impl Inner {
     /// The use gate, shared; `None` in [`Mode::MemoryOnly`] when eviction
     /// holds it (it reads and writes RocksDB while it does).
     pub(super) fn use_gate_in(&self, mode: Mode) -> Option<RwLockReadGuard<'_, ()>> {
-        match mode {
-            Mode::MayBlock => Some(self.use_gate.read().unwrap_or_else(|p| p.into_inner())),
-            Mode::MemoryOnly => match self.use_gate.try_read() {
-                Ok(g) => Some(g),
-                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            },
-        }
+        take(mode, || self.use_gate.read(), || self.use_gate.try_read())
     }
 
     /// The commit lock; `None` in [`Mode::MemoryOnly`] when another commit
     /// holds it.
     pub(super) fn commit_lock_in(&self, mode: Mode) -> Option<MutexGuard<'_, ()>> {
-        match mode {
-            Mode::MayBlock => Some(self.commit_lock.lock().unwrap_or_else(|p| p.into_inner())),
-            Mode::MemoryOnly => match self.commit_lock.try_lock() {
-                Ok(g) => Some(g),
-                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            },
-        }
+        take(mode, || self.commit_lock.lock(), || self.commit_lock.try_lock())
+    }
+}
+
+/// A lock's guard: waited for in [`Mode::MayBlock`], tried in
+/// [`Mode::MemoryOnly`]. A poisoned lock is used as it is (what it guards is
+/// RocksDB's, which a panic cannot leave half-written).
+fn take<G>(mode: Mode, wait: impl FnOnce() -> LockResult<G>, try_: impl FnOnce() -> TryLockResult<G>) -> Option<G> {
+    match mode {
+        Mode::MayBlock => Some(wait().unwrap_or_else(|p| p.into_inner())),
+        Mode::MemoryOnly => match try_() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        },
     }
 }
 
