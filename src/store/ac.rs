@@ -4,7 +4,7 @@
 use rocksdb::{IteratorMode, WriteBatch};
 
 use super::lru::{self, KIND_AC};
-use super::nonblocking::{is_incomplete, read_options, write_options, Mode, Nonblocking};
+use super::nonblocking::{declined, read_options, ready, write_options, Mode, Nonblocking};
 use super::{ac_key, Inner, QueueEntry, Store, CF_AC, CF_ATIME, CF_META};
 use crate::digest::Digest;
 use crate::error::Result;
@@ -86,18 +86,11 @@ impl Store {
         let key = ac_key(instance, action);
         let (found, backlog) = {
             let Some(_gate) = self.inner.use_gate_in(mode) else { return Ok(Nonblocking::WouldBlock) };
-            let found = match self.inner.db.get_cf_opt(self.inner.cf(CF_AC), &key, &read_options(mode)) {
-                Err(e) if is_incomplete(&e) => return Ok(Nonblocking::WouldBlock),
-                found => found?,
-            };
+            let found = ready!(declined(self.inner.db.get_cf_opt(self.inner.cf(CF_AC), &key, &read_options(mode)))?);
             let backlog = touch && found.is_some() && self.inner.touches.touch(lru::entry_key(KIND_AC, &key));
             (found, backlog)
         };
-        if backlog && mode == Mode::MemoryOnly {
-            // The use is noted; the blocking retry flushes the backlog.
-            return Ok(Nonblocking::WouldBlock);
-        }
-        self.inner.relieve_backlog(backlog)?;
+        ready!(self.inner.relieve_backlog_in(mode, backlog)?);
         Ok(Nonblocking::Ready(found))
     }
 
@@ -147,13 +140,9 @@ impl Store {
         let Some(_gate) = inner.use_gate_in(mode) else { return Ok(Nonblocking::WouldBlock) };
         let Some(_guard) = inner.commit_lock_in(mode) else { return Ok(Nonblocking::WouldBlock) };
         let reads = read_options(mode);
-        let (old, previous) = match (
-            inner.db.get_pinned_cf_opt(cf, &key, &reads),
-            inner.db.get_cf_opt(inner.cf(CF_ATIME), &entry, &reads),
-        ) {
-            (Err(e), _) | (_, Err(e)) if is_incomplete(&e) => return Ok(Nonblocking::WouldBlock),
-            (old, previous) => (old?.map(|v| entry_bytes(key.len(), v.len())), previous?),
-        };
+        let old =
+            ready!(declined(inner.db.get_pinned_cf_opt(cf, &key, &reads))?).map(|v| entry_bytes(key.len(), v.len()));
+        let previous = ready!(declined(inner.db.get_cf_opt(inner.cf(CF_ATIME), &entry, &reads))?);
         let new = entry_bytes(key.len(), result.len());
         let (dn, db) = match old {
             Some(old) => (0, new - old),
@@ -165,10 +154,7 @@ impl Store {
         inner.counters.add_ac(&mut batch, inner.cf(CF_META), dn, db);
         let entry = QueueEntry::Action { instance: instance.to_string(), action: *action };
         let queued = inner.queue_behind(behind, &mut batch, entry, result.len() as u64)?;
-        match inner.db.write_opt(batch, &write_options(mode)) {
-            Err(e) if is_incomplete(&e) => return Ok(Nonblocking::WouldBlock), // A write stall.
-            written => written?,
-        }
+        ready!(declined(inner.db.write_opt(batch, &write_options(mode)))?);
         inner.counters.applied_ac(dn, db);
         if let Some(q) = queued {
             q.applied();

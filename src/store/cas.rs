@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::WriteBatch;
 
 use super::lru::{self, KIND_CAS};
-use super::nonblocking::{is_incomplete, read_options, Mode, Nonblocking};
+use super::nonblocking::{declined, read_options, ready, Mode, Nonblocking};
 use super::reader::{self, OpenError};
 use super::{cas_header, cas_key, parse_cas_value, BlobReader, BlobWriter, Inner, QueueEntry, Store};
 use super::{CF_ATIME, CF_CAS, CF_CAS_DATA, CF_META, KIND_FILE, KIND_INLINE};
@@ -44,11 +44,7 @@ impl Store {
             let mut used = Vec::with_capacity(digests.len());
             for (&i, r) in order.iter().zip(found) {
                 let (d, k) = (&digests[i], &keys[i]);
-                let r = match r {
-                    Err(e) if is_incomplete(&e) => return Ok(Nonblocking::WouldBlock),
-                    r => r?,
-                };
-                present[i] = match r {
+                present[i] = match ready!(declined(r)?) {
                     Some(v) => {
                         let same = parse_cas_value(&v)?.1 == d.size;
                         if same {
@@ -61,11 +57,7 @@ impl Store {
             }
             self.inner.touches.touch_all(used)
         };
-        if backlog && mode == Mode::MemoryOnly {
-            // The uses are noted; the blocking retry flushes the backlog.
-            return Ok(Nonblocking::WouldBlock);
-        }
-        self.inner.relieve_backlog(backlog)?;
+        ready!(self.inner.relieve_backlog_in(mode, backlog)?);
         Ok(Nonblocking::Ready(digests.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| *d).collect()))
     }
 

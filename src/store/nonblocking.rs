@@ -16,6 +16,7 @@ use std::sync::{LockResult, MutexGuard, RwLockReadGuard, TryLockError, TryLockRe
 use rocksdb::{ReadOptions, ReadTier, WriteOptions};
 
 use super::Inner;
+use crate::error::Result;
 
 /// Where a lookup may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,14 +42,6 @@ impl<T> Nonblocking<T> {
         match self {
             Nonblocking::Ready(t) => t,
             Nonblocking::WouldBlock => unreachable!("a lookup that may block never answers WouldBlock"),
-        }
-    }
-
-    /// Applies `f` to the answer.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Nonblocking<U> {
-        match self {
-            Nonblocking::Ready(t) => Nonblocking::Ready(f(t)),
-            Nonblocking::WouldBlock => Nonblocking::WouldBlock,
         }
     }
 }
@@ -78,6 +71,17 @@ impl Inner {
     /// holds it.
     pub(super) fn commit_lock_in(&self, mode: Mode) -> Option<MutexGuard<'_, ()>> {
         take(mode, || self.commit_lock.lock(), || self.commit_lock.try_lock())
+    }
+
+    /// [`Inner::relieve_backlog`] in `mode`: flushing a full backlog writes
+    /// to RocksDB, so in [`Mode::MemoryOnly`] it would block; the uses stay
+    /// noted and the blocking retry flushes them.
+    pub(super) fn relieve_backlog_in(&self, mode: Mode, full: bool) -> Result<Nonblocking<()>> {
+        if full && mode == Mode::MemoryOnly {
+            return Ok(Nonblocking::WouldBlock);
+        }
+        self.relieve_backlog(full)?;
+        Ok(Nonblocking::Ready(()))
     }
 }
 
@@ -113,8 +117,11 @@ pub(super) fn read_options(mode: Mode) -> ReadOptions {
     o
 }
 
-/// True when RocksDB declined a memory-only read (the data is in a table
-/// file that is not cached).
-pub(super) fn is_incomplete(e: &rocksdb::Error) -> bool {
-    e.kind() == rocksdb::ErrorKind::Incomplete
+/// A RocksDB call's outcome: `WouldBlock` when it declined to wait (a
+/// memory-only read of an uncached table file, a write that would stall).
+pub(super) fn declined<T>(r: std::result::Result<T, rocksdb::Error>) -> Result<Nonblocking<T>> {
+    match r {
+        Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(Nonblocking::WouldBlock),
+        r => Ok(Nonblocking::Ready(r?)),
+    }
 }
