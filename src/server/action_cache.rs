@@ -98,28 +98,28 @@ async fn local_lookup(
     req: &std::sync::Arc<reapi::GetActionResultRequest>,
     action: Digest,
 ) -> Result<Found, Status> {
-    if let Nonblocking::Ready(r) = get_action_result(Mode::MemoryOnly, store, req, &action).status()? {
-        return r.status();
+    if let Nonblocking::Ready(found) = get_action_result(Mode::MemoryOnly, store, req, &action).status()? {
+        return Ok(found);
     }
     let (store, req) = (store.clone(), req.clone());
-    blocking(move || get_action_result(Mode::MayBlock, &store, &req, &action)?.into_ready()).await
+    blocking(move || Ok(get_action_result(Mode::MayBlock, &store, &req, &action)?.into_ready())).await
 }
 
 /// A usable result and every blob it names.
 type Found = (reapi::ActionResult, Vec<Digest>);
 
 /// The stored result for `action` with every blob it names, or NOT_FOUND
-/// (absent, or naming a blob the CAS lost); the outer `Result` is a store
-/// failure.
+/// (absent, or naming a blob the CAS lost). Both answers, and a store
+/// failure, are final in either mode.
 pub(super) fn get_action_result(
     mode: Mode,
     store: &Store,
     req: &reapi::GetActionResultRequest,
     action: &Digest,
-) -> Result<Nonblocking<Result<Found, Error>>, Error> {
+) -> Result<Nonblocking<Found>, Error> {
     let not_found = || Error::NotFound(format!("no action result for {action} in instance {:?}", req.instance_name));
     let Some(bytes) = ready!(store.get_action_in(mode, &req.instance_name, action)?) else {
-        return Ok(Nonblocking::Ready(Err(not_found())));
+        return Err(not_found());
     };
     let mut result = reapi::ActionResult::decode(bytes.as_slice())
         .map_err(|e| Error::Internal(format!("stored action result for {action} does not decode: {e}")))?;
@@ -135,9 +135,9 @@ pub(super) fn get_action_result(
         Ok(named) => named,
         Err(gone) => {
             tracing::debug!(action = ?action, missing = ?gone, "action result is incomplete; reporting a miss");
-            return Ok(Nonblocking::Ready(Err(Error::NotFound(format!(
+            return Err(Error::NotFound(format!(
                 "action result for {action} refers to blob {gone}, which is no longer in the CAS"
-            )))));
+            )));
         }
     };
     if req.inline_stdout {
@@ -146,7 +146,7 @@ pub(super) fn get_action_result(
     if req.inline_stderr {
         result.stderr_raw = inline_output(store, function, result.stderr_digest.as_ref())?.into();
     }
-    Ok(Nonblocking::Ready(Ok((result, named))))
+    Ok(Nonblocking::Ready((result, named)))
 }
 
 /// Reads a small stdout/stderr blob for inlining; empty when absent or large
